@@ -1,0 +1,1 @@
+//! NFS gateway (placeholder)

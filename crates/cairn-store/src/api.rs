@@ -1,0 +1,286 @@
+//! The public vocabulary of the store: attributes, credentials, results and errors.
+//!
+//! These types are what the NFS gateway (and later the fileserver RPCs) speak. They are plain
+//! data; nothing here does I/O.
+
+use cairn_types::Fid;
+
+/// A point in time, as seconds and nanoseconds since the Unix epoch. Always taken from the
+/// store's clock (the cluster's), never a gateway's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp {
+    pub seconds: u32,
+    pub nanoseconds: u32,
+}
+
+/// The kind of a file system object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    Regular,
+    Directory,
+    Symlink,
+    BlockDevice,
+    CharDevice,
+    Socket,
+    Fifo,
+}
+
+/// Attributes of an object, as NFSv3's fattr3 needs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attributes {
+    pub kind: FileKind,
+    /// Permission bits including setuid, setgid and sticky (`0o7777` mask).
+    pub mode: u32,
+    /// Never 0 for a live object.
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size_bytes: u64,
+    pub used_bytes: u64,
+    /// Major and minor device numbers for block and character devices.
+    pub rdev: (u32, u32),
+    /// Stable file system id of the volume: the same on every gateway, forever.
+    pub fsid: u64,
+    /// Stable file id (the inode number).
+    pub fileid: u64,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+}
+
+/// The attributes NFSv3 calls wcc_attr: taken immediately before an operation, atomically with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PreOpAttributes {
+    pub size_bytes: u64,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+}
+
+/// Weak cache consistency data of one object for one operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WccData {
+    pub before: Option<PreOpAttributes>,
+    pub after: Option<Attributes>,
+}
+
+/// How to set a time in [`SetAttributes`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SetTime {
+    #[default]
+    DontChange,
+    /// The store's current time.
+    ServerTime,
+    ClientTime(Timestamp),
+}
+
+/// Attribute changes requested by SETATTR, CREATE, MKDIR, SYMLINK and MKNOD.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttributes {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size_bytes: Option<u64>,
+    pub atime: SetTime,
+    pub mtime: SetTime,
+}
+
+/// Who asks, after the gateway applied the export's squash rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (AUTH_UNIX allows at most 16).
+    pub groups: Vec<u32>,
+}
+
+impl Caller {
+    pub fn root() -> Caller {
+        Caller { uid: 0, gid: 0, groups: Vec::new() }
+    }
+
+    pub fn is_member_of(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// ACCESS bits, with the values of RFC 1813 section 3.3.4.
+pub mod access {
+    pub const READ: u32 = 0x0001;
+    pub const LOOKUP: u32 = 0x0002;
+    pub const MODIFY: u32 = 0x0004;
+    pub const EXTEND: u32 = 0x0008;
+    pub const DELETE: u32 = 0x0010;
+    pub const EXECUTE: u32 = 0x0020;
+}
+
+/// How durable a write must be before it returns, with the order of RFC 1813's stable_how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stability {
+    /// May sit in memory; made durable by a later [`crate::Store::commit`].
+    Unstable,
+    /// The data and the metadata needed to read it back are on stable storage.
+    DataSync,
+    /// The data and all metadata are on stable storage.
+    FileSync,
+}
+
+/// The write verifier of RFC 1813 section 3.3.7: random per store incarnation, and changed
+/// whenever acknowledged unstable data could have been lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WriteVerifier(pub [u8; 8]);
+
+/// How CREATE treats an existing name (RFC 1813 section 3.3.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateHow {
+    Unchecked(SetAttributes),
+    Guarded(SetAttributes),
+    /// The verifier is kept on the inode, so a retransmitted create succeeds.
+    Exclusive([u8; 8]),
+}
+
+/// The kind of special file MKNOD makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecialKind {
+    BlockDevice { major: u32, minor: u32 },
+    CharDevice { major: u32, minor: u32 },
+    Socket,
+    Fifo,
+}
+
+/// Result of LOOKUP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lookup {
+    pub fid: Fid,
+    pub attributes: Attributes,
+    pub directory: Attributes,
+}
+
+/// Result of CREATE, MKDIR, SYMLINK and MKNOD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Created {
+    pub fid: Fid,
+    pub attributes: Attributes,
+    pub directory: WccData,
+}
+
+/// Result of READ.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadResult {
+    pub data: Vec<u8>,
+    pub eof: bool,
+    pub attributes: Attributes,
+}
+
+/// Result of WRITE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteResult {
+    pub count_bytes: u32,
+    pub committed: Stability,
+    pub verifier: WriteVerifier,
+    pub file: WccData,
+}
+
+/// Result of COMMIT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitResult {
+    pub verifier: WriteVerifier,
+    pub file: WccData,
+}
+
+/// Result of RENAME.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Renamed {
+    pub from_directory: WccData,
+    pub to_directory: WccData,
+}
+
+/// Result of LINK.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Linked {
+    pub file: Attributes,
+    pub directory: WccData,
+}
+
+/// One directory entry of a listing. Cookies are stable: an entry keeps its cookie for as long as
+/// it exists, whatever else changes in the directory, and a cookie means the same on every
+/// gateway. Cookies 1 and 2 are `.` and `..`; cookie 0 means "from the start".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryEntry {
+    pub cookie: u64,
+    pub name: Vec<u8>,
+    pub fid: Fid,
+    pub fileid: u64,
+    /// Filled in when the listing asked for attributes (READDIRPLUS).
+    pub attributes: Option<Attributes>,
+}
+
+/// One page of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryPage {
+    pub entries: Vec<DirectoryEntry>,
+    /// True when no entry follows the last one returned.
+    pub eof: bool,
+    pub directory: Attributes,
+}
+
+/// File system statistics (FSSTAT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsStat {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub available_bytes: u64,
+    pub total_files: u64,
+    pub free_files: u64,
+    pub available_files: u64,
+}
+
+/// Everything that can go wrong in the store. Each front end maps these to its own codes in one
+/// place (the NFS gateway: `cairn-nfs`'s status mapping).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such file or directory")]
+    NotFound,
+    /// The object a FID names no longer exists (or never did): NFS3ERR_STALE.
+    #[error("stale file id {0}")]
+    Stale(Fid),
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDirectory,
+    #[error("is a directory")]
+    IsDirectory,
+    #[error("directory not empty")]
+    NotEmpty,
+    /// Permission bits deny the caller: NFS3ERR_ACCES.
+    #[error("permission denied")]
+    AccessDenied,
+    /// Only the owner (or root) may do this: NFS3ERR_PERM.
+    #[error("operation not permitted")]
+    NotOwner,
+    #[error("name too long")]
+    NameTooLong,
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("file too large")]
+    FileTooLarge,
+    #[error("no space left on device")]
+    NoSpace,
+    /// SETATTR's guard ctime did not match: NFS3ERR_NOT_SYNC.
+    #[error("guard ctime does not match")]
+    NotSync,
+    #[error("operation not supported: {0}")]
+    NotSupported(&'static str),
+    /// A rename or link across volumes: NFS3ERR_XDEV.
+    #[error("cross-volume link or rename")]
+    CrossVolume,
+    /// A block's checksum did not match: the bytes on disk are not what was written.
+    #[error("checksum mismatch in {what} at byte {offset}")]
+    Corrupt { what: String, offset: u64 },
+    /// A failed fsync or write earlier: the container refuses writes until it is recovered.
+    #[error("container is poisoned after an earlier I/O failure: {0}")]
+    Poisoned(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
