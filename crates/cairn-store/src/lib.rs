@@ -137,7 +137,13 @@ impl Store {
         todo!()
     }
 
-    pub fn create(&self, caller: &Caller, directory: Fid, name: &[u8], how: CreateHow) -> StoreResult<Created> {
+    pub fn create(
+        &self,
+        caller: &Caller,
+        directory: Fid,
+        name: &[u8],
+        how: CreateHow,
+    ) -> StoreResult<Created> {
         let _ = (caller, directory, name, how);
         todo!()
     }

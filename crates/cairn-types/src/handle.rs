@@ -63,8 +63,7 @@ impl FileHandle {
         if version != FILE_HANDLE_VERSION {
             return Err(HandleError::Version(version));
         }
-        let bytes: &[u8; FILE_HANDLE_LEN] =
-            bytes.try_into().map_err(|_| HandleError::Length(bytes.len()))?;
+        let bytes: &[u8; FILE_HANDLE_LEN] = bytes.try_into().map_err(|_| HandleError::Length(bytes.len()))?;
         let check = (crc32c::crc32c(&bytes[4..]) & 0xffff) as u16;
         if bytes[1] != 0 || u16::from_be_bytes([bytes[2], bytes[3]]) != check {
             return Err(HandleError::Check);

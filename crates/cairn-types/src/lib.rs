@@ -7,7 +7,7 @@
 
 mod handle;
 
-pub use handle::{FileHandle, HandleError, FILE_HANDLE_LEN, FILE_HANDLE_VERSION};
+pub use handle::{FILE_HANDLE_LEN, FILE_HANDLE_VERSION, FileHandle, HandleError};
 
 /// The id of one Cairn cluster, chosen at random when the cluster is created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
