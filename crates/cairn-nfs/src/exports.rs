@@ -1,16 +1,36 @@
 //! The exports file: `/etc/exports` syntax, matched against client addresses.
 //!
-//! Each non-empty, non-comment line is `PATH CLIENT(OPTIONS) CLIENT(OPTIONS) ...` where CLIENT is
-//! `*`, an IP address, a CIDR network (`10.0.0.0/8`, `fd00::/8`) or a host name (resolved when the
-//! file is loaded), and OPTIONS a comma-separated list of `rw`, `ro`, `root_squash`,
-//! `no_root_squash`, `all_squash`, `no_all_squash`, `anonuid=N`, `anongid=N`, `secure`,
-//! `insecure` (and a few knfsd options that are accepted and ignored: `sync`, `async`,
-//! `no_subtree_check`, `subtree_check`, `wdelay`, `no_wdelay`, `crossmnt`, `nohide`, `fsid=...`).
-//! Defaults follow exports(5): `ro`, `root_squash`, `anonuid=65534`, `anongid=65534`, except
-//! `insecure` is Cairn's default (a source port proves nothing).
+//! Each non-empty, non-comment line is `PATH [-DEFAULTS] CLIENT(OPTIONS) CLIENT(OPTIONS) ...`, as in
+//! exports(5) of nfs-utils:
+//!
+//! - `#` starts a comment (also after content, outside double quotes); a backslash at the end of a
+//!   line continues it on the next one. Errors name the first line of the (continued) line.
+//! - PATH is absolute; it may be double-quoted (`"/my dir"`) and may use `\NNN` octal escapes.
+//!   Repeated slashes collapse and a trailing slash is dropped; `.` and `..` components are refused.
+//!   A path listed on several lines gets the rules of all of them, in file order.
+//! - CLIENT is `*`, an IP address, a CIDR network (`10.0.0.0/8`, `10.0.0.0/255.0.0.0`, `fd00::/8`)
+//!   or a host name (resolved when the file is loaded; a name that does not resolve matches nobody,
+//!   as with exportfs). Wildcard names (`*.example.com`) and netgroups (`@group`) are not supported.
+//!   IPv4-mapped IPv6 client addresses match IPv4 rules.
+//! - `CLIENT` alone takes the default options and `(OPTIONS)` alone applies to everyone, so
+//!   `/p host (rw)` (note the space) exports read-only to `host` and read-write to everyone, exactly
+//!   as knfsd does. A path without any client is exported to everyone with the default options.
+//! - `-OPTIONS` right after the path changes the defaults for the clients of that line.
+//!
+//! OPTIONS is a comma-separated list of `rw`, `ro`, `root_squash`, `no_root_squash`, `all_squash`,
+//! `no_all_squash`, `anonuid=N`, `anongid=N`, `secure`, `insecure` (and a few knfsd options that are
+//! accepted and ignored: `sync`, `async`, `no_subtree_check`, `subtree_check`, `wdelay`,
+//! `no_wdelay`, `crossmnt`, `nohide`, `hide`, `fsid=...`, `acl`, `no_acl`, `mountpoint[=...]`,
+//! `mp[=...]`, `sec=sys`); anything else is an error. Later options override earlier ones, except
+//! that `all_squash` wins over `no_root_squash`. Defaults follow exports(5): `ro`, `root_squash`,
+//! `anonuid=65534`, `anongid=65534`, except `insecure` is Cairn's default (a source port proves
+//! nothing).
 
-use std::net::IpAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, ToSocketAddrs};
 use std::path::Path;
+
+use ipnet::{IpNet, Ipv4Net};
 
 use cairn_store::Caller;
 
@@ -75,32 +95,133 @@ pub struct Exports {
     pub entries: Vec<ExportEntry>,
 }
 
+impl Default for ExportOptions {
+    /// The exports(5) defaults, except `insecure`: `ro`, `root_squash`, anonymous ids 65534.
+    fn default() -> ExportOptions {
+        ExportOptions {
+            read_only: true,
+            squash: Squash::Root,
+            anonymous_uid: DEFAULT_ANONYMOUS_ID,
+            anonymous_gid: DEFAULT_ANONYMOUS_ID,
+            secure: false,
+        }
+    }
+}
+
+/// The default `anonuid` and `anongid` (`nobody` / `nogroup`).
+pub const DEFAULT_ANONYMOUS_ID: u32 = 65534;
+
+impl ClientMatcher {
+    /// Whether this matcher covers `client`. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are
+    /// treated as the IPv4 address they carry, on both sides.
+    pub fn matches(&self, client: IpAddr) -> bool {
+        let canonical = client.to_canonical();
+        match self {
+            ClientMatcher::Everyone => true,
+            ClientMatcher::Address(address) => address.to_canonical() == canonical,
+            ClientMatcher::Network(network) => network.contains(&canonical) || network.contains(&client),
+            ClientMatcher::Host { addresses, .. } => {
+                addresses.iter().any(|address| address.to_canonical() == canonical)
+            }
+        }
+    }
+}
+
+impl ExportEntry {
+    /// The first rule of this entry that matches `client` (exports(5): first match wins).
+    pub fn rule_for(&self, client: IpAddr) -> Option<&ClientRule> {
+        self.rules.iter().find(|rule| rule.matcher.matches(client))
+    }
+}
+
+/// Normalises an absolute path: repeated slashes collapse, a trailing slash is dropped (except for
+/// `/` itself); relative paths and `.` or `..` components are refused, with the reason.
+pub fn normalize_path(path: &str) -> Result<String, String> {
+    if !path.starts_with('/') {
+        return Err(format!("path {path:?} is not absolute"));
+    }
+    let mut normalized = String::with_capacity(path.len());
+    for component in path.split('/').filter(|component| !component.is_empty()) {
+        if component == "." || component == ".." {
+            return Err(format!("path {path:?} has a {component:?} component"));
+        }
+        normalized.push('/');
+        normalized.push_str(component);
+    }
+    if normalized.is_empty() {
+        normalized.push('/');
+    }
+    Ok(normalized)
+}
+
 impl Exports {
+    /// Parses exports text, resolving host names with the system resolver.
     pub fn parse(text: &str) -> Result<Exports, ExportsError> {
-        let _ = text;
-        todo!()
+        Exports::parse_with_resolver(text, &mut resolve_host)
+    }
+
+    /// Parses exports text, resolving host names with `resolve` (which returns no address for a
+    /// name that does not resolve; such a rule then matches nobody, as with exportfs).
+    pub fn parse_with_resolver(
+        text: &str,
+        resolve: &mut dyn FnMut(&str) -> Vec<IpAddr>,
+    ) -> Result<Exports, ExportsError> {
+        let mut exports = Exports::default();
+        let mut resolved: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        for (line, content) in logical_lines(text) {
+            let syntax = |message: String| ExportsError::Syntax { line, message };
+            let Some((path, rules)) =
+                parse_line(&content, &mut |name: &str| {
+                    resolved.entry(name.to_owned()).or_insert_with(|| resolve(name)).clone()
+                })
+                .map_err(syntax)?
+            else {
+                continue;
+            };
+            match exports.entries.iter_mut().find(|entry| entry.path == path) {
+                Some(entry) => entry.rules.extend(rules),
+                None => exports.entries.push(ExportEntry { path, rules }),
+            }
+        }
+        Ok(exports)
     }
 
     pub fn load(path: &Path) -> Result<Exports, ExportsError> {
-        let _ = path;
-        todo!()
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ExportsError::Read { path: path.display().to_string(), source })?;
+        Exports::parse(&text)
+    }
+
+    /// The entry exporting exactly `path` (normalised), if any.
+    pub fn entry(&self, path: &str) -> Option<&ExportEntry> {
+        let path = normalize_path(path).ok()?;
+        self.entries.iter().find(|entry| entry.path == path)
     }
 
     /// The options for `client` mounting exactly `path` (normalised), or None when the path is not
     /// exported or the client matches none of its rules. The first matching rule of the entry
     /// wins, as in exports(5).
     pub fn options_for_mount(&self, path: &str, client: IpAddr) -> Option<ExportOptions> {
-        let _ = (path, client);
-        todo!()
+        self.entry(path)?.rule_for(client).map(|rule| rule.options)
     }
 
     /// The options checked on every NFS request: handles carry no export id (they are valid on
     /// every gateway forever), so the check is per volume: the least privileged options among all
     /// entries whose rules match `client` (ro beats rw; all_squash beats root_squash beats
     /// no_root_squash; secure beats insecure), or None when the client matches no entry at all.
+    /// The anonymous ids come from the first matching entry with the strongest squash.
     pub fn options_for_request(&self, client: IpAddr) -> Option<ExportOptions> {
-        let _ = client;
-        todo!()
+        let matched: Vec<ExportOptions> =
+            self.entries.iter().filter_map(|entry| entry.rule_for(client)).map(|rule| rule.options).collect();
+        let strongest = matched.iter().map(|options| squash_rank(options.squash)).max()?;
+        let least = matched.iter().find(|options| squash_rank(options.squash) == strongest)?;
+        Some(ExportOptions {
+            read_only: matched.iter().any(|options| options.read_only),
+            squash: least.squash,
+            anonymous_uid: least.anonymous_uid,
+            anonymous_gid: least.anonymous_gid,
+            secure: matched.iter().any(|options| options.secure),
+        })
     }
 }
 
@@ -108,7 +229,311 @@ impl ExportOptions {
     /// Applies the squash rules to AUTH_UNIX credentials (or to AUTH_NONE, given as None, which
     /// always maps to the anonymous ids).
     pub fn caller_for(&self, credentials: Option<(u32, u32, &[u32])>) -> Caller {
-        let _ = credentials;
-        todo!()
+        let anonymous = || Caller { uid: self.anonymous_uid, gid: self.anonymous_gid, groups: Vec::new() };
+        let Some((uid, gid, groups)) = credentials else {
+            return anonymous();
+        };
+        match self.squash {
+            Squash::None => Caller { uid, gid, groups: groups.to_vec() },
+            Squash::All => anonymous(),
+            Squash::Root => {
+                let gid_of = |gid: u32| if gid == 0 { self.anonymous_gid } else { gid };
+                Caller {
+                    uid: if uid == 0 { self.anonymous_uid } else { uid },
+                    gid: gid_of(gid),
+                    groups: groups.iter().map(|&group| gid_of(group)).collect(),
+                }
+            }
+        }
     }
+}
+
+fn squash_rank(squash: Squash) -> u8 {
+    match squash {
+        Squash::None => 0,
+        Squash::Root => 1,
+        Squash::All => 2,
+    }
+}
+
+/// The system resolver: every address of `name`, canonical and without duplicates, or none.
+fn resolve_host(name: &str) -> Vec<IpAddr> {
+    let mut addresses = Vec::new();
+    if let Ok(resolved) = (name, 0).to_socket_addrs() {
+        for address in resolved {
+            let ip = address.ip().to_canonical();
+            if !addresses.contains(&ip) {
+                addresses.push(ip);
+            }
+        }
+    }
+    addresses
+}
+
+/// Joins continued lines and strips comments: yields (number of the first physical line, text) for
+/// each logical line. `#` outside double quotes starts a comment that ends the logical line; a
+/// backslash at the end of a physical line (outside a comment) continues it on the next one.
+fn logical_lines(text: &str) -> Vec<(usize, String)> {
+    let mut logical = Vec::new();
+    let mut current = String::new();
+    let mut start = 0;
+    let mut in_quotes = false;
+    for (index, physical) in text.lines().enumerate() {
+        if current.is_empty() {
+            start = index + 1;
+            in_quotes = false;
+        }
+        let mut content = physical;
+        let mut comment = false;
+        for (offset, character) in physical.char_indices() {
+            match character {
+                '"' => in_quotes = !in_quotes,
+                '#' if !in_quotes => {
+                    content = &physical[..offset];
+                    comment = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let trimmed = content.trim_end();
+        match trimmed.strip_suffix('\\') {
+            Some(continued) if !comment => {
+                current.push_str(continued);
+                current.push(' ');
+            }
+            _ => {
+                current.push_str(content);
+                logical.push((start, std::mem::take(&mut current)));
+            }
+        }
+    }
+    if !current.is_empty() {
+        logical.push((start, current));
+    }
+    logical
+}
+
+/// Option state while parsing: squash flags are kept apart so that `all_squash` wins over
+/// `no_root_squash` whatever their order, and `no_all_squash` restores the root squash setting.
+#[derive(Clone, Copy)]
+struct OptionState {
+    read_only: bool,
+    root_squash: bool,
+    all_squash: bool,
+    anonymous_uid: u32,
+    anonymous_gid: u32,
+    secure: bool,
+}
+
+impl Default for OptionState {
+    fn default() -> OptionState {
+        let defaults = ExportOptions::default();
+        OptionState {
+            read_only: defaults.read_only,
+            root_squash: true,
+            all_squash: false,
+            anonymous_uid: defaults.anonymous_uid,
+            anonymous_gid: defaults.anonymous_gid,
+            secure: defaults.secure,
+        }
+    }
+}
+
+impl OptionState {
+    fn options(&self) -> ExportOptions {
+        ExportOptions {
+            read_only: self.read_only,
+            squash: if self.all_squash {
+                Squash::All
+            } else if self.root_squash {
+                Squash::Root
+            } else {
+                Squash::None
+            },
+            anonymous_uid: self.anonymous_uid,
+            anonymous_gid: self.anonymous_gid,
+            secure: self.secure,
+        }
+    }
+
+    /// Applies a comma-separated option list, later options overriding earlier ones.
+    fn apply(mut self, list: &str) -> Result<OptionState, String> {
+        for option in list.split(',').map(str::trim).filter(|option| !option.is_empty()) {
+            let (name, value) = match option.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (option, None),
+            };
+            match (name, value) {
+                ("rw", None) => self.read_only = false,
+                ("ro", None) => self.read_only = true,
+                ("root_squash", None) => self.root_squash = true,
+                ("no_root_squash", None) => self.root_squash = false,
+                ("all_squash", None) => self.all_squash = true,
+                ("no_all_squash", None) => self.all_squash = false,
+                ("secure", None) => self.secure = true,
+                ("insecure", None) => self.secure = false,
+                ("anonuid", Some(value)) => self.anonymous_uid = parse_id(name, value)?,
+                ("anongid", Some(value)) => self.anonymous_gid = parse_id(name, value)?,
+                (
+                    "sync" | "async" | "no_subtree_check" | "subtree_check" | "wdelay" | "no_wdelay"
+                    | "crossmnt" | "nohide" | "hide" | "no_acl" | "acl" | "mountpoint" | "mp",
+                    None,
+                ) => {}
+                ("fsid" | "mountpoint" | "mp", Some(value)) if !value.is_empty() => {}
+                ("sec", Some(value)) => {
+                    if value != "sys" {
+                        return Err(format!(
+                            "unsupported security flavour in option {option:?} (only sec=sys is supported)"
+                        ));
+                    }
+                }
+                _ => return Err(format!("unknown export option {option:?}")),
+            }
+        }
+        Ok(self)
+    }
+}
+
+fn parse_id(name: &str, value: &str) -> Result<u32, String> {
+    value.parse().map_err(|_| format!("option {name}={value:?}: not a numeric id"))
+}
+
+/// Parses one logical line: None for a blank line, else the normalised path and its rules.
+fn parse_line(
+    content: &str,
+    resolve: &mut dyn FnMut(&str) -> Vec<IpAddr>,
+) -> Result<Option<(String, Vec<ClientRule>)>, String> {
+    let content = content.trim_start();
+    if content.is_empty() {
+        return Ok(None);
+    }
+    let (raw_path, rest) = split_path(content)?;
+    let path = normalize_path(&raw_path)?;
+    let mut tokens = rest.split_whitespace().peekable();
+    let mut defaults = OptionState::default();
+    if let Some(list) = tokens.peek().and_then(|token| token.strip_prefix('-')) {
+        defaults = defaults.apply(list)?;
+        tokens.next();
+    }
+    let mut rules = Vec::new();
+    for token in tokens {
+        let (client, options) = match token.split_once('(') {
+            Some((client, list)) => {
+                let Some(list) = list.strip_suffix(')') else {
+                    return Err(format!("client {token:?}: option list not closed by ')'"));
+                };
+                if list.contains(['(', ')']) {
+                    return Err(format!("client {token:?}: malformed option list"));
+                }
+                (client, defaults.apply(list)?)
+            }
+            None if token.contains(')') => return Err(format!("client {token:?}: unmatched ')'")),
+            None => (token, defaults),
+        };
+        rules.push(ClientRule { matcher: parse_client(client, resolve)?, options: options.options() });
+    }
+    if rules.is_empty() {
+        // exportfs warns and exports to everyone with the default options.
+        rules.push(ClientRule { matcher: ClientMatcher::Everyone, options: defaults.options() });
+    }
+    Ok(Some((path, rules)))
+}
+
+/// Splits the path token (double quotes group, `\NNN` octal escapes decoded) from the rest.
+fn split_path(content: &str) -> Result<(String, &str), String> {
+    let mut bytes = Vec::new();
+    let mut in_quotes = false;
+    let mut end = content.len();
+    for (offset, character) in content.char_indices() {
+        match character {
+            '"' => in_quotes = !in_quotes,
+            character if character.is_whitespace() && !in_quotes => {
+                end = offset;
+                break;
+            }
+            character => {
+                let mut buffer = [0; 4];
+                bytes.extend_from_slice(character.encode_utf8(&mut buffer).as_bytes());
+            }
+        }
+    }
+    if in_quotes {
+        return Err("unterminated double quote in export path".to_owned());
+    }
+    let path = String::from_utf8(decode_octal_escapes(&bytes))
+        .map_err(|_| "export path is not valid UTF-8 after decoding its escapes".to_owned())?;
+    Ok((path, &content[end..]))
+}
+
+/// Decodes `\NNN` (three octal digits, at most `\377`) escapes; other backslashes stay as they are.
+fn decode_octal_escapes(bytes: &[u8]) -> Vec<u8> {
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'\\'
+            && let Some(digits) = bytes.get(index + 1..index + 4)
+            && digits.iter().all(|digit| (b'0'..=b'7').contains(digit))
+            && digits[0] <= b'3'
+        {
+            decoded.push(digits.iter().fold(0u8, |value, digit| (value << 3) | (digit - b'0')));
+            index += 4;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    decoded
+}
+
+/// Parses a client specification (the part before the option list; empty means everyone).
+fn parse_client(
+    client: &str,
+    resolve: &mut dyn FnMut(&str) -> Vec<IpAddr>,
+) -> Result<ClientMatcher, String> {
+    if client.is_empty() || client == "*" {
+        return Ok(ClientMatcher::Everyone);
+    }
+    if client.starts_with('@') {
+        return Err(format!("client {client:?}: netgroups are not supported"));
+    }
+    if client.contains(['*', '?', '[', ']']) {
+        return Err(format!("client {client:?}: wildcard host names are not supported"));
+    }
+    if let Some((address, mask)) = client.split_once('/') {
+        let address: IpAddr =
+            address.parse().map_err(|_| format!("client {client:?}: {address:?} is not an IP address"))?;
+        let network = if let Ok(prefix) = mask.parse::<u8>() {
+            IpNet::new(address, prefix).map_err(|_| format!("client {client:?}: prefix length too long"))?
+        } else if let Ok(netmask) = mask.parse::<IpAddr>() {
+            IpNet::with_netmask(address, netmask)
+                .map_err(|_| format!("client {client:?}: invalid netmask {mask:?}"))?
+        } else {
+            return Err(format!("client {client:?}: invalid prefix length or netmask {mask:?}"));
+        };
+        return Ok(ClientMatcher::Network(canonical_network(network.trunc())));
+    }
+    if let Ok(address) = client.parse::<IpAddr>() {
+        return Ok(ClientMatcher::Address(address.to_canonical()));
+    }
+    let valid_name = client.len() <= 253
+        && !client.starts_with(['-', '.'])
+        && client.chars().all(|character| character.is_ascii_alphanumeric() || "-._".contains(character));
+    if !valid_name {
+        return Err(format!("client {client:?}: not an address, network or host name"));
+    }
+    Ok(ClientMatcher::Host { name: client.to_owned(), addresses: resolve(client) })
+}
+
+/// An IPv6 network inside `::ffff:0:0/96` becomes the IPv4 network it maps, since client addresses
+/// are compared in canonical form.
+fn canonical_network(network: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = network
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && let Ok(mapped) = Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(mapped);
+    }
+    network
 }

@@ -1,1 +1,87 @@
-fn main() {}
+//! The `cairn` binary: parses the command line and hands over to the subcommand's `run`.
+
+mod up;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "Cairn: a distributed file system any machine mounts over NFS")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a single-node cluster in the foreground (store + NFS gateway).
+    Up(UpArgs),
+    /// Manage the exports file of a running node.
+    Exports {
+        #[command(subcommand)]
+        command: ExportsCommand,
+    },
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Where the node keeps its containers.
+    #[arg(long, default_value = "./cairn-data")]
+    data_dir: PathBuf,
+    /// Port for NFS and MOUNT.
+    #[arg(long, default_value_t = 2049)]
+    nfs_port: u16,
+    /// Address to listen on. The default keeps a trial off the network.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Port for the portmapper; skipped with a warning when it cannot be bound.
+    #[arg(long, default_value_t = 111, conflicts_with = "no_portmap")]
+    portmap_port: u16,
+    /// Do not run a portmapper.
+    #[arg(long)]
+    no_portmap: bool,
+    /// Exports file in /etc/exports syntax [default: DATA_DIR/exports, created as
+    /// `/ *(rw,no_root_squash)` when absent].
+    #[arg(long)]
+    exports: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ExportsCommand {
+    /// Make a running `cairn up` re-read its exports file (same as sending it SIGHUP).
+    Reload {
+        #[arg(long, default_value = "./cairn-data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Up(args) => up::run(up::UpConfig {
+            data_dir: args.data_dir,
+            nfs_port: args.nfs_port,
+            bind_address: args.bind,
+            portmap_port: (!args.no_portmap).then_some(args.portmap_port),
+            exports_file: args.exports,
+        }),
+        Command::Exports { command: ExportsCommand::Reload { data_dir } } => up::signal_reload(&data_dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cairn: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
