@@ -63,7 +63,10 @@ pub enum ClientMatcher {
     Address(IpAddr),
     Network(ipnet::IpNet),
     /// A host name and the addresses it resolved to when the file was loaded.
-    Host { name: String, addresses: Vec<IpAddr> },
+    Host {
+        name: String,
+        addresses: Vec<IpAddr>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,11 +173,10 @@ impl Exports {
         let mut resolved: HashMap<String, Vec<IpAddr>> = HashMap::new();
         for (line, content) in logical_lines(text) {
             let syntax = |message: String| ExportsError::Syntax { line, message };
-            let Some((path, rules)) =
-                parse_line(&content, &mut |name: &str| {
-                    resolved.entry(name.to_owned()).or_insert_with(|| resolve(name)).clone()
-                })
-                .map_err(syntax)?
+            let Some((path, rules)) = parse_line(&content, &mut |name: &str| {
+                resolved.entry(name.to_owned()).or_insert_with(|| resolve(name)).clone()
+            })
+            .map_err(syntax)?
             else {
                 continue;
             };
@@ -487,10 +489,7 @@ fn decode_octal_escapes(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Parses a client specification (the part before the option list; empty means everyone).
-fn parse_client(
-    client: &str,
-    resolve: &mut dyn FnMut(&str) -> Vec<IpAddr>,
-) -> Result<ClientMatcher, String> {
+fn parse_client(client: &str, resolve: &mut dyn FnMut(&str) -> Vec<IpAddr>) -> Result<ClientMatcher, String> {
     if client.is_empty() || client == "*" {
         return Ok(ClientMatcher::Everyone);
     }
@@ -536,4 +535,442 @@ fn canonical_network(network: IpNet) -> IpNet {
         return IpNet::V4(mapped);
     }
     network
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// A resolver that knows `host1` (10.1.1.1 and fd00::1) and `host2` (10.2.2.2).
+    fn fake_resolver(name: &str) -> Vec<IpAddr> {
+        match name {
+            "host1" => vec![ip("10.1.1.1"), ip("fd00::1")],
+            "host2" => vec![ip("10.2.2.2")],
+            _ => Vec::new(),
+        }
+    }
+
+    fn parse(text: &str) -> Result<Exports, ExportsError> {
+        Exports::parse_with_resolver(text, &mut fake_resolver)
+    }
+
+    fn defaults() -> ExportOptions {
+        ExportOptions::default()
+    }
+
+    fn rw() -> ExportOptions {
+        ExportOptions { read_only: false, ..defaults() }
+    }
+
+    fn rule(matcher: ClientMatcher, options: ExportOptions) -> ClientRule {
+        ClientRule { matcher, options }
+    }
+
+    fn net(text: &str) -> ClientMatcher {
+        ClientMatcher::Network(text.parse().unwrap())
+    }
+
+    fn syntax_line(result: Result<Exports, ExportsError>) -> (usize, String) {
+        match result {
+            Err(ExportsError::Syntax { line, message }) => (line, message),
+            other => panic!("expected a syntax error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_documented_ones() {
+        assert_eq!(
+            defaults(),
+            ExportOptions {
+                read_only: true,
+                squash: Squash::Root,
+                anonymous_uid: 65534,
+                anonymous_gid: 65534,
+                secure: false,
+            }
+        );
+    }
+
+    #[test]
+    fn line_table() {
+        let host1 =
+            || ClientMatcher::Host { name: "host1".into(), addresses: vec![ip("10.1.1.1"), ip("fd00::1")] };
+        let table: Vec<(&str, &str, Vec<ClientRule>)> = vec![
+            ("/a *(rw)", "/a", vec![rule(ClientMatcher::Everyone, rw())]),
+            ("/a", "/a", vec![rule(ClientMatcher::Everyone, defaults())]),
+            ("/a   # only a path", "/a", vec![rule(ClientMatcher::Everyone, defaults())]),
+            ("/a (rw)", "/a", vec![rule(ClientMatcher::Everyone, rw())]),
+            ("/a 10.0.0.1", "/a", vec![rule(ClientMatcher::Address(ip("10.0.0.1")), defaults())]),
+            ("/a ::ffff:10.0.0.1()", "/a", vec![rule(ClientMatcher::Address(ip("10.0.0.1")), defaults())]),
+            ("/a 10.0.0.0/8(rw)", "/a", vec![rule(net("10.0.0.0/8"), rw())]),
+            ("/a 10.1.2.3/255.255.0.0(rw)", "/a", vec![rule(net("10.1.0.0/16"), rw())]),
+            ("/a fd00::/8(rw)", "/a", vec![rule(net("fd00::/8"), rw())]),
+            ("/a ::ffff:10.0.0.0/104(rw)", "/a", vec![rule(net("10.0.0.0/8"), rw())]),
+            ("/a host1(rw)", "/a", vec![rule(host1(), rw())]),
+            (
+                "/a nowhere(rw)",
+                "/a",
+                vec![rule(ClientMatcher::Host { name: "nowhere".into(), addresses: vec![] }, rw())],
+            ),
+            ("//a//b/// *", "/a/b", vec![rule(ClientMatcher::Everyone, defaults())]),
+            ("/ *", "/", vec![rule(ClientMatcher::Everyone, defaults())]),
+            ("\"/my dir\" *(rw)", "/my dir", vec![rule(ClientMatcher::Everyone, rw())]),
+            ("/my\\040dir *(rw)", "/my dir", vec![rule(ClientMatcher::Everyone, rw())]),
+            ("/a *(ro,rw)", "/a", vec![rule(ClientMatcher::Everyone, rw())]),
+            ("/a *(rw,ro)", "/a", vec![rule(ClientMatcher::Everyone, defaults())]),
+            (
+                "/a *(rw,no_root_squash,anonuid=7,anongid=8,secure,sync,no_subtree_check,fsid=0,sec=sys)",
+                "/a",
+                vec![rule(
+                    ClientMatcher::Everyone,
+                    ExportOptions {
+                        read_only: false,
+                        squash: Squash::None,
+                        anonymous_uid: 7,
+                        anonymous_gid: 8,
+                        secure: true,
+                    },
+                )],
+            ),
+            (
+                "/a *(all_squash,no_root_squash)",
+                "/a",
+                vec![rule(ClientMatcher::Everyone, ExportOptions { squash: Squash::All, ..defaults() })],
+            ),
+            (
+                "/a *(no_root_squash,all_squash)",
+                "/a",
+                vec![rule(ClientMatcher::Everyone, ExportOptions { squash: Squash::All, ..defaults() })],
+            ),
+            ("/a *(all_squash,no_all_squash)", "/a", vec![rule(ClientMatcher::Everyone, defaults())]),
+            (
+                "/a *(secure,insecure,async,wdelay,no_wdelay,crossmnt,nohide,hide,acl,no_acl,mp,mountpoint=/x)",
+                "/a",
+                vec![rule(ClientMatcher::Everyone, defaults())],
+            ),
+            (
+                "/a -rw,no_root_squash host2 *(ro)",
+                "/a",
+                vec![
+                    rule(
+                        ClientMatcher::Host { name: "host2".into(), addresses: vec![ip("10.2.2.2")] },
+                        ExportOptions { squash: Squash::None, ..rw() },
+                    ),
+                    rule(ClientMatcher::Everyone, ExportOptions { squash: Squash::None, ..defaults() }),
+                ],
+            ),
+            ("/a -rw", "/a", vec![rule(ClientMatcher::Everyone, rw())]),
+            (
+                "  /a\t10.0.0.1(rw)  *(ro) # trailing comment",
+                "/a",
+                vec![
+                    rule(ClientMatcher::Address(ip("10.0.0.1")), rw()),
+                    rule(ClientMatcher::Everyone, defaults()),
+                ],
+            ),
+            (
+                "/a 10.0.0.1(rw) \\\n   *(ro)",
+                "/a",
+                vec![
+                    rule(ClientMatcher::Address(ip("10.0.0.1")), rw()),
+                    rule(ClientMatcher::Everyone, defaults()),
+                ],
+            ),
+            ("\"/a#b\" *(rw)", "/a#b", vec![rule(ClientMatcher::Everyone, rw())]),
+            ("/a *(rw)\r", "/a", vec![rule(ClientMatcher::Everyone, rw())]),
+        ];
+        for (text, path, rules) in table {
+            let exports = parse(text).unwrap_or_else(|error| panic!("{text:?}: {error}"));
+            assert_eq!(exports.entries, vec![ExportEntry { path: path.into(), rules }], "{text:?}");
+        }
+    }
+
+    #[test]
+    fn space_before_options_means_everyone() {
+        let exports = parse("/data host2 (rw)").unwrap();
+        let rules = &exports.entries[0].rules;
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].options, defaults());
+        assert_eq!(rules[1], rule(ClientMatcher::Everyone, rw()));
+        // host2 gets read-only (its own rule comes first), everyone else read-write.
+        assert_eq!(exports.options_for_mount("/data", ip("10.2.2.2")), Some(defaults()));
+        assert_eq!(exports.options_for_mount("/data", ip("192.0.2.1")), Some(rw()));
+    }
+
+    #[test]
+    fn comments_blank_lines_and_duplicates() {
+        let text = "# header\n\n   \n/a 10.0.0.1(rw)\n# middle\n/b *\n/a/ *(ro)\n";
+        let exports = parse(text).unwrap();
+        assert_eq!(exports.entries.len(), 2);
+        assert_eq!(exports.entries[0].path, "/a");
+        assert_eq!(
+            exports.entries[0].rules,
+            vec![
+                rule(ClientMatcher::Address(ip("10.0.0.1")), rw()),
+                rule(ClientMatcher::Everyone, defaults())
+            ]
+        );
+        assert_eq!(exports.entries[1].path, "/b");
+        assert_eq!(parse("").unwrap(), Exports::default());
+        assert_eq!(parse("# nothing\n\\\n").unwrap(), Exports::default());
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases: Vec<(&str, usize, &str)> = vec![
+            ("/a *(rw)\n/b *(bogus)", 2, "bogus"),
+            ("# c\n\n/a *(rw,frobnicate=1)", 3, "frobnicate"),
+            ("relative *(rw)", 1, "absolute"),
+            ("/a/../b *", 1, ".."),
+            ("/a/./b *", 1, "\".\""),
+            ("/a *.example.com(rw)", 1, "wildcard"),
+            ("/a @group(rw)", 1, "netgroups"),
+            ("/a *(rw", 1, "not closed"),
+            ("/a host(rw)x", 1, "not closed"),
+            ("/a *(rw))", 1, "malformed"),
+            ("/a host)", 1, "unmatched"),
+            ("\"/a *(rw)", 1, "quote"),
+            ("/a 10.0.0.0/33", 1, "prefix"),
+            ("/a 10.0.0.0/255.0.255.0", 1, "netmask"),
+            ("/a 10.0.0.0/x", 1, "netmask"),
+            ("/a nothost/8", 1, "not an IP address"),
+            ("/a *(anonuid=-1)", 1, "anonuid"),
+            ("/a *(anongid=x)", 1, "anongid"),
+            ("/a *(sec=krb5)", 1, "sec=krb5"),
+            ("/a *(fsid=)", 1, "fsid"),
+            ("/a *(rw=x)", 1, "rw=x"),
+            ("/a -bogus *", 1, "bogus"),
+            ("/a \\\n  *(rw) \\\n  *(bogus)\n", 1, "bogus"),
+            ("/a *(rw)\n/b \\\n  *(bogus)\n", 2, "bogus"),
+            ("/a ho$t", 1, "host name"),
+        ];
+        for (text, line, needle) in cases {
+            let (got, message) = syntax_line(parse(text));
+            assert_eq!(got, line, "{text:?}: {message}");
+            assert!(message.contains(needle), "{text:?}: {message:?} should mention {needle:?}");
+        }
+        let error = parse("/a\n/b *(nope)").unwrap_err().to_string();
+        assert!(error.contains("line 2") && error.contains("nope"), "{error}");
+    }
+
+    #[test]
+    fn matching_addresses_networks_and_hosts() {
+        let text = "/v4 10.0.0.0/8(rw)\n/mask 192.168.0.0/255.255.255.0(rw)\n/v6 fd00::/8(rw)\n\
+                    /one 10.9.9.9(rw)\n/host host1(rw)\n/mapped ::ffff:172.16.0.1(rw)\n";
+        let exports = parse(text).unwrap();
+        let mount = |path: &str, client: &str| exports.options_for_mount(path, ip(client)).is_some();
+        assert!(mount("/v4", "10.200.0.1"));
+        assert!(!mount("/v4", "11.0.0.1"));
+        assert!(mount("/v4", "::ffff:10.200.0.1"));
+        assert!(!mount("/v4", "fd00::1"));
+        assert!(mount("/mask", "192.168.0.254"));
+        assert!(!mount("/mask", "192.168.1.1"));
+        assert!(mount("/v6", "fd12::5"));
+        assert!(!mount("/v6", "fe80::1"));
+        assert!(!mount("/v6", "10.0.0.1"));
+        assert!(mount("/one", "10.9.9.9"));
+        assert!(mount("/one", "::ffff:10.9.9.9"));
+        assert!(!mount("/one", "10.9.9.8"));
+        assert!(mount("/host", "10.1.1.1"));
+        assert!(mount("/host", "::ffff:10.1.1.1"));
+        assert!(mount("/host", "fd00::1"));
+        assert!(!mount("/host", "10.2.2.2"));
+        assert!(mount("/mapped", "172.16.0.1"));
+        // Paths are normalised; invalid or unexported paths match nothing.
+        assert!(mount("//v4/", "10.0.0.1"));
+        assert!(!mount("/v4/sub", "10.0.0.1"));
+        assert!(!mount("v4", "10.0.0.1"));
+        assert!(!mount("/v4/..", "10.0.0.1"));
+        assert!(!mount("/nope", "10.0.0.1"));
+        // A host that did not resolve matches nobody.
+        let unresolved = parse("/a nowhere(rw)").unwrap();
+        assert_eq!(unresolved.options_for_mount("/a", ip("127.0.0.1")), None);
+        // Matchers built directly with mapped addresses match too.
+        let mapped = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
+        assert!(ClientMatcher::Address(mapped).matches(ip("10.0.0.1")));
+        assert!(ClientMatcher::Network("::ffff:0:0/96".parse().unwrap()).matches(mapped));
+        assert!(ClientMatcher::Everyone.matches(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let exports = parse("/a 10.0.0.0/8(rw) 10.1.0.0/16(ro,no_root_squash) *(ro)").unwrap();
+        assert_eq!(exports.options_for_mount("/a", ip("10.1.0.1")), Some(rw()));
+        assert_eq!(exports.options_for_mount("/a", ip("11.0.0.1")), Some(defaults()));
+    }
+
+    #[test]
+    fn request_options_are_the_least_privileged() {
+        let text = "/rw 10.0.0.0/8(rw,no_root_squash,anonuid=1,anongid=1)\n\
+                    /root 10.0.0.0/8(rw,anonuid=2,anongid=2) *(rw,all_squash)\n\
+                    /all 10.1.0.0/16(rw,all_squash,anonuid=3,anongid=4,secure)\n\
+                    /all2 10.1.0.0/16(rw,all_squash,anonuid=5,anongid=6)\n\
+                    /ro 10.2.0.0/16(ro,no_root_squash)\n";
+        let exports = parse(text).unwrap();
+        let request = |client: &str| exports.options_for_request(ip(client));
+        assert_eq!(
+            request("10.9.0.1"),
+            Some(ExportOptions {
+                read_only: false,
+                squash: Squash::Root,
+                anonymous_uid: 2,
+                anonymous_gid: 2,
+                secure: false
+            })
+        );
+        assert_eq!(
+            request("10.1.0.1"),
+            Some(ExportOptions {
+                read_only: false,
+                squash: Squash::All,
+                anonymous_uid: 3,
+                anonymous_gid: 4,
+                secure: true
+            })
+        );
+        assert_eq!(
+            request("10.2.0.1"),
+            Some(ExportOptions {
+                read_only: true,
+                squash: Squash::Root,
+                anonymous_uid: 2,
+                anonymous_gid: 2,
+                secure: false
+            })
+        );
+        // Only the `*` rule of /root matches outside 10/8.
+        assert_eq!(request("192.0.2.1"), Some(ExportOptions { squash: Squash::All, ..rw() }));
+        assert_eq!(parse("/a 10.0.0.0/8").unwrap().options_for_request(ip("11.0.0.1")), None);
+        assert_eq!(Exports::default().options_for_request(ip("10.0.0.1")), None);
+    }
+
+    #[test]
+    fn caller_for_each_squash_mode() {
+        let options = |squash| ExportOptions { squash, anonymous_uid: 99, anonymous_gid: 98, ..rw() };
+        let caller = |uid, gid, groups: Vec<u32>| Caller { uid, gid, groups };
+
+        let none = options(Squash::None);
+        assert_eq!(none.caller_for(Some((0, 0, &[0, 5]))), caller(0, 0, vec![0, 5]));
+        assert_eq!(none.caller_for(Some((1000, 100, &[]))), caller(1000, 100, vec![]));
+        assert_eq!(none.caller_for(None), caller(99, 98, vec![]));
+
+        let root = options(Squash::Root);
+        assert_eq!(root.caller_for(Some((0, 0, &[0, 5]))), caller(99, 98, vec![98, 5]));
+        assert_eq!(root.caller_for(Some((0, 10, &[10]))), caller(99, 10, vec![10]));
+        assert_eq!(root.caller_for(Some((1000, 0, &[4, 0]))), caller(1000, 98, vec![4, 98]));
+        assert_eq!(root.caller_for(Some((1000, 100, &[4]))), caller(1000, 100, vec![4]));
+        assert_eq!(root.caller_for(None), caller(99, 98, vec![]));
+
+        let all = options(Squash::All);
+        assert_eq!(all.caller_for(Some((1000, 100, &[4, 5]))), caller(99, 98, vec![]));
+        assert_eq!(all.caller_for(Some((0, 0, &[0]))), caller(99, 98, vec![]));
+        assert_eq!(all.caller_for(None), caller(99, 98, vec![]));
+    }
+
+    #[test]
+    fn load_reads_the_file_or_names_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("exports");
+        std::fs::write(&path, "/a 127.0.0.1(rw)\n").unwrap();
+        let exports = Exports::load(&path).unwrap();
+        assert_eq!(exports.options_for_mount("/a", ip("127.0.0.1")), Some(rw()));
+        let missing = directory.path().join("missing");
+        match Exports::load(&missing) {
+            Err(ExportsError::Read { path, .. }) => assert!(path.ends_with("missing")),
+            other => panic!("expected a read error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn normalize_path_cases() {
+        assert_eq!(normalize_path("/").unwrap(), "/");
+        assert_eq!(normalize_path("///").unwrap(), "/");
+        assert_eq!(normalize_path("/a//b/").unwrap(), "/a/b");
+        assert_eq!(normalize_path("/a/.b/c..").unwrap(), "/a/.b/c..");
+        assert!(normalize_path("").is_err());
+        assert!(normalize_path("a/b").is_err());
+        assert!(normalize_path("/a/./b").is_err());
+        assert!(normalize_path("/..").is_err());
+    }
+
+    /// Random lines built from exports fragments and random bytes never panic the parser or the
+    /// matchers.
+    #[test]
+    fn random_input_never_panics() {
+        const FRAGMENTS: &[&str] = &[
+            "/",
+            "/a",
+            "//b/",
+            "\"",
+            "#",
+            "\\",
+            "\\040",
+            "\\377",
+            "\\\n",
+            "\n",
+            " ",
+            "\t",
+            "(",
+            ")",
+            ",",
+            "=",
+            "*",
+            "@",
+            "-",
+            "rw",
+            "ro",
+            "all_squash",
+            "no_root_squash",
+            "anonuid=",
+            "4294967296",
+            "10.0.0.0",
+            "/8",
+            "/255.255.0.0",
+            "::ffff:",
+            "fd00::",
+            "/129",
+            "host1",
+            "é",
+            "..",
+            ".",
+            "sec=",
+            "fsid=",
+            "\r",
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let clients = [ip("10.0.0.1"), ip("::ffff:10.1.1.1"), ip("fd00::1"), ip("127.0.0.1")];
+        for _ in 0..5000 {
+            let mut text = String::new();
+            for _ in 0..(next() % 24) {
+                if next() % 4 == 0 {
+                    let bytes: Vec<u8> = (0..(next() % 6)).map(|_| next() as u8).collect();
+                    text.push_str(&String::from_utf8_lossy(&bytes));
+                } else {
+                    text.push_str(FRAGMENTS[(next() % FRAGMENTS.len() as u64) as usize]);
+                }
+            }
+            if let Ok(exports) = parse(&text) {
+                for client in clients {
+                    let _ = exports.options_for_request(client);
+                    for entry in &exports.entries {
+                        let _ = exports.options_for_mount(&entry.path, client);
+                    }
+                    let _ = exports.options_for_mount(&text, client);
+                }
+            }
+            let _ = normalize_path(&text);
+        }
+    }
 }
