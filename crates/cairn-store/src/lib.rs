@@ -6,27 +6,80 @@
 //! operation), [`Caller`] (who asks; the store checks POSIX permissions itself, atomically with
 //! the operation), [`StoreError`].
 //!
+//! Layout (details, byte layouts and fsync ordering in `docs/format.md`):
+//! - `<data_dir>/containers/1/`: the name container, a redb database `name.redb` holding inodes,
+//!   directory entries (each with a stable per-directory cookie), inline blocks (the first
+//!   64 KiB of each file, each 8 KiB block with its CRC-32C), chunk maps, dirty-region intents
+//!   and the container's transaction id.
+//! - `<data_dir>/containers/2..`: data containers. Each chunk of a file is a sparse data file
+//!   plus a checksum sidecar (CRC-32C and a written/hole flag per 8 KiB block).
+//! - Every container has `container.meta` (format version, kind, epoch, transaction ids).
+//!
 //! Durability contract (DESIGN.md section 4): every namespace or attribute change is on stable
-//! storage when its method returns; a write with [`Stability::Unstable`] may be lost by a crash
-//! until [`Store::commit`] returns, and the [`WriteVerifier`] changes whenever that can have
-//! happened. A failed fsync is never retried: the container is poisoned.
+//! storage when its method returns (concurrent changes share one redb commit: group commit);
+//! a write with [`Stability::Unstable`] may be lost by a crash until [`Store::commit`] returns,
+//! and the [`WriteVerifier`] changes whenever that can have happened (it is random per
+//! [`Store::open`] and re-rolled on poisoning). Unstable writes keep their metadata in memory (the
+//! hot inode table) and their bytes in the page cache; before the first unstable write into a
+//! 64 MiB region of a chunk, a durable dirty-region intent is recorded, so that recovery
+//! recomputes those checksums instead of reporting corruption. A failed fsync or write-back is
+//! never retried: the store is poisoned and refuses every later change.
 //!
 //! Architecture invariant: this crate never touches the network and knows nothing of NFS.
 
 mod api;
+mod data;
+mod faults;
+mod format;
+mod group;
+mod hot;
+mod namespace;
+mod open;
+mod perm;
+mod tables;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use api::*;
-use cairn_types::{ClusterId, Fid, VolumeId};
+use cairn_types::{ClusterId, ContainerId, Epoch, Fid, TxnId, VolumeId};
+#[doc(hidden)]
+pub use faults::FailPoint;
+use parking_lot::{Mutex, RwLock};
+
+use crate::data::{ChunkFiles, DataContainer};
+use crate::faults::Faults;
+use crate::format::Inode;
+use crate::group::{GroupCommit, Op, Output};
+use crate::hot::HotTable;
+
+/// The name container's id: every FID of the volume names it.
+pub const NAME_CONTAINER_ID: ContainerId = ContainerId(1);
+/// Number of data stripe locks (readers and writers of file data take one per inode).
+const DATA_STRIPES: usize = 1024;
 
 /// Settings of a [`Store`].
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     /// Where containers live. Created if absent.
     pub data_dir: PathBuf,
-    /// Size of a chunk (the part of a file kept in one data container).
+    /// Size of a chunk (the part of a file kept in one data container). A multiple of 8 KiB, at
+    /// least 64 KiB.
     pub chunk_size_bytes: u64,
+    /// Number of data containers (ids 2..=N+1). Fixed when the store is created.
+    pub data_containers: u32,
+    /// Most bytes of unstable inline data and metadata kept in memory before the store writes
+    /// them to the name container on its own (they stay "unstable" until a COMMIT).
+    pub unstable_memory_bytes_max: u64,
+    /// Free space the store keeps for itself: data writes fail with [`StoreError::NoSpace`]
+    /// below it, creations below half of it, and removals (which free space) below an eighth,
+    /// so that a full disk never makes a database commit fail.
+    pub space_reserve_bytes: u64,
+    /// Most open chunk files kept in the file cache.
+    pub open_chunk_files_max: usize,
 }
 
 impl StoreConfig {
@@ -34,6 +87,10 @@ impl StoreConfig {
         StoreConfig {
             data_dir: data_dir.into(),
             chunk_size_bytes: cairn_types::limits::CHUNK_SIZE_BYTES_DEFAULT,
+            data_containers: 4,
+            unstable_memory_bytes_max: 64 * 1024 * 1024,
+            space_reserve_bytes: 64 * 1024 * 1024,
+            open_chunk_files_max: 512,
         }
     }
 }
@@ -41,48 +98,121 @@ impl StoreConfig {
 /// One node's store. `Send + Sync`: call it from many threads at once. Every method blocks on
 /// disk I/O, so async callers run it on a blocking thread.
 pub struct Store {
-    _private: (),
+    config: StoreConfig,
+    db: redb::Database,
+    faults: Arc<Faults>,
+    cluster: ClusterId,
+    volume: VolumeId,
+    fsid: u64,
+    root: Fid,
+    epoch: Epoch,
+    verifier: Mutex<[u8; 8]>,
+    poisoned: AtomicBool,
+    poison_reason: Mutex<String>,
+    hot: HotTable,
+    /// Invariant: whoever changes the bytes or size of a regular file holds its stripe for
+    /// writing; readers of file bytes hold it for reading.
+    stripes: Box<[RwLock<()>]>,
+    group: GroupCommit,
+    files: Mutex<HashMap<(u64, u64), Arc<ChunkFiles>>>,
+    containers: Vec<DataContainer>,
+    /// Bytes of unstable inline blocks held in hot entries.
+    inline_dirty_bytes: AtomicU64,
+    /// Size of a dirty region: min(64 MiB, chunk size).
+    region_size_bytes: u64,
+    /// Inodes whose files were deleted after their removal committed; their `pending_delete`
+    /// rows go in the next batch.
+    finished_deletes: Mutex<Vec<u64>>,
+}
+
+fn now() -> Timestamp {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp { seconds: since.as_secs() as u32, nanoseconds: since.subsec_nanos() }
+}
+
+/// A ctime later than `previous`: ctime never goes back, even if the clock does.
+fn next_ctime(previous: Timestamp) -> Timestamp {
+    let current = now();
+    if current > previous {
+        return current;
+    }
+    if previous.nanoseconds < 999_999_999 {
+        Timestamp { seconds: previous.seconds, nanoseconds: previous.nanoseconds + 1 }
+    } else {
+        Timestamp { seconds: previous.seconds.saturating_add(1), nanoseconds: 0 }
+    }
+}
+
+fn random_nonzero_u32() -> u32 {
+    loop {
+        let value: u32 = rand::random();
+        if value != 0 {
+            return value;
+        }
+    }
+}
+
+/// FNV-1a: a stable hash, the same in every build and on every node.
+fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
 }
 
 impl Store {
     /// Opens the store in `config.data_dir`, creating a new cluster id, volume and root directory
     /// (mode 0755, owner root) on first use, and recovering after a crash.
     pub fn open(config: StoreConfig) -> StoreResult<Store> {
-        let _ = config;
-        todo!()
+        open::open(config)
     }
 
     /// Makes everything durable, for a clean shutdown.
     pub fn sync_all(&self) -> StoreResult<()> {
-        todo!()
+        self.check_poisoned()?;
+        for entry in self.hot.all() {
+            let (number, unstable) = {
+                let guard = entry.lock();
+                (guard.number, guard.has_unstable() && !guard.deleted)
+            };
+            if unstable {
+                self.commit_inode(number)?;
+            }
+        }
+        for container in &self.containers {
+            container.persist_txn(&self.faults)?;
+        }
+        Ok(())
     }
 
     pub fn cluster_id(&self) -> ClusterId {
-        todo!()
+        self.cluster
     }
 
     /// The one volume of a single-node cluster.
     pub fn volume_id(&self) -> VolumeId {
-        todo!()
+        self.volume
     }
 
     /// The root directory of the volume.
     pub fn root(&self) -> Fid {
-        todo!()
+        self.root
     }
 
     pub fn data_dir(&self) -> &Path {
-        todo!()
+        &self.config.data_dir
     }
 
     /// The current write verifier.
     pub fn write_verifier(&self) -> WriteVerifier {
-        todo!()
+        WriteVerifier(*self.verifier.lock())
     }
 
     pub fn getattr(&self, fid: Fid) -> StoreResult<Attributes> {
-        let _ = fid;
-        todo!()
+        let (number, inode) = self.current(fid)?;
+        Ok(self.attributes(number, &inode))
     }
 
     /// SETATTR. `guard_ctime`: fail with [`StoreError::NotSync`] unless the ctime matches.
@@ -93,30 +223,35 @@ impl Store {
         changes: SetAttributes,
         guard_ctime: Option<Timestamp>,
     ) -> StoreResult<WccData> {
-        let _ = (caller, fid, changes, guard_ctime);
-        todo!()
+        match self.submit(Op::Setattr { caller: caller.clone(), fid, changes, guard_ctime })? {
+            Output::Wcc(wcc) => Ok(wcc),
+            _ => unreachable!("setattr answers with wcc data"),
+        }
     }
 
     /// LOOKUP, including `.` and `..` (`..` of the root is the root).
     pub fn lookup(&self, caller: &Caller, directory: Fid, name: &[u8]) -> StoreResult<Lookup> {
-        let _ = (caller, directory, name);
-        todo!()
+        namespace::lookup(self, caller, directory, name)
     }
 
     /// ACCESS: which of the `requested` bits ([`access`]) the caller holds, and the attributes.
     pub fn access(&self, caller: &Caller, fid: Fid, requested: u32) -> StoreResult<(u32, Attributes)> {
-        let _ = (caller, fid, requested);
-        todo!()
+        let (number, inode) = self.current(fid)?;
+        Ok((perm::access_bits(caller, &inode, requested), self.attributes(number, &inode)))
     }
 
     pub fn readlink(&self, caller: &Caller, fid: Fid) -> StoreResult<(Vec<u8>, Attributes)> {
-        let _ = (caller, fid);
-        todo!()
+        let _ = caller;
+        let (number, inode) = self.current(fid)?;
+        if inode.kind != FileKind::Symlink {
+            return Err(StoreError::Invalid("not a symbolic link"));
+        }
+        let attributes = self.attributes(number, &inode);
+        Ok((inode.target, attributes))
     }
 
     pub fn read(&self, caller: &Caller, fid: Fid, offset: u64, count: u32) -> StoreResult<ReadResult> {
-        let _ = (caller, fid, offset, count);
-        todo!()
+        data::read(self, caller, fid, offset, count)
     }
 
     pub fn write(
@@ -127,14 +262,21 @@ impl Store {
         data: &[u8],
         stability: Stability,
     ) -> StoreResult<WriteResult> {
-        let _ = (caller, fid, offset, data, stability);
-        todo!()
+        data::write(self, caller, fid, offset, data, stability)
     }
 
     /// COMMIT: makes every earlier write to the file durable. `count_bytes` 0 means to the end.
+    /// The whole file is committed whatever the range.
     pub fn commit(&self, fid: Fid, offset: u64, count_bytes: u32) -> StoreResult<CommitResult> {
-        let _ = (fid, offset, count_bytes);
-        todo!()
+        let _ = (offset, count_bytes);
+        let (number, before) = self.current(fid)?;
+        self.check_poisoned()?;
+        self.commit_inode(number)?;
+        let (_, after) = self.current(fid)?;
+        Ok(CommitResult {
+            verifier: self.write_verifier(),
+            file: WccData { before: Some(pre_op(&before)), after: Some(self.attributes(number, &after)) },
+        })
     }
 
     pub fn create(
@@ -144,8 +286,7 @@ impl Store {
         name: &[u8],
         how: CreateHow,
     ) -> StoreResult<Created> {
-        let _ = (caller, directory, name, how);
-        todo!()
+        self.submit_created(Op::Create { caller: caller.clone(), directory, name: name.to_vec(), how })
     }
 
     pub fn mkdir(
@@ -155,8 +296,7 @@ impl Store {
         name: &[u8],
         attributes: SetAttributes,
     ) -> StoreResult<Created> {
-        let _ = (caller, directory, name, attributes);
-        todo!()
+        self.submit_created(Op::Mkdir { caller: caller.clone(), directory, name: name.to_vec(), attributes })
     }
 
     pub fn symlink(
@@ -167,8 +307,13 @@ impl Store {
         target: &[u8],
         attributes: SetAttributes,
     ) -> StoreResult<Created> {
-        let _ = (caller, directory, name, target, attributes);
-        todo!()
+        self.submit_created(Op::Symlink {
+            caller: caller.clone(),
+            directory,
+            name: name.to_vec(),
+            target: target.to_vec(),
+            attributes,
+        })
     }
 
     pub fn mknod(
@@ -179,19 +324,22 @@ impl Store {
         kind: SpecialKind,
         attributes: SetAttributes,
     ) -> StoreResult<Created> {
-        let _ = (caller, directory, name, kind, attributes);
-        todo!()
+        self.submit_created(Op::Mknod { caller: caller.clone(), directory, name: name.to_vec(), kind, attributes })
     }
 
     /// REMOVE of a non-directory.
     pub fn remove(&self, caller: &Caller, directory: Fid, name: &[u8]) -> StoreResult<WccData> {
-        let _ = (caller, directory, name);
-        todo!()
+        match self.submit(Op::Remove { caller: caller.clone(), directory, name: name.to_vec() })? {
+            Output::Wcc(wcc) => Ok(wcc),
+            _ => unreachable!("remove answers with wcc data"),
+        }
     }
 
     pub fn rmdir(&self, caller: &Caller, directory: Fid, name: &[u8]) -> StoreResult<WccData> {
-        let _ = (caller, directory, name);
-        todo!()
+        match self.submit(Op::Rmdir { caller: caller.clone(), directory, name: name.to_vec() })? {
+            Output::Wcc(wcc) => Ok(wcc),
+            _ => unreachable!("rmdir answers with wcc data"),
+        }
     }
 
     /// RENAME, atomic, also over an existing target (a file over a file, or a directory over an
@@ -204,13 +352,23 @@ impl Store {
         to_directory: Fid,
         to_name: &[u8],
     ) -> StoreResult<Renamed> {
-        let _ = (caller, from_directory, from_name, to_directory, to_name);
-        todo!()
+        match self.submit(Op::Rename {
+            caller: caller.clone(),
+            from_directory,
+            from_name: from_name.to_vec(),
+            to_directory,
+            to_name: to_name.to_vec(),
+        })? {
+            Output::Renamed(renamed) => Ok(renamed),
+            _ => unreachable!("rename answers with two wcc data"),
+        }
     }
 
     pub fn link(&self, caller: &Caller, fid: Fid, directory: Fid, name: &[u8]) -> StoreResult<Linked> {
-        let _ = (caller, fid, directory, name);
-        todo!()
+        match self.submit(Op::Link { caller: caller.clone(), fid, directory, name: name.to_vec() })? {
+            Output::Linked(linked) => Ok(linked),
+            _ => unreachable!("link answers with linked"),
+        }
     }
 
     /// READDIR / READDIRPLUS: up to `entries_max` entries after `cookie` (0: from the start).
@@ -223,11 +381,167 @@ impl Store {
         entries_max: usize,
         with_attributes: bool,
     ) -> StoreResult<DirectoryPage> {
-        let _ = (caller, directory, cookie, entries_max, with_attributes);
-        todo!()
+        namespace::readdir(self, caller, directory, cookie, entries_max, with_attributes)
     }
 
     pub fn fsstat(&self) -> StoreResult<FsStat> {
-        todo!()
+        let stat = open::statvfs(&self.config.data_dir)?;
+        let fragment = stat.f_frsize as u64;
+        let (total_files, free_files, available_files) = if stat.f_files == 0 {
+            (1 << 40, 1 << 40, 1 << 40)
+        } else {
+            (stat.f_files as u64, stat.f_ffree as u64, stat.f_favail as u64)
+        };
+        Ok(FsStat {
+            total_bytes: stat.f_blocks as u64 * fragment,
+            free_bytes: stat.f_bfree as u64 * fragment,
+            available_bytes: stat.f_bavail as u64 * fragment,
+            total_files,
+            free_files,
+            available_files,
+        })
     }
+
+    /// The epoch and last transaction id of a container (name container: id 1; data
+    /// containers: 2 and up).
+    pub fn container_state(&self, container: ContainerId) -> Option<(Epoch, TxnId)> {
+        if container == NAME_CONTAINER_ID {
+            return Some((self.epoch, self.group.last_txn()));
+        }
+        self.containers.iter().find(|data| data.id == container.0).map(|data| (data.epoch, data.last_txn()))
+    }
+
+    /// Makes the next I/O at `point` fail, for tests of poisoning.
+    #[doc(hidden)]
+    pub fn inject_failure(&self, point: FailPoint) {
+        self.faults.arm(point);
+    }
+
+    /// Simulates a crash: from now on no I/O of this store reaches the disk (every write and
+    /// sync fails), then drops it. Unstable state in memory is lost, as in a real crash.
+    #[doc(hidden)]
+    pub fn simulate_crash(self) {
+        self.faults.crash();
+        self.poison("simulated crash".to_string());
+        drop(self);
+    }
+
+    /// Whether the store is poisoned.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::SeqCst)
+    }
+
+    // ---- shared helpers ----
+
+    fn check_poisoned(&self) -> StoreResult<()> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(StoreError::Poisoned(self.poison_reason.lock().clone()));
+        }
+        Ok(())
+    }
+
+    /// Poisons the store after a failed fsync or write-back: acknowledged unstable data may be
+    /// lost, so the verifier changes, and no change is accepted any more.
+    fn poison(&self, reason: String) {
+        let mut stored = self.poison_reason.lock();
+        if !self.poisoned.swap(true, Ordering::SeqCst) {
+            tracing::error!(%reason, "store poisoned");
+            *stored = reason;
+        }
+        drop(stored);
+        self.reroll_verifier();
+    }
+
+    fn reroll_verifier(&self) {
+        let mut verifier = self.verifier.lock();
+        let old = *verifier;
+        while *verifier == old {
+            *verifier = rand::random();
+        }
+    }
+
+    fn poisoned_error(&self) -> StoreError {
+        StoreError::Poisoned(self.poison_reason.lock().clone())
+    }
+
+    fn stripe(&self, number: u64) -> &RwLock<()> {
+        &self.stripes[(number as usize) % DATA_STRIPES]
+    }
+
+    fn fid(&self, number: u64, inode: &Inode) -> Fid {
+        Fid { container: NAME_CONTAINER_ID, inode: number, uniquifier: inode.uniquifier }
+    }
+
+    fn attributes(&self, number: u64, inode: &Inode) -> Attributes {
+        let size_bytes = match inode.kind {
+            FileKind::Directory => 4096,
+            FileKind::Symlink => inode.target.len() as u64,
+            _ => inode.size_bytes,
+        };
+        Attributes {
+            kind: inode.kind,
+            mode: inode.mode & perm::MODE_MASK,
+            nlink: inode.nlink,
+            uid: inode.uid,
+            gid: inode.gid,
+            size_bytes,
+            used_bytes: inode.blocks_used * cairn_types::limits::BLOCK_SIZE_BYTES,
+            rdev: inode.rdev,
+            fsid: self.fsid,
+            fileid: number,
+            atime: inode.atime,
+            mtime: inode.mtime,
+            ctime: inode.ctime,
+        }
+    }
+
+    /// The current state of a file: its hot entry if it has one, else its committed record.
+    fn current(&self, fid: Fid) -> StoreResult<(u64, Inode)> {
+        let inode = self.current_by_number(fid.inode, None)?.ok_or(StoreError::Stale(fid))?;
+        if fid.container != NAME_CONTAINER_ID || inode.uniquifier != fid.uniquifier {
+            return Err(StoreError::Stale(fid));
+        }
+        Ok((fid.inode, inode))
+    }
+
+    fn current_by_number(&self, number: u64, read: Option<&redb::ReadTransaction>) -> StoreResult<Option<Inode>> {
+        if let Some(entry) = self.hot.get(number) {
+            let guard = entry.lock();
+            if !guard.evicted {
+                return Ok((!guard.deleted).then(|| guard.inode.clone()));
+            }
+        }
+        match read {
+            Some(read) => tables::read_inode(read, number),
+            None => {
+                let read = tables::begin_read(&self.db)?;
+                tables::read_inode(&read, number)
+            }
+        }
+    }
+
+    fn commit_inode(&self, number: u64) -> StoreResult<()> {
+        data::commit_inode(self, number)
+    }
+
+    fn submit(&self, op: Op) -> StoreResult<Output> {
+        self.check_poisoned()?;
+        group::submit(self, op)
+    }
+
+    fn submit_created(&self, op: Op) -> StoreResult<Created> {
+        match self.submit(op)? {
+            Output::Created(created) => Ok(created),
+            _ => unreachable!("creations answer with created"),
+        }
+    }
+}
+
+pub(crate) fn pre_op(inode: &Inode) -> PreOpAttributes {
+    let size_bytes = match inode.kind {
+        FileKind::Directory => 4096,
+        FileKind::Symlink => inode.target.len() as u64,
+        _ => inode.size_bytes,
+    };
+    PreOpAttributes { size_bytes, mtime: inode.mtime, ctime: inode.ctime }
 }

@@ -1,0 +1,469 @@
+//! Transport: accept loops, RFC 5531 record marking, per-connection dispatch, and the writer.
+//!
+//! Per connection, one reader (this task) and one writer task. The reader takes a permit of a
+//! semaphore of [`REQUESTS_IN_FLIGHT_MAX`] before reading each record, so a client that sends
+//! faster than it is served stops being read (TCP backpressure) instead of queueing without bound.
+//! Each call runs on a blocking thread (the store blocks on disk I/O) and hands its reply, with
+//! the permit, to the writer, which writes replies as they complete, several per vectored write.
+
+use std::io::{self, IoSlice};
+use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use cairn_store::Caller;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::drc::{DrcKey, DrcLookup, DrcTicket};
+use crate::exports::ExportOptions;
+use crate::rpc::{self, AcceptStatus, CallHeader, CallOutcome, Credential};
+use crate::xdr::padding;
+use crate::{Shared, mount, nfs, nfs_args, portmap};
+
+/// Calls read from one connection and not yet answered (executing or waiting to be written).
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
+/// The largest RPC record accepted: a 1 MiB WRITE plus generous room for headers. A client that
+/// sends a larger one is disconnected.
+pub const RECORD_BYTES_MAX: usize = cairn_types::limits::IO_SIZE_BYTES_MAX as usize + 64 * 1024;
+/// Buffer of the socket reader: many small calls arrive with one read system call.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Most replies gathered into one vectored write.
+const WRITE_BATCH_REPLIES_MAX: usize = 32;
+/// Largest UDP datagram the portmapper reads.
+const DATAGRAM_BYTES_MAX: usize = 8 * 1024;
+
+/// One reply: `head` starts with its record mark; `payload` (a READ's data) follows it, then the
+/// padding of the payload to a multiple of 4.
+pub struct Reply {
+    pub head: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+impl Reply {
+    pub fn new(head: Vec<u8>) -> Reply {
+        Reply { head, payload: Vec::new() }
+    }
+}
+
+struct Outgoing {
+    reply: Reply,
+    /// Released once the reply is written.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The programs a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// NFS, MOUNT and (for convenience) the portmapper.
+    Nfs,
+    /// The portmapper only.
+    Portmap,
+}
+
+/// Resolves when the gateway shuts down (or when its owner is gone).
+pub async fn shutdown_signal(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Accepts connections until shutdown, then waits for every connection to finish.
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    service: Service,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shutdown_signal(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tracing::debug!(%peer, ?service, "connection accepted");
+                    let connection = Connection::new(shared.clone(), peer, service);
+                    connections.spawn(connection.serve(stream, shutdown.clone()));
+                }
+                Err(error) => {
+                    // EMFILE and friends: back off a little instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(error) = joined {
+                    tracing::error!(%error, "connection task failed");
+                }
+            }
+        }
+    }
+    drop(listener);
+    while let Some(joined) = connections.join_next().await {
+        if let Err(error) = joined {
+            tracing::error!(%error, "connection task failed");
+        }
+    }
+}
+
+/// Serves the portmapper over UDP until shutdown.
+pub async fn portmap_udp_loop(socket: UdpSocket, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut buffer = vec![0u8; DATAGRAM_BYTES_MAX];
+    loop {
+        let (length, peer) = tokio::select! {
+            () = shutdown_signal(&mut shutdown) => break,
+            received = socket.recv_from(&mut buffer) => match received {
+                Ok(received) => received,
+                Err(error) => {
+                    tracing::debug!(%error, "portmap UDP receive failed");
+                    continue;
+                }
+            },
+        };
+        let datagram = &buffer[..length];
+        let reply = match rpc::decode_call(datagram) {
+            CallOutcome::Call(header) if header.program == portmap::PROGRAM => {
+                portmap::execute(&shared.portmap, &header, &datagram[header.arguments_offset..])
+            }
+            CallOutcome::Call(header) => rpc::accepted_reply(header.xid, AcceptStatus::ProgramUnavailable),
+            CallOutcome::Reject(reply) => reply,
+            CallOutcome::Unparseable => continue,
+        };
+        // Datagrams carry no record mark.
+        if let Err(error) = socket.send_to(&reply[4..], peer).await {
+            tracing::debug!(%error, %peer, "portmap UDP send failed");
+        }
+    }
+}
+
+/// Reads one record (all its fragments). `Ok(None)` at a clean end of stream.
+pub async fn read_record<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Option<Vec<u8>>> {
+    let mut record = Vec::new();
+    loop {
+        let mut mark = [0u8; 4];
+        match reader.read_exact(&mut mark).await {
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof && record.is_empty() => {
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        }
+        let mark = u32::from_be_bytes(mark);
+        let last = mark & 0x8000_0000 != 0;
+        let length = (mark & 0x7fff_ffff) as usize;
+        if record.len() + length > RECORD_BYTES_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("record of more than {RECORD_BYTES_MAX} bytes"),
+            ));
+        }
+        // 32 spare bytes: tokio's read_to_end probes with a 32-byte reserve, which would otherwise
+        // reallocate (and copy) a full buffer. Reading into spare capacity skips zeroing it.
+        record.reserve_exact(length + 32);
+        let read = (&mut *reader).take(length as u64).read_to_end(&mut record).await?;
+        if read != length {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if last {
+            return Ok(Some(record));
+        }
+    }
+}
+
+/// Per-connection state of the reader.
+struct Connection {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    client_ip: IpAddr,
+    service: Service,
+    /// The export options for this client, and the exports generation they were computed at.
+    export_options: Option<(u64, Option<ExportOptions>)>,
+    /// The last caller built, for the credential and options it was built from.
+    last_caller: Option<(Credential, ExportOptions, Arc<Caller>)>,
+}
+
+enum Action {
+    /// Send this reply now.
+    Reply(Vec<u8>),
+    /// Execute on a blocking thread.
+    Execute(Job),
+    /// Answer nothing (a retransmission of a call still in progress).
+    Drop,
+    /// Not an RPC call: close the connection.
+    Close,
+}
+
+struct Job {
+    header: CallHeader,
+    caller: Arc<Caller>,
+    read_only: bool,
+    ticket: Option<DrcTicket>,
+}
+
+impl Connection {
+    fn new(shared: Arc<Shared>, peer: SocketAddr, service: Service) -> Connection {
+        let client_ip = peer.ip().to_canonical();
+        Connection { shared, peer, client_ip, service, export_options: None, last_caller: None }
+    }
+
+    async fn serve(mut self, stream: TcpStream, mut shutdown: watch::Receiver<bool>) {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let (read_half, write_half) = stream.into_split();
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_loop(write_half, receiver));
+        let permits = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
+        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
+        let mut in_flight = JoinSet::new();
+        loop {
+            let permit = tokio::select! {
+                () = shutdown_signal(&mut shutdown) => break,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let record = tokio::select! {
+                () = shutdown_signal(&mut shutdown) => break,
+                record = read_record(&mut reader) => record,
+            };
+            let record = match record {
+                Ok(Some(record)) => record,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::debug!(peer = %self.peer, %error, "closing connection");
+                    break;
+                }
+            };
+            match self.decide(&record) {
+                Action::Reply(bytes) => {
+                    let _ = sender.send(Outgoing { reply: Reply::new(bytes), _permit: permit });
+                }
+                Action::Execute(job) => {
+                    let shared = self.shared.clone();
+                    let sender = sender.clone();
+                    let peer = self.peer;
+                    in_flight.spawn_blocking(move || {
+                        let reply = run_job(&shared, peer, &job, &record);
+                        if let Some(ticket) = job.ticket {
+                            ticket.complete(&reply.head, Instant::now());
+                        }
+                        let _ = sender.send(Outgoing { reply, _permit: permit });
+                    });
+                }
+                Action::Drop => drop(permit),
+                Action::Close => {
+                    tracing::debug!(peer = %self.peer, "not an RPC call; closing connection");
+                    break;
+                }
+            }
+            while let Some(joined) = in_flight.try_join_next() {
+                log_join_error(joined);
+            }
+            if sender.is_closed() {
+                // The writer failed: the client is gone.
+                break;
+            }
+        }
+        drop(reader);
+        while let Some(joined) = in_flight.join_next().await {
+            log_join_error(joined);
+        }
+        drop(sender);
+        if let Err(error) = writer.await {
+            tracing::error!(%error, "connection writer failed");
+        }
+        tracing::debug!(peer = %self.peer, "connection closed");
+    }
+
+    /// Decides what to do with one record, in the reader (cheap checks only).
+    fn decide(&mut self, record: &[u8]) -> Action {
+        let header = match rpc::decode_call(record) {
+            CallOutcome::Call(header) => header,
+            CallOutcome::Reject(reply) => return Action::Reply(reply),
+            CallOutcome::Unparseable => return Action::Close,
+        };
+        let xid = header.xid;
+        match (header.program, self.service) {
+            (crate::NFS_PROGRAM, Service::Nfs) => self.decide_nfs(header, record),
+            (mount::PROGRAM, Service::Nfs) => {
+                if !(mount::VERSION_LOW..=mount::VERSION_HIGH).contains(&header.version) {
+                    let range =
+                        AcceptStatus::ProgramMismatch { low: mount::VERSION_LOW, high: mount::VERSION_HIGH };
+                    return Action::Reply(rpc::accepted_reply(xid, range));
+                }
+                if header.procedure > mount::procedure::LAST {
+                    return Action::Reply(rpc::accepted_reply(xid, AcceptStatus::ProcedureUnavailable));
+                }
+                if header.procedure == mount::procedure::NULL {
+                    return Action::Reply(rpc::accepted_reply(xid, AcceptStatus::Success));
+                }
+                Action::Execute(Job {
+                    header,
+                    caller: Arc::new(Caller::root()),
+                    read_only: true,
+                    ticket: None,
+                })
+            }
+            (portmap::PROGRAM, _) => Action::Reply(portmap::execute(
+                &self.shared.portmap,
+                &header,
+                &record[header.arguments_offset..],
+            )),
+            _ => Action::Reply(rpc::accepted_reply(xid, AcceptStatus::ProgramUnavailable)),
+        }
+    }
+
+    fn decide_nfs(&mut self, header: CallHeader, record: &[u8]) -> Action {
+        let xid = header.xid;
+        if header.version != crate::NFS_VERSION {
+            let range = AcceptStatus::ProgramMismatch { low: crate::NFS_VERSION, high: crate::NFS_VERSION };
+            return Action::Reply(rpc::accepted_reply(xid, range));
+        }
+        let procedure = header.procedure;
+        if procedure > nfs_args::procedure::LAST {
+            return Action::Reply(rpc::accepted_reply(xid, AcceptStatus::ProcedureUnavailable));
+        }
+        if procedure == nfs_args::procedure::NULL {
+            return Action::Reply(rpc::accepted_reply(xid, AcceptStatus::Success));
+        }
+        let Some(options) = self.export_options() else {
+            tracing::debug!(peer = %self.peer, "NFS request refused: no export for this client");
+            return Action::Reply(nfs::failure_reply(
+                xid,
+                procedure,
+                nfs3_types::nfs3::nfsstat3::NFS3ERR_ACCES,
+            ));
+        };
+        if options.secure && self.peer.port() >= 1024 {
+            tracing::debug!(peer = %self.peer, "NFS request refused: secure export, unprivileged port");
+            return Action::Reply(nfs::failure_reply(
+                xid,
+                procedure,
+                nfs3_types::nfs3::nfsstat3::NFS3ERR_PERM,
+            ));
+        }
+        if options.read_only && nfs_args::is_modifying(procedure) {
+            return Action::Reply(nfs::failure_reply(
+                xid,
+                procedure,
+                nfs3_types::nfs3::nfsstat3::NFS3ERR_ROFS,
+            ));
+        }
+        let caller = self.caller(header.credential, options);
+        let mut ticket = None;
+        if nfs_args::is_non_idempotent(procedure) {
+            let arguments = &record[header.arguments_offset..];
+            let key = DrcKey::new(self.client_ip, xid, header.program, header.version, procedure, arguments);
+            match self.shared.drc.begin(key, Instant::now()) {
+                DrcLookup::Execute(new_ticket) => ticket = Some(new_ticket),
+                DrcLookup::Replay(reply) => {
+                    tracing::debug!(peer = %self.peer, xid, procedure, "replaying a cached reply");
+                    return Action::Reply(reply.to_vec());
+                }
+                DrcLookup::InProgress => {
+                    tracing::debug!(peer = %self.peer, xid, procedure, "dropping a retransmission in progress");
+                    return Action::Drop;
+                }
+            }
+        }
+        Action::Execute(Job { header, caller, read_only: options.read_only, ticket })
+    }
+
+    /// This client's options for NFS requests, recomputed only when the exports changed.
+    fn export_options(&mut self) -> Option<ExportOptions> {
+        let generation = self.shared.exports_generation.load(Ordering::Acquire);
+        match self.export_options {
+            Some((cached_generation, options)) if cached_generation == generation => options,
+            _ => {
+                let options = self.shared.exports.read().options_for_request(self.client_ip);
+                self.export_options = Some((generation, options));
+                options
+            }
+        }
+    }
+
+    fn caller(&mut self, credential: Credential, options: ExportOptions) -> Arc<Caller> {
+        if let Some((last_credential, last_options, caller)) = &self.last_caller
+            && *last_credential == credential
+            && *last_options == options
+        {
+            return caller.clone();
+        }
+        let caller = Arc::new(options.caller_for(credential.as_unix()));
+        self.last_caller = Some((credential, options, caller.clone()));
+        caller
+    }
+}
+
+/// Executes one call on a blocking thread. A panic (a bug) becomes one SYSTEM_ERR reply.
+fn run_job(shared: &Shared, peer: SocketAddr, job: &Job, record: &[u8]) -> Reply {
+    let header = &job.header;
+    let arguments = &record[header.arguments_offset..];
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| match header.program {
+        crate::NFS_PROGRAM => {
+            nfs::execute(shared, &job.caller, job.read_only, header.xid, header.procedure, arguments)
+        }
+        _ => mount::execute(shared, peer, header.xid, header.version, header.procedure, arguments),
+    }));
+    result.unwrap_or_else(|_| {
+        tracing::error!(
+            xid = header.xid,
+            program = header.program,
+            procedure = header.procedure,
+            "call panicked"
+        );
+        Reply::new(rpc::accepted_reply(header.xid, AcceptStatus::SystemError))
+    })
+}
+
+fn log_join_error(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined {
+        tracing::error!(%error, "call task failed");
+    }
+}
+
+async fn write_loop(mut stream: OwnedWriteHalf, mut receiver: mpsc::UnboundedReceiver<Outgoing>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH_REPLIES_MAX);
+    loop {
+        if receiver.recv_many(&mut batch, WRITE_BATCH_REPLIES_MAX).await == 0 {
+            break;
+        }
+        if let Err(error) = write_batch(&mut stream, &batch).await {
+            tracing::debug!(%error, "writing replies failed; closing connection");
+            break;
+        }
+        batch.clear();
+    }
+    receiver.close();
+    let _ = stream.shutdown().await;
+}
+
+async fn write_batch(stream: &mut OwnedWriteHalf, batch: &[Outgoing]) -> io::Result<()> {
+    let mut slices = Vec::with_capacity(batch.len() * 3);
+    for outgoing in batch {
+        let reply = &outgoing.reply;
+        slices.push(IoSlice::new(&reply.head));
+        if !reply.payload.is_empty() {
+            slices.push(IoSlice::new(&reply.payload));
+            slices.push(IoSlice::new(padding(reply.payload.len())));
+        }
+    }
+    write_all_vectored(stream, &mut slices).await
+}
+
+async fn write_all_vectored(stream: &mut OwnedWriteHalf, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let written = tokio::io::AsyncWriteExt::write_vectored(stream, slices).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    Ok(())
+}

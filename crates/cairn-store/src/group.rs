@@ -1,0 +1,454 @@
+//! Group commit: metadata operations submitted concurrently share one redb write transaction and
+//! one fsync.
+//!
+//! Leader/follower: a caller queues its operation; if no leader is running, it becomes the
+//! leader, takes the whole queue (at most [`BATCH_OPS_MAX`]), applies each operation in order
+//! inside one write transaction, commits it durably, and wakes everyone with their own result.
+//! Operations validate everything before they change anything (`Batch::mutated` marks the
+//! point of no return), so an operation that fails leaves no trace and does not affect the
+//! others. A storage error after that point fails the whole batch and poisons the store.
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cairn_types::{Fid, TxnId};
+use parking_lot::{Condvar, Mutex};
+use redb::{Durability, Table};
+
+use crate::api::{
+    Caller, CreateHow, Created, Linked, Renamed, SetAttributes, SpecialKind, StoreError, StoreResult, Timestamp,
+    WccData,
+};
+use crate::format::{self, BLOCK};
+use crate::hot::{ChunkDirty, EntryRef};
+use crate::tables::{self, Db};
+use crate::{Store, data, namespace};
+
+/// A record written by a batch: the entry, its generation, and the inline blocks (index,
+/// generation) written with it.
+type Written = (EntryRef, u64, Vec<(u32, u64)>);
+
+/// Most operations in one batch.
+const BATCH_OPS_MAX: usize = 4096;
+
+pub(crate) enum Op {
+    Create { caller: Caller, directory: Fid, name: Vec<u8>, how: CreateHow },
+    Mkdir { caller: Caller, directory: Fid, name: Vec<u8>, attributes: SetAttributes },
+    Symlink { caller: Caller, directory: Fid, name: Vec<u8>, target: Vec<u8>, attributes: SetAttributes },
+    Mknod { caller: Caller, directory: Fid, name: Vec<u8>, kind: SpecialKind, attributes: SetAttributes },
+    Remove { caller: Caller, directory: Fid, name: Vec<u8> },
+    Rmdir { caller: Caller, directory: Fid, name: Vec<u8> },
+    Rename { caller: Caller, from_directory: Fid, from_name: Vec<u8>, to_directory: Fid, to_name: Vec<u8> },
+    Link { caller: Caller, fid: Fid, directory: Fid, name: Vec<u8> },
+    Setattr { caller: Caller, fid: Fid, changes: SetAttributes, guard_ctime: Option<Timestamp> },
+    /// Records durable dirty-region intents (and chunk map rows) before unstable writes.
+    MarkDirty { inode: u64, regions: Vec<(u64, u32, u32)> },
+    /// Persists an inode's unstable metadata and inline blocks, and clears the dirty-region
+    /// intents of chunks whose data was synced (chunk index, write sequence at the sync).
+    Flush { inode: u64, clear: Vec<(u64, u64)> },
+    /// Persists the unstable metadata and inline blocks of every hot inode (memory bound).
+    FlushAll,
+}
+
+pub(crate) enum Output {
+    Created(Created),
+    Wcc(WccData),
+    Renamed(Renamed),
+    Linked(Linked),
+    Done,
+}
+
+/// Work after a batch committed.
+pub(crate) enum Post {
+    /// The intents are durable: writers may now use these regions.
+    SetMarks { entry: EntryRef, chunk: u64, container: u32, regions: Vec<u32> },
+    /// The inode's removal is durable: delete its chunk files.
+    DeleteFiles { number: u64, chunks: Vec<(u64, u32)> },
+}
+
+/// How an operation uses space, for the free-space reserve.
+#[derive(Clone, Copy)]
+pub(crate) enum SpaceUse {
+    Consume,
+    Free,
+}
+
+pub(crate) struct Batch<'t> {
+    pub inodes: Table<'t, u64, &'static [u8]>,
+    pub dirents: Table<'t, (u64, &'static [u8]), &'static [u8]>,
+    pub cookies: Table<'t, (u64, u64), &'static [u8]>,
+    pub inline: Table<'t, (u64, u32), &'static [u8]>,
+    pub chunks: Table<'t, (u64, u64), u32>,
+    pub dirty: Table<'t, (u64, u64, u32), ()>,
+    pub pending_delete: Table<'t, u64, &'static [u8]>,
+    /// Entries whose records this batch writes.
+    touched: Vec<EntryRef>,
+    touched_numbers: HashSet<u64>,
+    /// Entries whose unstable inline blocks this batch writes.
+    flush_inline: HashSet<u64>,
+    /// Every inode this batch loaded into the hot table (evicted after commit if clean).
+    loaded: HashSet<u64>,
+    pub post: Vec<Post>,
+    /// Set by an operation when it starts changing state: an error after this is fatal.
+    pub mutated: bool,
+    pub next_inode: u64,
+    space_available_bytes: u64,
+    space_reserve_bytes: u64,
+}
+
+impl Batch<'_> {
+    pub fn begin_mutation(&mut self) {
+        self.mutated = true;
+    }
+
+    pub fn need_space(&self, usage: SpaceUse) -> StoreResult<()> {
+        let need = match usage {
+            SpaceUse::Consume => self.space_reserve_bytes / 2,
+            SpaceUse::Free => self.space_reserve_bytes / 8,
+        };
+        if self.space_available_bytes < need {
+            return Err(StoreError::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// The entry of inode `number` (loaded into the hot table from this transaction if
+    /// needed), or `None` if it does not exist or was removed.
+    pub fn entry(&mut self, store: &Store, number: u64) -> StoreResult<Option<EntryRef>> {
+        let inodes = &self.inodes;
+        let entry = store.hot.get_or_load(number, || tables::get_inode(inodes, number))?;
+        self.loaded.insert(number);
+        Ok(entry.filter(|entry| !entry.lock().deleted))
+    }
+
+    /// The entry a FID names, or [`StoreError::Stale`].
+    pub fn resolve(&mut self, store: &Store, fid: Fid) -> StoreResult<EntryRef> {
+        if fid.container != crate::NAME_CONTAINER_ID {
+            return Err(StoreError::Stale(fid));
+        }
+        let entry = self.entry(store, fid.inode)?.ok_or(StoreError::Stale(fid))?;
+        if entry.lock().inode.uniquifier != fid.uniquifier {
+            return Err(StoreError::Stale(fid));
+        }
+        Ok(entry)
+    }
+
+    /// Marks the entry's record to be written at the end of the batch.
+    pub fn touch(&mut self, entry: &EntryRef) {
+        let number = entry.lock().number;
+        self.loaded.insert(number);
+        if self.touched_numbers.insert(number) {
+            self.touched.push(entry.clone());
+        }
+    }
+
+    /// Also writes the entry's unstable inline blocks in this batch.
+    pub fn flush_inline_of(&mut self, entry: &EntryRef) {
+        self.touch(entry);
+        self.flush_inline.insert(entry.lock().number);
+    }
+}
+
+struct Slot {
+    result: Mutex<Option<StoreResult<Output>>>,
+}
+
+struct Queue {
+    operations: Vec<(Op, Arc<Slot>)>,
+    leader: bool,
+}
+
+pub(crate) struct ApplierState {
+    pub next_inode: u64,
+    pub txn_id: u64,
+}
+
+pub(crate) struct GroupCommit {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    applier: Mutex<ApplierState>,
+    last_txn: AtomicU64,
+}
+
+impl GroupCommit {
+    pub fn new(next_inode: u64, txn_id: u64) -> GroupCommit {
+        GroupCommit {
+            queue: Mutex::new(Queue { operations: Vec::new(), leader: false }),
+            wake: Condvar::new(),
+            applier: Mutex::new(ApplierState { next_inode, txn_id }),
+            last_txn: AtomicU64::new(txn_id),
+        }
+    }
+
+    pub fn last_txn(&self) -> TxnId {
+        TxnId(self.last_txn.load(Ordering::SeqCst))
+    }
+}
+
+/// Submits an operation and waits until it is durable (or failed).
+pub(crate) fn submit(store: &Store, op: Op) -> StoreResult<Output> {
+    let group = &store.group;
+    let slot = Arc::new(Slot { result: Mutex::new(None) });
+    let mut queue = group.queue.lock();
+    queue.operations.push((op, slot.clone()));
+    loop {
+        if let Some(result) = slot.result.lock().take() {
+            return result;
+        }
+        if !queue.leader && !queue.operations.is_empty() {
+            queue.leader = true;
+            let count = queue.operations.len().min(BATCH_OPS_MAX);
+            let batch: Vec<(Op, Arc<Slot>)> = queue.operations.drain(..count).collect();
+            parking_lot::MutexGuard::unlocked(&mut queue, || run_batch(store, batch));
+            queue.leader = false;
+            group.wake.notify_all();
+            continue;
+        }
+        group.wake.wait(&mut queue);
+    }
+}
+
+fn run_batch(store: &Store, batch: Vec<(Op, Arc<Slot>)>) {
+    let slots: Vec<Arc<Slot>> = batch.iter().map(|(_, slot)| slot.clone()).collect();
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| execute(store, batch)));
+    let results = match outcome {
+        Ok(results) => results,
+        Err(_) => {
+            store.poison("a metadata batch panicked".to_string());
+            slots.iter().map(|_| Err(store.poisoned_error())).collect()
+        }
+    };
+    for (slot, result) in slots.iter().zip(results) {
+        *slot.result.lock() = Some(result);
+    }
+}
+
+fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output>> {
+    let count = batch.len();
+    if store.is_poisoned() {
+        return (0..count).map(|_| Err(store.poisoned_error())).collect();
+    }
+    let mut applier = store.group.applier.lock();
+    let fail_all = |store: &Store, error: StoreError| -> Vec<StoreResult<Output>> {
+        store.poison(format!("metadata commit failed: {error}"));
+        (0..count).map(|_| Err(store.poisoned_error())).collect()
+    };
+    let space_available_bytes = match crate::open::available_bytes(&store.config.data_dir) {
+        Ok(bytes) => bytes,
+        Err(error) => return (0..count).map(|_| Err(StoreError::Io(std::io::Error::other(error.to_string())))).collect(),
+    };
+    let mut txn = match store.db.begin_write().db() {
+        Ok(txn) => txn,
+        Err(error) => return fail_all(store, error),
+    };
+    if let Err(error) = txn.set_durability(Durability::Immediate).db() {
+        return fail_all(store, error);
+    }
+    let mut results: Vec<StoreResult<Output>> = Vec::with_capacity(count);
+    let mut mutations = 0u64;
+    let mut written: Vec<Written> = Vec::new();
+    let (post, loaded, next_inode) = {
+        let opened = (|| -> StoreResult<Batch<'_>> {
+            Ok(Batch {
+                inodes: txn.open_table(tables::INODES).db()?,
+                dirents: txn.open_table(tables::DIRENTS).db()?,
+                cookies: txn.open_table(tables::COOKIES).db()?,
+                inline: txn.open_table(tables::INLINE).db()?,
+                chunks: txn.open_table(tables::CHUNKS).db()?,
+                dirty: txn.open_table(tables::DIRTY).db()?,
+                pending_delete: txn.open_table(tables::PENDING_DELETE).db()?,
+                touched: Vec::new(),
+                touched_numbers: HashSet::new(),
+                flush_inline: HashSet::new(),
+                loaded: HashSet::new(),
+                post: Vec::new(),
+                mutated: false,
+                next_inode: applier.next_inode,
+                space_available_bytes,
+                space_reserve_bytes: store.config.space_reserve_bytes,
+            })
+        })();
+        let mut b = match opened {
+            Ok(b) => b,
+            Err(error) => return fail_all(store, error),
+        };
+        let finished: Vec<u64> = std::mem::take(&mut *store.finished_deletes.lock());
+        for number in finished {
+            if let Err(error) = b.pending_delete.remove(number).db() {
+                return fail_all(store, error);
+            }
+        }
+        for (op, _) in batch {
+            b.mutated = false;
+            let result = apply(store, &mut b, op);
+            match &result {
+                Err(error) if b.mutated => {
+                    let error = StoreError::Io(std::io::Error::other(error.to_string()));
+                    return fail_all(store, error);
+                }
+                Ok(_) if b.mutated => mutations += 1,
+                _ => {}
+            }
+            results.push(result);
+        }
+        // Write the records of every touched inode, and the inline blocks asked for.
+        let touched = std::mem::take(&mut b.touched);
+        for entry in &touched {
+            let guard = entry.lock();
+            if guard.deleted || guard.evicted {
+                continue;
+            }
+            let number = guard.number;
+            if let Err(error) = b.inodes.insert(number, guard.inode.encode().as_slice()).db() {
+                drop(guard);
+                return fail_all(store, error);
+            }
+            let mut blocks = Vec::new();
+            if b.flush_inline.contains(&number) {
+                for (&index, block) in &guard.inline_dirty {
+                    let encoded = format::encode_inline(&block.data);
+                    if let Err(error) = b.inline.insert((number, index), encoded.as_slice()).db() {
+                        drop(guard);
+                        return fail_all(store, error);
+                    }
+                    blocks.push((index, block.generation));
+                }
+            }
+            written.push((entry.clone(), guard.generation, blocks));
+        }
+        (std::mem::take(&mut b.post), std::mem::take(&mut b.loaded), b.next_inode)
+    };
+    let txn_id = applier.txn_id + mutations;
+    let meta_result = (|| -> StoreResult<()> {
+        let mut meta = txn.open_table(tables::META).db()?;
+        meta.insert("next_inode", next_inode).db()?;
+        meta.insert("txn_id", txn_id).db()?;
+        Ok(())
+    })();
+    if let Err(error) = meta_result {
+        return fail_all(store, error);
+    }
+    if let Err(error) = txn.commit().db() {
+        return fail_all(store, error);
+    }
+    applier.next_inode = next_inode;
+    applier.txn_id = txn_id;
+    store.group.last_txn.store(txn_id, Ordering::SeqCst);
+    drop(applier);
+
+    // After the commit: the records are durable.
+    for (entry, generation, blocks) in written {
+        let mut guard = entry.lock();
+        guard.persisted_generation = guard.persisted_generation.max(generation);
+        for (index, block_generation) in blocks {
+            if guard.inline_dirty.get(&index).is_some_and(|block| block.generation == block_generation) {
+                guard.inline_dirty.remove(&index);
+                store.inline_dirty_bytes.fetch_sub(BLOCK as u64, Ordering::SeqCst);
+            }
+        }
+    }
+    let mut deleted = Vec::new();
+    for action in post {
+        match action {
+            Post::SetMarks { entry, chunk, container, regions } => {
+                let mut guard = entry.lock();
+                if guard.deleted {
+                    continue;
+                }
+                let state = guard.chunks.entry(chunk).or_insert_with(|| ChunkDirty { container, ..ChunkDirty::default() });
+                state.marked.extend(regions);
+            }
+            Post::DeleteFiles { number, chunks } => {
+                data::delete_chunk_files(store, number, &chunks);
+                deleted.push(number);
+            }
+        }
+    }
+    for number in &deleted {
+        store.hot.evict_if_clean(*number, true);
+    }
+    store.finished_deletes.lock().extend(deleted);
+    for number in loaded {
+        store.hot.evict_if_clean(number, false);
+    }
+    results
+}
+
+fn apply(store: &Store, b: &mut Batch<'_>, op: Op) -> StoreResult<Output> {
+    match op {
+        Op::Create { caller, directory, name, how } => {
+            namespace::apply_create(store, b, &caller, directory, &name, how).map(Output::Created)
+        }
+        Op::Mkdir { caller, directory, name, attributes } => {
+            namespace::apply_mkdir(store, b, &caller, directory, &name, attributes).map(Output::Created)
+        }
+        Op::Symlink { caller, directory, name, target, attributes } => {
+            namespace::apply_symlink(store, b, &caller, directory, &name, &target, attributes).map(Output::Created)
+        }
+        Op::Mknod { caller, directory, name, kind, attributes } => {
+            namespace::apply_mknod(store, b, &caller, directory, &name, kind, attributes).map(Output::Created)
+        }
+        Op::Remove { caller, directory, name } => {
+            namespace::apply_remove(store, b, &caller, directory, &name, false).map(Output::Wcc)
+        }
+        Op::Rmdir { caller, directory, name } => {
+            namespace::apply_remove(store, b, &caller, directory, &name, true).map(Output::Wcc)
+        }
+        Op::Rename { caller, from_directory, from_name, to_directory, to_name } => {
+            namespace::apply_rename(store, b, &caller, from_directory, &from_name, to_directory, &to_name)
+                .map(Output::Renamed)
+        }
+        Op::Link { caller, fid, directory, name } => {
+            namespace::apply_link(store, b, &caller, fid, directory, &name).map(Output::Linked)
+        }
+        Op::Setattr { caller, fid, changes, guard_ctime } => {
+            namespace::apply_setattr(store, b, &caller, fid, changes, guard_ctime).map(Output::Wcc)
+        }
+        Op::MarkDirty { inode, regions } => data::apply_mark_dirty(store, b, inode, &regions).map(|()| Output::Done),
+        Op::Flush { inode, clear } => data::apply_flush(store, b, inode, &clear).map(|()| Output::Done),
+        Op::FlushAll => {
+            for entry in store.hot.all() {
+                let unstable = {
+                    let guard = entry.lock();
+                    !guard.deleted && !guard.evicted && guard.has_unstable()
+                };
+                if unstable {
+                    b.begin_mutation();
+                    b.flush_inline_of(&entry);
+                }
+            }
+            Ok(Output::Done)
+        }
+    }
+}
+
+/// Chunk map rows of an inode, from inside a batch.
+pub(crate) fn chunk_rows(b: &Batch<'_>, number: u64) -> StoreResult<Vec<(u64, u32)>> {
+    use redb::ReadableTable;
+    let mut out = Vec::new();
+    for row in b.chunks.range((number, 0)..=(number, u64::MAX)).db()? {
+        let (key, value) = row.db()?;
+        out.push((key.value().1, value.value()));
+    }
+    Ok(out)
+}
+
+/// Deletes the dirty-region rows of an inode (all chunks, or one).
+pub(crate) fn remove_dirty_rows(b: &mut Batch<'_>, number: u64, chunk: Option<u64>) -> StoreResult<()> {
+    use redb::ReadableTable;
+    let (low, high) = match chunk {
+        Some(chunk) => ((number, chunk, 0), (number, chunk, u32::MAX)),
+        None => ((number, 0, 0), (number, u64::MAX, u32::MAX)),
+    };
+    let mut keys = Vec::new();
+    for row in b.dirty.range(low..=high).db()? {
+        let (key, _) = row.db()?;
+        keys.push(key.value());
+    }
+    for key in keys {
+        b.dirty.remove(key).db()?;
+    }
+    Ok(())
+}
