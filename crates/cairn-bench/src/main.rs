@@ -152,6 +152,9 @@ fn run(args: &Args) -> Result<()> {
         }
         for side in order {
             check_interrupted()?;
+            let busy = system::busy_cpus_elsewhere();
+            progress(&format!("[{}] starting; CPUs busy elsewhere: {busy:.2}", side.name()));
+            report.add_busy_cpus(busy);
             let figures = bench_side(args, &tools, side, image_bytes)
                 .with_context(|| format!("benchmarking {}", side.name()))?;
             report.add_side(side, &figures);

@@ -74,6 +74,9 @@ const MACHINE_ROWS: &[(&str, &str, &str)] = &[
     ("loopback_tcp", "loopback TCP, one connection", "MiB/s"),
 ];
 
+/// CPUs busy elsewhere (sampled before each side) above this mark the figures as noisy.
+const BUSY_CPUS_NOISY: f64 = 0.25;
+
 pub struct Report {
     size: u64,
     files: usize,
@@ -81,6 +84,8 @@ pub struct Report {
     random_seconds: u64,
     runs: usize,
     machine: BTreeMap<String, Vec<f64>>,
+    /// CPUs busy with other work just before each side started.
+    busy_cpus: Vec<f64>,
     sides: BTreeMap<&'static str, BTreeMap<String, Vec<f64>>>,
 }
 
@@ -132,6 +137,7 @@ impl Report {
             random_seconds,
             runs,
             machine: BTreeMap::new(),
+            busy_cpus: Vec::new(),
             sides: BTreeMap::new(),
         }
     }
@@ -140,6 +146,14 @@ impl Report {
         for (key, value) in figures {
             self.machine.entry((*key).to_owned()).or_default().push(*value);
         }
+    }
+
+    pub fn add_busy_cpus(&mut self, load: f64) {
+        self.busy_cpus.push(load);
+    }
+
+    fn busy_cpus_max(&self) -> f64 {
+        self.busy_cpus.iter().copied().fold(0.0, f64::max)
     }
 
     pub fn add_side(&mut self, side: Side, figures: &Figures) {
@@ -228,6 +242,13 @@ impl Report {
             );
         }
         let judged: Vec<bool> = lines.iter().filter_map(|l| l.pass).collect();
+        if self.busy_cpus_max() > BUSY_CPUS_NOISY {
+            let _ = writeln!(
+                out,
+                "\nnote: the machine was busy (up to {:.2} CPUs used elsewhere when a side started); figures are noisy",
+                self.busy_cpus_max()
+            );
+        }
         let _ = writeln!(
             out,
             "\nratio = Cairn's speed / Ganesha's (for times: Ganesha's time / Cairn's); targets met: {} of {}",
@@ -265,6 +286,7 @@ impl Report {
                 )
             })
             .collect();
+        let _ = writeln!(out, "  \"cpus_busy_elsewhere\": {},", list(&self.busy_cpus));
         let _ = writeln!(out, "  \"machine\": [\n{}\n  ],", machine.join(",\n"));
         let results: Vec<String> = self
             .lines()

@@ -40,6 +40,26 @@ pub fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
+/// CPUs kept busy by others: sampled over one second while the benchmark itself is idle (no
+/// server running). The machine is shared, and a busy one makes the figures noisy.
+pub fn busy_cpus_elsewhere() -> f64 {
+    fn sample() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().next()?;
+        let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal ...: idle time is idle + iowait.
+        let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+        Some((fields.iter().take(8).sum(), idle))
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let Some((total_before, idle_before)) = sample() else { return f64::NAN };
+    std::thread::sleep(Duration::from_secs(1));
+    let Some((total_after, idle_after)) = sample() else { return f64::NAN };
+    let total = total_after.saturating_sub(total_before) as f64;
+    let idle = idle_after.saturating_sub(idle_before) as f64;
+    if total == 0.0 { f64::NAN } else { cpus * (total - idle) / total }
+}
+
 /// Runs a command to completion; fails with its stderr when it fails.
 pub fn run_checked(command: &mut Command) -> Result<Output> {
     let output = command.output().with_context(|| format!("running {command:?}"))?;

@@ -20,9 +20,7 @@ use cairn_types::{Epoch, Fid, TxnId};
 use parking_lot::Mutex;
 use redb::ReadableTable;
 
-use crate::api::{
-    Caller, FileKind, ReadResult, Stability, StoreError, StoreResult, WccData, WriteResult,
-};
+use crate::api::{Caller, FileKind, ReadResult, Stability, StoreError, StoreResult, WccData, WriteResult};
 use crate::faults::Faults;
 use crate::format::{
     self, BLOCK, BlockSum, CHECKSUM_ENTRY_BYTES, CHECKSUM_HEADER_BYTES, ContainerKind, ContainerMeta,
@@ -169,22 +167,23 @@ pub(crate) fn open_chunk(
     let (data, sums) = match (open(&data_path), open(&sums_path)) {
         (Ok(data), Ok(sums)) => (data, sums),
         (data, sums) => {
-            let missing = |result: &io::Result<File>| {
-                matches!(result, Err(error) if error.kind() == io::ErrorKind::NotFound)
-            };
+            let missing = |result: &io::Result<File>| matches!(result, Err(error) if error.kind() == io::ErrorKind::NotFound);
             if !missing(&data) && !missing(&sums) {
-                return Err(StoreError::Io(data.err().or(sums.err()).unwrap_or_else(|| io::Error::other("open"))));
+                return Err(StoreError::Io(
+                    data.err().or(sums.err()).unwrap_or_else(|| io::Error::other("open")),
+                ));
             }
             if !create {
                 // A chunk with only one of its files (a crash between creating them) has no
                 // written block.
                 return Ok(None);
             }
-            let make = |path: &Path| OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path);
+            let make = |path: &Path| {
+                OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)
+            };
             let data = make(&data_path).map_err(io_error)?;
             let sums = make(&sums_path).map_err(io_error)?;
             if sums.metadata()?.len() < CHECKSUM_HEADER_BYTES {
-                store.faults.check_data_write()?;
                 sums.write_all_at(&format::checksum_header(container, number, chunk), 0).map_err(io_error)?;
             }
             created = true;
@@ -248,7 +247,8 @@ pub(crate) fn count_written(sums: &File, first_block: u64) -> io::Result<u64> {
 /// Allocates the range, so that ENOSPC shows here and not at write-back.
 fn reserve(file: &File, offset: u64, length: u64) -> StoreResult<()> {
     // SAFETY: fallocate on a valid open descriptor with plain integer arguments.
-    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, offset as libc::off_t, length as libc::off_t) };
+    let result =
+        unsafe { libc::fallocate(file.as_raw_fd(), 0, offset as libc::off_t, length as libc::off_t) };
     if result != 0 {
         let error = io::Error::last_os_error();
         if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
@@ -276,7 +276,10 @@ pub(crate) fn punch_hole(file: &File, offset: u64, length: u64) {
 }
 
 fn block_mismatch(number: u64, chunk: u64, container: u32, offset: u64) -> StoreError {
-    StoreError::Corrupt { what: format!("chunk {chunk} of inode {number} in data container {container}"), offset }
+    StoreError::Corrupt {
+        what: format!("chunk {chunk} of inode {number} in data container {container}"),
+        offset,
+    }
 }
 
 /// fdatasync, through the failure points. A failure poisons the store.
@@ -328,7 +331,13 @@ fn chunk_parts(chunk_size: u64, offset: u64, length: usize) -> Vec<ChunkPart> {
 
 // ---- READ ----
 
-pub(crate) fn read(store: &Store, caller: &Caller, fid: Fid, offset: u64, count: u32) -> StoreResult<ReadResult> {
+pub(crate) fn read(
+    store: &Store,
+    caller: &Caller,
+    fid: Fid,
+    offset: u64,
+    count: u32,
+) -> StoreResult<ReadResult> {
     let number = fid.inode;
     let _stripe = store.stripe(number).read();
     let (_, inode) = store.current(fid)?;
@@ -356,7 +365,14 @@ pub(crate) fn read(store: &Store, caller: &Caller, fid: Fid, offset: u64, count:
             let Some((files, _)) = open_chunk(store, container, number, part.chunk, false)? else {
                 continue;
             };
-            read_chunk_part(&files, number, part.chunk, container, part.offset, &mut out[part.start..part.end])?;
+            read_chunk_part(
+                &files,
+                number,
+                part.chunk,
+                container,
+                part.offset,
+                &mut out[part.start..part.end],
+            )?;
         }
     }
     Ok(ReadResult { eof: end >= size, attributes: store.attributes(number, &inode), data: out })
@@ -493,7 +509,9 @@ pub(crate) fn write(
             check_writable(caller, fid, &guard)?;
             needed
                 .iter()
-                .filter(|(chunk, _, region)| !guard.chunks.get(chunk).is_some_and(|state| state.marked.contains(region)))
+                .filter(|(chunk, _, region)| {
+                    !guard.chunks.get(chunk).is_some_and(|state| state.marked.contains(region))
+                })
                 .copied()
                 .collect()
         };
@@ -514,9 +532,9 @@ pub(crate) fn write(
                 continue;
             }
             check_writable(caller, fid, &guard)?;
-            let all_marked = needed
-                .iter()
-                .all(|(chunk, _, region)| guard.chunks.get(chunk).is_some_and(|state| state.marked.contains(region)));
+            let all_marked = needed.iter().all(|(chunk, _, region)| {
+                guard.chunks.get(chunk).is_some_and(|state| state.marked.contains(region))
+            });
             if !all_marked {
                 continue;
             }
@@ -605,7 +623,15 @@ fn write_locked(
         new_blocks += write_inline(store, entry, number, offset, &data[..(inline_end - offset) as usize])?;
     }
     for (part, (files, container)) in parts.iter().zip(opened) {
-        let written = write_chunk_part(store, &files, number, part.chunk, container, part.offset, &data[part.start..part.end]);
+        let written = write_chunk_part(
+            store,
+            &files,
+            number,
+            part.chunk,
+            container,
+            part.offset,
+            &data[part.start..part.end],
+        );
         match written {
             Ok(count) => new_blocks += count,
             Err(error @ (StoreError::Corrupt { .. } | StoreError::NoSpace)) => return Err(error),
@@ -720,7 +746,11 @@ pub(crate) fn commit_inode(store: &Store, number: u64) -> StoreResult<()> {
         if guard.deleted || guard.evicted || !guard.has_unstable() {
             return Ok(());
         }
-        guard.chunks.iter().map(|(&chunk, state)| (chunk, state.sequence, state.container, state.created)).collect()
+        guard
+            .chunks
+            .iter()
+            .map(|(&chunk, state)| (chunk, state.sequence, state.container, state.created))
+            .collect()
     };
     let mut clear = Vec::with_capacity(snapshot.len());
     for (chunk, sequence, container, created) in snapshot {
@@ -739,7 +769,12 @@ pub(crate) fn commit_inode(store: &Store, number: u64) -> StoreResult<()> {
 
 // ---- inside a batch ----
 
-pub(crate) fn apply_mark_dirty(store: &Store, b: &mut Batch<'_>, number: u64, regions: &[(u64, u32, u32)]) -> StoreResult<()> {
+pub(crate) fn apply_mark_dirty(
+    store: &Store,
+    b: &mut Batch<'_>,
+    number: u64,
+    regions: &[(u64, u32, u32)],
+) -> StoreResult<()> {
     let entry = b.entry(store, number)?.ok_or(StoreError::NotFound)?;
     if entry.lock().inode.kind != FileKind::Regular {
         return Err(StoreError::NotFound);
@@ -760,7 +795,12 @@ pub(crate) fn apply_mark_dirty(store: &Store, b: &mut Batch<'_>, number: u64, re
     Ok(())
 }
 
-pub(crate) fn apply_flush(store: &Store, b: &mut Batch<'_>, number: u64, clear: &[(u64, u64)]) -> StoreResult<()> {
+pub(crate) fn apply_flush(
+    store: &Store,
+    b: &mut Batch<'_>,
+    number: u64,
+    clear: &[(u64, u64)],
+) -> StoreResult<()> {
     let Some(entry) = store.hot.get(number) else {
         return Ok(());
     };
@@ -863,7 +903,9 @@ pub(crate) fn truncate_down(
             let stored = b.inline.remove((number, index)).db()?.map(|bytes| bytes.value().to_vec());
             let current = match (dirty, stored) {
                 (Some(block), _) => Some(block.data),
-                (None, Some(bytes)) => Some(format::decode_inline(&bytes, number, index).unwrap_or_else(|_| vec![0; BLOCK])),
+                (None, Some(bytes)) => {
+                    Some(format::decode_inline(&bytes, number, index).unwrap_or_else(|_| vec![0; BLOCK]))
+                }
                 (None, None) => None,
             };
             let Some(mut block) = current else {

@@ -317,7 +317,11 @@ impl BlockSum {
 }
 
 /// Header of a checksum sidecar file.
-pub(crate) fn checksum_header(container: u32, inode: u64, chunk: u64) -> [u8; CHECKSUM_HEADER_BYTES as usize] {
+pub(crate) fn checksum_header(
+    container: u32,
+    inode: u64,
+    chunk: u64,
+) -> [u8; CHECKSUM_HEADER_BYTES as usize] {
     let mut out = [0u8; CHECKSUM_HEADER_BYTES as usize];
     out[0..8].copy_from_slice(CHECKSUM_FILE_MAGIC);
     out[8..12].copy_from_slice(&CHECKSUM_FILE_VERSION.to_le_bytes());
@@ -368,7 +372,8 @@ impl ContainerMeta {
     }
 
     pub fn decode(bytes: &[u8], path: &Path) -> StoreResult<ContainerMeta> {
-        let bad = || StoreError::Corrupt { what: format!("container metadata {}", path.display()), offset: 0 };
+        let bad =
+            || StoreError::Corrupt { what: format!("container metadata {}", path.display()), offset: 0 };
         if bytes.len() != CONTAINER_META_BYTES || &bytes[0..8] != CONTAINER_META_MAGIC {
             return Err(bad());
         }

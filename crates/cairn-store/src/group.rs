@@ -8,18 +8,20 @@
 //! point of no return), so an operation that fails leaves no trace and does not affect the
 //! others. A storage error after that point fails the whole batch and poisons the store.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use cairn_types::{Fid, TxnId};
 use parking_lot::{Condvar, Mutex};
 use redb::{Durability, Table};
 
 use crate::api::{
-    Caller, CreateHow, Created, Linked, Renamed, SetAttributes, SpecialKind, StoreError, StoreResult, Timestamp,
-    WccData,
+    Caller, CreateHow, Created, Linked, Renamed, SetAttributes, SpecialKind, StoreError, StoreResult,
+    Timestamp, WccData,
 };
 use crate::format::{self, BLOCK};
 use crate::hot::{ChunkDirty, EntryRef};
@@ -34,20 +36,72 @@ type Written = (EntryRef, u64, Vec<(u32, u64)>);
 const BATCH_OPS_MAX: usize = 4096;
 
 pub(crate) enum Op {
-    Create { caller: Caller, directory: Fid, name: Vec<u8>, how: CreateHow },
-    Mkdir { caller: Caller, directory: Fid, name: Vec<u8>, attributes: SetAttributes },
-    Symlink { caller: Caller, directory: Fid, name: Vec<u8>, target: Vec<u8>, attributes: SetAttributes },
-    Mknod { caller: Caller, directory: Fid, name: Vec<u8>, kind: SpecialKind, attributes: SetAttributes },
-    Remove { caller: Caller, directory: Fid, name: Vec<u8> },
-    Rmdir { caller: Caller, directory: Fid, name: Vec<u8> },
-    Rename { caller: Caller, from_directory: Fid, from_name: Vec<u8>, to_directory: Fid, to_name: Vec<u8> },
-    Link { caller: Caller, fid: Fid, directory: Fid, name: Vec<u8> },
-    Setattr { caller: Caller, fid: Fid, changes: SetAttributes, guard_ctime: Option<Timestamp> },
+    Create {
+        caller: Caller,
+        directory: Fid,
+        name: Vec<u8>,
+        how: CreateHow,
+    },
+    Mkdir {
+        caller: Caller,
+        directory: Fid,
+        name: Vec<u8>,
+        attributes: SetAttributes,
+    },
+    Symlink {
+        caller: Caller,
+        directory: Fid,
+        name: Vec<u8>,
+        target: Vec<u8>,
+        attributes: SetAttributes,
+    },
+    Mknod {
+        caller: Caller,
+        directory: Fid,
+        name: Vec<u8>,
+        kind: SpecialKind,
+        attributes: SetAttributes,
+    },
+    Remove {
+        caller: Caller,
+        directory: Fid,
+        name: Vec<u8>,
+    },
+    Rmdir {
+        caller: Caller,
+        directory: Fid,
+        name: Vec<u8>,
+    },
+    Rename {
+        caller: Caller,
+        from_directory: Fid,
+        from_name: Vec<u8>,
+        to_directory: Fid,
+        to_name: Vec<u8>,
+    },
+    Link {
+        caller: Caller,
+        fid: Fid,
+        directory: Fid,
+        name: Vec<u8>,
+    },
+    Setattr {
+        caller: Caller,
+        fid: Fid,
+        changes: SetAttributes,
+        guard_ctime: Option<Timestamp>,
+    },
     /// Records durable dirty-region intents (and chunk map rows) before unstable writes.
-    MarkDirty { inode: u64, regions: Vec<(u64, u32, u32)> },
+    MarkDirty {
+        inode: u64,
+        regions: Vec<(u64, u32, u32)>,
+    },
     /// Persists an inode's unstable metadata and inline blocks, and clears the dirty-region
     /// intents of chunks whose data was synced (chunk index, write sequence at the sync).
-    Flush { inode: u64, clear: Vec<(u64, u64)> },
+    Flush {
+        inode: u64,
+        clear: Vec<(u64, u64)>,
+    },
     /// Persists the unstable metadata and inline blocks of every hot inode (memory bound).
     FlushAll,
 }
@@ -151,13 +205,29 @@ impl Batch<'_> {
     }
 }
 
+/// Longest a new leader waits for the callers of the previous batch to submit again.
+const GATHER_WAIT_MAX: Duration = Duration::from_micros(200);
+
+thread_local! {
+    /// The batch this thread's last operation was in (0: none), for gathering.
+    static LAST_BATCH: Cell<u64> = const { Cell::new(0) };
+}
+
 struct Slot {
-    result: Mutex<Option<StoreResult<Output>>>,
+    /// The result, and the batch it was committed in.
+    result: Mutex<Option<(StoreResult<Output>, u64)>>,
 }
 
 struct Queue {
     operations: Vec<(Op, Arc<Slot>)>,
     leader: bool,
+    /// A leader waits on `gather` for more operations.
+    gathering: bool,
+    /// The sequence number of the last batch, its size, and how many of its callers have
+    /// submitted a new operation since.
+    last_batch: u64,
+    last_batch_size: usize,
+    returned: usize,
 }
 
 pub(crate) struct ApplierState {
@@ -168,17 +238,31 @@ pub(crate) struct ApplierState {
 pub(crate) struct GroupCommit {
     queue: Mutex<Queue>,
     wake: Condvar,
+    gather: Condvar,
     applier: Mutex<ApplierState>,
     last_txn: AtomicU64,
+    /// Batches committed and operations in them (for measurements).
+    pub batches: AtomicU64,
+    pub batched_operations: AtomicU64,
 }
 
 impl GroupCommit {
     pub fn new(next_inode: u64, txn_id: u64) -> GroupCommit {
         GroupCommit {
-            queue: Mutex::new(Queue { operations: Vec::new(), leader: false }),
+            queue: Mutex::new(Queue {
+                operations: Vec::new(),
+                leader: false,
+                gathering: false,
+                last_batch: 0,
+                last_batch_size: 0,
+                returned: 0,
+            }),
             wake: Condvar::new(),
+            gather: Condvar::new(),
             applier: Mutex::new(ApplierState { next_inode, txn_id }),
             last_txn: AtomicU64::new(txn_id),
+            batches: AtomicU64::new(0),
+            batched_operations: AtomicU64::new(0),
         }
     }
 
@@ -188,20 +272,45 @@ impl GroupCommit {
 }
 
 /// Submits an operation and waits until it is durable (or failed).
+///
+/// Gathering: when a batch completes, its callers usually submit again within microseconds,
+/// while the callers that queued during its commit start the next batch at once; batches would
+/// alternate at half the concurrency. So a new leader waits (at most [`GATHER_WAIT_MAX`]) until
+/// every caller of the previous batch has submitted again.
 pub(crate) fn submit(store: &Store, op: Op) -> StoreResult<Output> {
     let group = &store.group;
     let slot = Arc::new(Slot { result: Mutex::new(None) });
     let mut queue = group.queue.lock();
+    let previous = LAST_BATCH.with(Cell::get);
+    if previous != 0 && previous == queue.last_batch {
+        queue.returned += 1;
+    }
     queue.operations.push((op, slot.clone()));
+    if queue.gathering {
+        group.gather.notify_one();
+    }
     loop {
-        if let Some(result) = slot.result.lock().take() {
+        if let Some((result, batch)) = slot.result.lock().take() {
+            LAST_BATCH.with(|last| last.set(batch));
             return result;
         }
         if !queue.leader && !queue.operations.is_empty() {
             queue.leader = true;
+            let deadline = Instant::now() + GATHER_WAIT_MAX;
+            while queue.last_batch_size > queue.returned && queue.operations.len() < BATCH_OPS_MAX {
+                queue.gathering = true;
+                if group.gather.wait_until(&mut queue, deadline).timed_out() {
+                    break;
+                }
+            }
+            queue.gathering = false;
             let count = queue.operations.len().min(BATCH_OPS_MAX);
             let batch: Vec<(Op, Arc<Slot>)> = queue.operations.drain(..count).collect();
-            parking_lot::MutexGuard::unlocked(&mut queue, || run_batch(store, batch));
+            let sequence = queue.last_batch + 1;
+            parking_lot::MutexGuard::unlocked(&mut queue, || run_batch(store, batch, sequence));
+            queue.last_batch = sequence;
+            queue.last_batch_size = count;
+            queue.returned = 0;
             queue.leader = false;
             group.wake.notify_all();
             continue;
@@ -210,7 +319,7 @@ pub(crate) fn submit(store: &Store, op: Op) -> StoreResult<Output> {
     }
 }
 
-fn run_batch(store: &Store, batch: Vec<(Op, Arc<Slot>)>) {
+fn run_batch(store: &Store, batch: Vec<(Op, Arc<Slot>)>, sequence: u64) {
     let slots: Vec<Arc<Slot>> = batch.iter().map(|(_, slot)| slot.clone()).collect();
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| execute(store, batch)));
     let results = match outcome {
@@ -221,12 +330,13 @@ fn run_batch(store: &Store, batch: Vec<(Op, Arc<Slot>)>) {
         }
     };
     for (slot, result) in slots.iter().zip(results) {
-        *slot.result.lock() = Some(result);
+        *slot.result.lock() = Some((result, sequence));
     }
 }
 
 fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output>> {
     let count = batch.len();
+    let started = std::time::Instant::now();
     if store.is_poisoned() {
         return (0..count).map(|_| Err(store.poisoned_error())).collect();
     }
@@ -237,7 +347,11 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
     };
     let space_available_bytes = match crate::open::available_bytes(&store.config.data_dir) {
         Ok(bytes) => bytes,
-        Err(error) => return (0..count).map(|_| Err(StoreError::Io(std::io::Error::other(error.to_string())))).collect(),
+        Err(error) => {
+            return (0..count)
+                .map(|_| Err(StoreError::Io(std::io::Error::other(error.to_string()))))
+                .collect();
+        }
     };
     let mut txn = match store.db.begin_write().db() {
         Ok(txn) => txn,
@@ -330,9 +444,15 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
     if let Err(error) = meta_result {
         return fail_all(store, error);
     }
+    let apply_done = std::time::Instant::now();
     if let Err(error) = txn.commit().db() {
         return fail_all(store, error);
     }
+    if std::env::var_os("CAIRN_TRACE_BATCH").is_some() {
+        eprintln!("batch {count} ops: apply {:?} commit {:?}", apply_done - started, apply_done.elapsed());
+    }
+    store.group.batches.fetch_add(1, Ordering::Relaxed);
+    store.group.batched_operations.fetch_add(count as u64, Ordering::Relaxed);
     applier.next_inode = next_inode;
     applier.txn_id = txn_id;
     store.group.last_txn.store(txn_id, Ordering::SeqCst);
@@ -357,7 +477,10 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
                 if guard.deleted {
                     continue;
                 }
-                let state = guard.chunks.entry(chunk).or_insert_with(|| ChunkDirty { container, ..ChunkDirty::default() });
+                let state = guard
+                    .chunks
+                    .entry(chunk)
+                    .or_insert_with(|| ChunkDirty { container, ..ChunkDirty::default() });
                 state.marked.extend(regions);
             }
             Post::DeleteFiles { number, chunks } => {
@@ -385,7 +508,8 @@ fn apply(store: &Store, b: &mut Batch<'_>, op: Op) -> StoreResult<Output> {
             namespace::apply_mkdir(store, b, &caller, directory, &name, attributes).map(Output::Created)
         }
         Op::Symlink { caller, directory, name, target, attributes } => {
-            namespace::apply_symlink(store, b, &caller, directory, &name, &target, attributes).map(Output::Created)
+            namespace::apply_symlink(store, b, &caller, directory, &name, &target, attributes)
+                .map(Output::Created)
         }
         Op::Mknod { caller, directory, name, kind, attributes } => {
             namespace::apply_mknod(store, b, &caller, directory, &name, kind, attributes).map(Output::Created)
@@ -406,7 +530,9 @@ fn apply(store: &Store, b: &mut Batch<'_>, op: Op) -> StoreResult<Output> {
         Op::Setattr { caller, fid, changes, guard_ctime } => {
             namespace::apply_setattr(store, b, &caller, fid, changes, guard_ctime).map(Output::Wcc)
         }
-        Op::MarkDirty { inode, regions } => data::apply_mark_dirty(store, b, inode, &regions).map(|()| Output::Done),
+        Op::MarkDirty { inode, regions } => {
+            data::apply_mark_dirty(store, b, inode, &regions).map(|()| Output::Done)
+        }
         Op::Flush { inode, clear } => data::apply_flush(store, b, inode, &clear).map(|()| Output::Done),
         Op::FlushAll => {
             for entry in store.hot.all() {

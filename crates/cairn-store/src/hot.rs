@@ -80,7 +80,9 @@ impl Entry {
 
     /// Whether the inode holds unstable state that a COMMIT would make durable.
     pub fn has_unstable(&self) -> bool {
-        self.generation != self.persisted_generation || !self.inline_dirty.is_empty() || !self.chunks.is_empty()
+        self.generation != self.persisted_generation
+            || !self.inline_dirty.is_empty()
+            || !self.chunks.is_empty()
     }
 
     pub fn touch(&mut self) {

@@ -324,7 +324,13 @@ impl Store {
         kind: SpecialKind,
         attributes: SetAttributes,
     ) -> StoreResult<Created> {
-        self.submit_created(Op::Mknod { caller: caller.clone(), directory, name: name.to_vec(), kind, attributes })
+        self.submit_created(Op::Mknod {
+            caller: caller.clone(),
+            directory,
+            name: name.to_vec(),
+            kind,
+            attributes,
+        })
     }
 
     /// REMOVE of a non-directory.
@@ -426,6 +432,12 @@ impl Store {
         drop(self);
     }
 
+    /// Group commit statistics: (batches committed, operations in them).
+    #[doc(hidden)]
+    pub fn group_commit_stats(&self) -> (u64, u64) {
+        (self.group.batches.load(Ordering::Relaxed), self.group.batched_operations.load(Ordering::Relaxed))
+    }
+
     /// Whether the store is poisoned.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::SeqCst)
@@ -504,7 +516,11 @@ impl Store {
         Ok((fid.inode, inode))
     }
 
-    fn current_by_number(&self, number: u64, read: Option<&redb::ReadTransaction>) -> StoreResult<Option<Inode>> {
+    fn current_by_number(
+        &self,
+        number: u64,
+        read: Option<&redb::ReadTransaction>,
+    ) -> StoreResult<Option<Inode>> {
         if let Some(entry) = self.hot.get(number) {
             let guard = entry.lock();
             if !guard.evicted {

@@ -116,7 +116,9 @@ pub(crate) fn readdir(
         if !with_attributes {
             return Ok(None);
         }
-        Ok(store.current_by_number(inode_number, Some(&read))?.map(|inode| store.attributes(inode_number, &inode)))
+        Ok(store
+            .current_by_number(inode_number, Some(&read))?
+            .map(|inode| store.attributes(inode_number, &inode)))
     };
     let mut entries = Vec::new();
     let mut eof = true;
@@ -144,7 +146,8 @@ pub(crate) fn readdir(
             } else {
                 store.current_by_number(dir.parent, Some(&read))?
             };
-            let parent = parent.ok_or(StoreError::Corrupt { what: "parent directory".to_string(), offset: 0 })?;
+            let parent =
+                parent.ok_or(StoreError::Corrupt { what: "parent directory".to_string(), offset: 0 })?;
             entries.push(DirectoryEntry {
                 cookie: 2,
                 name: b"..".to_vec(),
@@ -169,7 +172,11 @@ pub(crate) fn readdir(
             entries.push(DirectoryEntry {
                 cookie: key.value().1,
                 name,
-                fid: Fid { container: crate::NAME_CONTAINER_ID, inode: dirent.inode, uniquifier: dirent.uniquifier },
+                fid: Fid {
+                    container: crate::NAME_CONTAINER_ID,
+                    inode: dirent.inode,
+                    uniquifier: dirent.uniquifier,
+                },
                 fileid: dirent.inode,
                 attributes,
             });
@@ -225,7 +232,13 @@ fn insert_name(
 }
 
 /// Removes a name from a directory; updates the directory.
-fn remove_name(b: &mut Batch<'_>, dir_entry: &EntryRef, name: &[u8], dirent: &Dirent, subdirectory: bool) -> StoreResult<()> {
+fn remove_name(
+    b: &mut Batch<'_>,
+    dir_entry: &EntryRef,
+    name: &[u8],
+    dirent: &Dirent,
+    subdirectory: bool,
+) -> StoreResult<()> {
     let dir_number = {
         let mut dir = dir_entry.lock();
         dir.inode.entries = dir.inode.entries.saturating_sub(1);
@@ -298,7 +311,9 @@ fn create_object(
         return Err(StoreError::NotOwner);
     }
     let size_bytes = match (new.kind, attributes.size_bytes) {
-        (FileKind::Regular, Some(size)) if size > FILE_SIZE_BYTES_MAX => return Err(StoreError::FileTooLarge),
+        (FileKind::Regular, Some(size)) if size > FILE_SIZE_BYTES_MAX => {
+            return Err(StoreError::FileTooLarge);
+        }
         (FileKind::Regular, Some(size)) => size,
         _ => 0,
     };
@@ -318,7 +333,8 @@ fn create_object(
     if new.kind == FileKind::Directory && inherit_group {
         mode |= S_ISGID;
     }
-    if new.kind != FileKind::Directory && caller.uid != 0 && mode & S_ISGID != 0 && !caller.is_member_of(gid) {
+    if new.kind != FileKind::Directory && caller.uid != 0 && mode & S_ISGID != 0 && !caller.is_member_of(gid)
+    {
         mode &= !S_ISGID;
     }
     let dir_number = dir_entry.lock().number;
@@ -383,12 +399,17 @@ pub(crate) fn apply_create(
         let entry = b.entry(store, existing.inode)?.ok_or(StoreError::NotFound)?;
         let inode = entry.lock().inode.clone();
         let fid = store.fid(existing.inode, &inode);
-        let unchanged = WccData { before: Some(pre_op(&dir)), after: Some(store.attributes(dir_number, &dir)) };
+        let unchanged =
+            WccData { before: Some(pre_op(&dir)), after: Some(store.attributes(dir_number, &dir)) };
         return match how {
             CreateHow::Guarded(_) => Err(StoreError::Exists),
             CreateHow::Exclusive(verifier) => {
                 if inode.kind == FileKind::Regular && inode.create_verifier == Some(verifier) {
-                    Ok(Created { fid, attributes: store.attributes(existing.inode, &inode), directory: unchanged })
+                    Ok(Created {
+                        fid,
+                        attributes: store.attributes(existing.inode, &inode),
+                        directory: unchanged,
+                    })
                 } else {
                     Err(StoreError::Exists)
                 }
@@ -402,7 +423,11 @@ pub(crate) fn apply_create(
                     setattr_entry(store, b, caller, &entry, changes, None)?;
                 }
                 let inode = entry.lock().inode.clone();
-                Ok(Created { fid, attributes: store.attributes(existing.inode, &inode), directory: unchanged })
+                Ok(Created {
+                    fid,
+                    attributes: store.attributes(existing.inode, &inode),
+                    directory: unchanged,
+                })
             }
         };
     }
@@ -410,7 +435,14 @@ pub(crate) fn apply_create(
         CreateHow::Unchecked(attributes) | CreateHow::Guarded(attributes) => (attributes, None),
         CreateHow::Exclusive(verifier) => (SetAttributes::default(), Some(verifier)),
     };
-    let new = NewObject { kind: FileKind::Regular, mode_default: 0o644, rdev: (0, 0), target: &[], attributes, create_verifier };
+    let new = NewObject {
+        kind: FileKind::Regular,
+        mode_default: 0o644,
+        rdev: (0, 0),
+        target: &[],
+        attributes,
+        create_verifier,
+    };
     create_object(store, b, caller, &dir_entry, &dir, name, new)
 }
 
@@ -575,7 +607,10 @@ pub(crate) fn apply_link(
     }
     b.touch(&file_entry);
     let after = file_entry.lock().inode.clone();
-    Ok(Linked { file: store.attributes(fid.inode, &after), directory: wcc(store, dir_number, &dir, &dir_entry) })
+    Ok(Linked {
+        file: store.attributes(fid.inode, &after),
+        directory: wcc(store, dir_number, &dir, &dir_entry),
+    })
 }
 
 /// Whether `ancestor` is `start` or one of its ancestors (walking parent pointers).
@@ -628,7 +663,10 @@ pub(crate) fn apply_rename(
             before: Some(pre_op(&from_dir)),
             after: Some(store.attributes(from_number, &from_dir)),
         },
-        to_directory: WccData { before: Some(pre_op(&to_dir)), after: Some(store.attributes(to_number, &to_dir)) },
+        to_directory: WccData {
+            before: Some(pre_op(&to_dir)),
+            after: Some(store.attributes(to_number, &to_dir)),
+        },
     };
     let is_directory = source_inode.kind == FileKind::Directory;
     let target = tables::get_dirent(&b.dirents, to_number, to_name)?;
@@ -668,7 +706,14 @@ pub(crate) fn apply_rename(
         drop_link(store, b, entry)?;
     }
     remove_name(b, &from_entry, from_name, &source, is_directory && from_number != to_number)?;
-    insert_name(b, &to_entry, to_name, source.inode, &source_inode, is_directory && from_number != to_number)?;
+    insert_name(
+        b,
+        &to_entry,
+        to_name,
+        source.inode,
+        &source_inode,
+        is_directory && from_number != to_number,
+    )?;
     {
         let mut guard = source_entry.lock();
         if is_directory {
@@ -749,7 +794,9 @@ pub(crate) fn setattr_entry(
     for setting in [changes.atime, changes.mtime] {
         match setting {
             SetTime::DontChange => {}
-            SetTime::ClientTime(_) if !perm::is_owner_or_root(caller, &inode) => return Err(StoreError::NotOwner),
+            SetTime::ClientTime(_) if !perm::is_owner_or_root(caller, &inode) => {
+                return Err(StoreError::NotOwner);
+            }
             SetTime::ServerTime
                 if !perm::is_owner_or_root(caller, &inode) && !perm::mode_allows(caller, &inode, WRITE) =>
             {

@@ -20,8 +20,8 @@ use crate::api::{FileKind, StoreError, StoreResult};
 use crate::data::{self, DataContainer, REGION_SIZE_BYTES_MAX};
 use crate::faults::{DatabaseBackend, Faults};
 use crate::format::{
-    self, BLOCK, BlockSum, CHECKSUM_ENTRY_BYTES, CHECKSUM_HEADER_BYTES, ContainerKind, ContainerMeta, DATABASE_FORMAT_VERSION,
-    Inode,
+    self, BLOCK, BlockSum, CHECKSUM_ENTRY_BYTES, CHECKSUM_HEADER_BYTES, ContainerKind, ContainerMeta,
+    DATABASE_FORMAT_VERSION, Inode,
 };
 use crate::group::GroupCommit;
 use crate::hot::HotTable;
@@ -32,7 +32,8 @@ const ROOT_INODE: u64 = 1;
 const VOLUME_ID: u32 = 1;
 
 pub(crate) fn statvfs(path: &Path) -> StoreResult<libc::statvfs> {
-    let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| StoreError::Invalid("path contains NUL"))?;
+    let path =
+        CString::new(path.as_os_str().as_bytes()).map_err(|_| StoreError::Invalid("path contains NUL"))?;
     let mut stat = MaybeUninit::<libc::statvfs>::zeroed();
     // SAFETY: `path` is a valid NUL-terminated string and `stat` points to writable memory of
     // the right type; statvfs initialises it on success.
@@ -55,7 +56,10 @@ fn read_or_create_meta(dir: &Path, fresh: ContainerMeta, faults: &Faults) -> Sto
         Ok(bytes) => {
             let meta = ContainerMeta::decode(&bytes, &path)?;
             if meta.kind != fresh.kind || meta.container != fresh.container {
-                return Err(StoreError::Corrupt { what: format!("container metadata {}", path.display()), offset: 0 });
+                return Err(StoreError::Corrupt {
+                    what: format!("container metadata {}", path.display()),
+                    offset: 0,
+                });
             }
             Ok(meta)
         }
@@ -79,7 +83,9 @@ fn create_dir_durably(path: &Path) -> StoreResult<()> {
 }
 
 pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
-    if !config.chunk_size_bytes.is_multiple_of(BLOCK_SIZE_BYTES) || config.chunk_size_bytes < INLINE_DATA_BYTES_MAX {
+    if !config.chunk_size_bytes.is_multiple_of(BLOCK_SIZE_BYTES)
+        || config.chunk_size_bytes < INLINE_DATA_BYTES_MAX
+    {
         return Err(StoreError::Invalid("chunk size must be a multiple of 8 KiB and at least 64 KiB"));
     }
     if config.data_containers == 0 || config.data_containers > 1024 {
@@ -120,7 +126,11 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
             Some(_) => return Err(StoreError::Invalid("unknown name container format version")),
             None => {
                 meta.insert("format_version", DATABASE_FORMAT_VERSION).db()?;
-                meta.insert("cluster_id", u64::from(random_nonzero_u32()) << 32 | u64::from(random_nonzero_u32())).db()?;
+                meta.insert(
+                    "cluster_id",
+                    u64::from(random_nonzero_u32()) << 32 | u64::from(random_nonzero_u32()),
+                )
+                .db()?;
                 meta.insert("volume_id", u64::from(VOLUME_ID)).db()?;
                 meta.insert("next_inode", ROOT_INODE + 1).db()?;
                 meta.insert("txn_id", 0).db()?;
@@ -182,7 +192,13 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
         }
         let meta = read_or_create_meta(
             &dir,
-            ContainerMeta { container: id, kind: ContainerKind::Data, volume: VOLUME_ID, epoch: 1, txn_reserved_until: 1 },
+            ContainerMeta {
+                container: id,
+                kind: ContainerKind::Data,
+                volume: VOLUME_ID,
+                epoch: 1,
+                txn_reserved_until: 1,
+            },
             &faults,
         )?;
         containers.push(DataContainer::new(dir, meta));

@@ -54,7 +54,10 @@ pub(crate) fn may_modify_directory(caller: &Caller, directory: &Inode) -> bool {
 /// The sticky-bit rule: in a sticky directory only the owner of the entry or of the directory
 /// (or root) may remove or rename it.
 pub(crate) fn sticky_allows(caller: &Caller, directory: &Inode, victim: &Inode) -> bool {
-    directory.mode & S_ISVTX == 0 || caller.uid == 0 || caller.uid == victim.uid || caller.uid == directory.uid
+    directory.mode & S_ISVTX == 0
+        || caller.uid == 0
+        || caller.uid == victim.uid
+        || caller.uid == directory.uid
 }
 
 pub(crate) fn is_owner_or_root(caller: &Caller, inode: &Inode) -> bool {

@@ -49,7 +49,10 @@ pub(crate) fn read_inode(read: &redb::ReadTransaction, number: u64) -> StoreResu
     get_inode(&table, number)
 }
 
-pub(crate) fn get_inode(table: &impl ReadableTable<u64, &'static [u8]>, number: u64) -> StoreResult<Option<Inode>> {
+pub(crate) fn get_inode(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    number: u64,
+) -> StoreResult<Option<Inode>> {
     match table.get(number).db()? {
         Some(bytes) => Ok(Some(Inode::decode(bytes.value())?)),
         None => Ok(None),

@@ -63,7 +63,9 @@ fn write_read_sparse_and_truncate() {
         .setattr(&root(), fid, SetAttributes { size_bytes: Some(12), ..Default::default() }, None)
         .unwrap();
     assert_eq!(wcc.after.unwrap().size_bytes, 12);
-    store.setattr(&root(), fid, SetAttributes { size_bytes: Some(size), ..Default::default() }, None).unwrap();
+    store
+        .setattr(&root(), fid, SetAttributes { size_bytes: Some(size), ..Default::default() }, None)
+        .unwrap();
     let data = read_all(&store, fid);
     assert_eq!(data.len() as u64, size);
     assert_eq!(&data[10..12], b"he");
@@ -71,9 +73,16 @@ fn write_read_sparse_and_truncate() {
     // The same across the inline boundary and inside a chunk.
     write_all(&store, fid, INLINE_DATA_BYTES_MAX + 8000, &[7u8; 1000], Stability::Unstable);
     store
-        .setattr(&root(), fid, SetAttributes { size_bytes: Some(INLINE_DATA_BYTES_MAX + 8100), ..Default::default() }, None)
+        .setattr(
+            &root(),
+            fid,
+            SetAttributes { size_bytes: Some(INLINE_DATA_BYTES_MAX + 8100), ..Default::default() },
+            None,
+        )
         .unwrap();
-    store.setattr(&root(), fid, SetAttributes { size_bytes: Some(size), ..Default::default() }, None).unwrap();
+    store
+        .setattr(&root(), fid, SetAttributes { size_bytes: Some(size), ..Default::default() }, None)
+        .unwrap();
     let tail = store.read(&root(), fid, INLINE_DATA_BYTES_MAX + 8000, 2000).unwrap().data;
     assert_eq!(&tail[..100], &[7u8; 100]);
     assert!(tail[100..].iter().all(|&byte| byte == 0));
@@ -164,7 +173,10 @@ fn namespace_operations() {
     assert_eq!(store.readlink(&r, link.fid).unwrap().0, b"a/b/target");
     assert_eq!(link.attributes.size_bytes, 10);
     let long = vec![b'x'; 4097];
-    assert!(matches!(store.symlink(&r, top, b"sl2", &long, SetAttributes::default()), Err(StoreError::NameTooLong)));
+    assert!(matches!(
+        store.symlink(&r, top, b"sl2", &long, SetAttributes::default()),
+        Err(StoreError::NameTooLong)
+    ));
     let fifo = store.mknod(&r, top, b"fifo", SpecialKind::Fifo, SetAttributes::default()).unwrap();
     assert_eq!(fifo.attributes.kind, FileKind::Fifo);
     let device = store
@@ -175,7 +187,10 @@ fn namespace_operations() {
     // Names.
     for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b"] {
         assert!(
-            matches!(store.create(&r, top, bad, CreateHow::Unchecked(SetAttributes::default())), Err(StoreError::Invalid(_))),
+            matches!(
+                store.create(&r, top, bad, CreateHow::Unchecked(SetAttributes::default())),
+                Err(StoreError::Invalid(_))
+            ),
             "{bad:?}"
         );
     }
@@ -200,16 +215,26 @@ fn create_modes() {
     let store = open(dir.path());
     let r = root();
     let top = store.root();
-    let guarded = store.create(&r, top, b"f", CreateHow::Guarded(SetAttributes { mode: Some(0o600), ..Default::default() })).unwrap();
+    let guarded = store
+        .create(&r, top, b"f", CreateHow::Guarded(SetAttributes { mode: Some(0o600), ..Default::default() }))
+        .unwrap();
     assert_eq!(guarded.attributes.mode, 0o600);
-    assert!(matches!(store.create(&r, top, b"f", CreateHow::Guarded(SetAttributes::default())), Err(StoreError::Exists)));
+    assert!(matches!(
+        store.create(&r, top, b"f", CreateHow::Guarded(SetAttributes::default())),
+        Err(StoreError::Exists)
+    ));
     write_all(&store, guarded.fid, 0, b"content", Stability::FileSync);
     // Unchecked on an existing file: succeeds, applies size 0 when asked.
     let again = store.create(&r, top, b"f", CreateHow::Unchecked(SetAttributes::default())).unwrap();
     assert_eq!(again.fid, guarded.fid);
     assert_eq!(again.attributes.size_bytes, 7);
     let truncated = store
-        .create(&r, top, b"f", CreateHow::Unchecked(SetAttributes { size_bytes: Some(0), ..Default::default() }))
+        .create(
+            &r,
+            top,
+            b"f",
+            CreateHow::Unchecked(SetAttributes { size_bytes: Some(0), ..Default::default() }),
+        )
         .unwrap();
     assert_eq!(truncated.attributes.size_bytes, 0);
     // Exclusive: the verifier makes a retransmission succeed.
@@ -235,7 +260,16 @@ fn times_and_guard() {
     assert!(after.mtime >= before.mtime);
     let client = Timestamp { seconds: 1000, nanoseconds: 123_456_789 };
     store
-        .setattr(&r, fid, SetAttributes { atime: SetTime::ClientTime(client), mtime: SetTime::ClientTime(client), ..Default::default() }, None)
+        .setattr(
+            &r,
+            fid,
+            SetAttributes {
+                atime: SetTime::ClientTime(client),
+                mtime: SetTime::ClientTime(client),
+                ..Default::default()
+            },
+            None,
+        )
         .unwrap();
     let set = store.getattr(fid).unwrap();
     assert_eq!((set.atime, set.mtime), (client, client));
@@ -243,7 +277,9 @@ fn times_and_guard() {
         store.setattr(&r, fid, SetAttributes { mode: Some(0o600), ..Default::default() }, Some(before.ctime)),
         Err(StoreError::NotSync)
     ));
-    store.setattr(&r, fid, SetAttributes { mode: Some(0o600), ..Default::default() }, Some(set.ctime)).unwrap();
+    store
+        .setattr(&r, fid, SetAttributes { mode: Some(0o600), ..Default::default() }, Some(set.ctime))
+        .unwrap();
     assert_eq!(store.getattr(fid).unwrap().mode, 0o600);
 }
 

@@ -84,11 +84,12 @@ impl Rng {
 /// The seed for a randomized test: `CAIRN_STORE_SEED` if set, else a fresh one. Printed, so
 /// that a failure can be replayed.
 pub fn seed(test: &str) -> u64 {
-    let seed = std::env::var("CAIRN_STORE_SEED")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    let seed =
+        std::env::var("CAIRN_STORE_SEED").ok().and_then(|value| value.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
         });
     eprintln!("{test}: seed {seed} (replay with CAIRN_STORE_SEED={seed})");
     seed

@@ -37,7 +37,9 @@ fn perf_metadata() {
                 let top = store.root();
                 for index in 0..per_thread {
                     let name = format!("t{thread}-{index}");
-                    store.create(&root(), top, name.as_bytes(), CreateHow::Guarded(SetAttributes::default())).unwrap();
+                    store
+                        .create(&root(), top, name.as_bytes(), CreateHow::Guarded(SetAttributes::default()))
+                        .unwrap();
                 }
             })
         })
@@ -107,7 +109,9 @@ fn perf_data() {
 
     let random = common::create_file(&store, &root(), store.root(), "random");
     let size = 256u64 << 20;
-    store.setattr(&root(), random, SetAttributes { size_bytes: Some(size), ..Default::default() }, None).unwrap();
+    store
+        .setattr(&root(), random, SetAttributes { size_bytes: Some(size), ..Default::default() }, None)
+        .unwrap();
     let small = vec![0xa5u8; 4096];
     let mut rng = common::Rng(1);
     let count = 50_000;

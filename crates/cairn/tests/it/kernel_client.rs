@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::support::{KernelFixture, libnfs_ok, md5_of_file};
+use crate::support::{KernelFixture, md5_of_file};
 
 const BIG_FILE_SCRIPT: &str = include_str!("guest/big_file.sh");
 const TREE_SCRIPT: &str = include_str!("guest/tree.sh");
@@ -47,10 +47,14 @@ fn big_random_file_256_mib_md5_in_guest_and_on_host() {
     // A second, independent read path: libnfs on the host, inside the server's namespace.
     let copy = fixture.dir.path().join("big.bin");
     let copy_text = copy.to_str().expect("UTF-8 temp path").to_owned();
-    libnfs_ok(Some(&fixture.netns.name), "nfs-cp", &[&fixture.url("/big.bin"), &copy_text]);
+    fixture.libnfs_ok("nfs-cp", &[&fixture.file_url("/big.bin"), &copy_text]);
     let size = std::fs::metadata(&copy).expect("metadata of the copy").len();
     assert_eq!(size, 256 << 20, "nfs-cp copied {size} bytes of big.bin");
-    assert_eq!(&md5_of_file(&copy), guest_md5, "big.bin read by libnfs on the host differs from what the guest wrote");
+    assert_eq!(
+        &md5_of_file(&copy),
+        guest_md5,
+        "big.bin read by libnfs on the host differs from what the guest wrote"
+    );
 }
 
 #[test]
@@ -124,7 +128,7 @@ fn links_appends_overwrites_truncate_and_executables() {
         "exec-denied-without-x",
     ]);
     // The appended file, read by a second client (libnfs on the host).
-    let appended = libnfs_ok(Some(&fixture.netns.name), "nfs-cat", &[&fixture.url("/appended.txt")]);
+    let appended = fixture.libnfs_ok("nfs-cat", &[&fixture.file_url("/appended.txt")]);
     assert_eq!(String::from_utf8_lossy(&appended.stdout), "first line\nsecond line\nthird line\n");
 }
 
@@ -178,12 +182,17 @@ fn synced_data_survives_kill_9_and_restart() {
 fn writes_continue_across_server_kill_9_and_restart() {
     let mut fixture = KernelFixture::start("midwrite");
     let mut guest = fixture.vm.spawn(WRITE_THROUGH_RESTART_SCRIPT);
-    guest.wait_for_line("writing", Duration::from_secs(240));
-    // Let a few MiB go through, then crash the server in the middle of the writes and bring it
-    // back on the same port: the hard-mounted client retries, and must resend whatever the
-    // crashed incarnation had not made durable (its write verifier changes).
-    std::thread::sleep(Duration::from_millis(1500));
+    // A few MiB in, crash the server in the middle of the writes and bring it back on the same
+    // port: the hard-mounted client retries, and must resend whatever the crashed incarnation
+    // had not made durable (its write verifier changes).
+    guest.wait_for_line("progress 4", Duration::from_secs(240));
     fixture.server.kill9();
+    let seen_at_kill = guest.lines_so_far();
+    assert!(
+        !seen_at_kill.iter().any(|line| line == "progress 31"),
+        "the kill came after the guest had finished writing; the test proves nothing:\n{}",
+        seen_at_kill.join("\n")
+    );
     fixture.server.restart();
     let run = guest.finish();
     run.assert_checks(&[
@@ -231,4 +240,14 @@ fn permission_checks_for_non_root_users() {
         "content-unchanged-after-denials",
         "nothing-created-by-denied-users",
     ]);
+}
+
+#[test]
+fn zz_tmp_drop_kills_qemu() {
+    let fixture = KernelFixture::start("droptest");
+    let mut guest = fixture.vm.spawn("echo started; sleep 100");
+    guest.wait_for_line("started", Duration::from_secs(120));
+    drop(guest);
+    let leftover = std::process::Command::new("sh").arg("-c").arg(format!("ps -eo pid,args | grep qemu | grep -c nfsvm || true")).output().unwrap();
+    eprintln!("qemu count after drop: {}", String::from_utf8_lossy(&leftover.stdout));
 }

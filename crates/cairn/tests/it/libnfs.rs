@@ -5,17 +5,26 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use nfs3_client::Nfs3ConnectionBuilder;
-use nfs3_client::nfs3_types::nfs3::{MKDIR3args, Nfs3Option, Nfs3Result, diropargs3, filename3, nfs_fh3, sattr3};
+use nfs3_client::nfs3_types::nfs3::{
+    MKDIR3args, Nfs3Option, Nfs3Result, SETATTR3args, diropargs3, filename3, nfs_fh3, sattr3,
+};
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 use nfs3_client::tokio::TokioConnector;
+use nfs3_client::tokio::TokioIo;
+use nfs3_client::{Nfs3Connection, Nfs3ConnectionBuilder};
+use tokio::net::TcpStream;
 
-use crate::support::{CairnServer, describe_output, libnfs_ok, nfs_url, random_bytes, require_libnfs_utils, test_dir};
+use crate::support::{
+    CairnServer, describe_output, libnfs_ok, nfs_file_url, nfs_url, random_bytes, require_libnfs_utils,
+    test_dir,
+};
 
-/// Creates the folders `path` (relative to the export root `/`, each level made in turn) with
-/// `mode`, as root, over NFSv3 with the nfs3_client crate.
-fn make_folders(server: SocketAddr, path: &str, mode: u32) {
+/// Runs `work` with an nfs3_client connection (AUTH_UNIX root, `/` mounted) to `server`.
+fn with_nfs3_client<T>(
+    server: SocketAddr,
+    work: impl AsyncFnOnce(&mut Nfs3Connection<TokioIo<TcpStream>>, nfs_fh3) -> T,
+) -> T {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async {
         let credential = opaque_auth::auth_unix(&auth_unix {
@@ -33,13 +42,27 @@ fn make_folders(server: SocketAddr, path: &str, mode: u32) {
             .mount()
             .await
             .unwrap_or_else(|error| panic!("nfs3_client cannot mount / from {server}: {error:?}"));
-        let mut folder: nfs_fh3 = connection.root_nfs_fh3();
+        let root = connection.root_nfs_fh3();
+        let result = work(&mut connection, root).await;
+        let _ = connection.unmount().await;
+        result
+    })
+}
+
+/// Creates the folders of `path` (each level in turn, under the export root `/`) with `mode`.
+fn make_folders(server: SocketAddr, path: &str, mode: u32) {
+    with_nfs3_client(server, async |connection, root| {
+        let mut folder = root;
         for name in path.split('/').filter(|name| !name.is_empty()) {
             let arguments = MKDIR3args {
-                where_: diropargs3 { dir: folder.clone(), name: filename3(Opaque::borrowed(name.as_bytes())) },
+                where_: diropargs3 {
+                    dir: folder.clone(),
+                    name: filename3(Opaque::borrowed(name.as_bytes())),
+                },
                 attributes: sattr3 { mode: Nfs3Option::Some(mode), ..sattr3::default() },
             };
-            let result = connection.mkdir(&arguments).await.unwrap_or_else(|error| panic!("MKDIR {name}: {error:?}"));
+            let result =
+                connection.mkdir(&arguments).await.unwrap_or_else(|error| panic!("MKDIR {name}: {error:?}"));
             folder = match result {
                 Nfs3Result::Ok(created) => match created.obj {
                     Nfs3Option::Some(handle) => handle,
@@ -48,7 +71,22 @@ fn make_folders(server: SocketAddr, path: &str, mode: u32) {
                 Nfs3Result::Err((status, _)) => panic!("MKDIR {name} failed with {status:?}"),
             };
         }
-        let _ = connection.unmount().await;
+    });
+}
+
+/// Sets the mode of the export root `/`.
+fn chmod_root(server: SocketAddr, mode: u32) {
+    with_nfs3_client(server, async |connection, root| {
+        let arguments = SETATTR3args {
+            object: root,
+            new_attributes: sattr3 { mode: Nfs3Option::Some(mode), ..sattr3::default() },
+            guard: Nfs3Option::None,
+        };
+        match connection.setattr(&arguments).await {
+            Ok(Nfs3Result::Ok(_)) => {}
+            Ok(Nfs3Result::Err((status, _))) => panic!("SETATTR mode {mode:o} of / failed with {status:?}"),
+            Err(error) => panic!("SETATTR of /: {error:?}"),
+        }
     });
 }
 
@@ -75,8 +113,12 @@ fn copy_in_list_copy_out_and_cat() {
     let original = random_bytes(3 * 1024 * 1024 + 12345);
     let local = dir.path().join("random.bin");
     std::fs::write(&local, &original).expect("write the local file");
-    let copied = libnfs_ok(None, "nfs-cp", &[path_text(&local), &nfs_url(address, "/random.bin", "")]);
-    assert!(String::from_utf8_lossy(&copied.stdout).contains(&original.len().to_string()), "{}", describe_output(&copied));
+    let copied = libnfs_ok(None, "nfs-cp", &[path_text(&local), &nfs_file_url(address, "/random.bin", "")]);
+    assert!(
+        String::from_utf8_lossy(&copied.stdout).contains(&original.len().to_string()),
+        "{}",
+        describe_output(&copied)
+    );
 
     let listing = libnfs_ok(None, "nfs-ls", &[&nfs_url(address, "/", "")]);
     let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
@@ -85,28 +127,40 @@ fn copy_in_list_copy_out_and_cat() {
     assert!(entry[0].starts_with('-'), "random.bin should be a regular file:\n{listing}");
 
     let back = dir.path().join("random.back");
-    libnfs_ok(None, "nfs-cp", &[&nfs_url(address, "/random.bin", ""), path_text(&back)]);
+    libnfs_ok(None, "nfs-cp", &[&nfs_file_url(address, "/random.bin", ""), path_text(&back)]);
     let read_back = std::fs::read(&back).expect("read the copy");
-    assert!(read_back == original, "the file copied back differs ({} bytes, {} expected)", read_back.len(), original.len());
+    assert!(
+        read_back == original,
+        "the file copied back differs ({} bytes, {} expected)",
+        read_back.len(),
+        original.len()
+    );
 
     let small = dir.path().join("hello.txt");
     std::fs::write(&small, "hello from the host\nsecond line\n").expect("write hello.txt");
-    libnfs_ok(None, "nfs-cp", &[path_text(&small), &nfs_url(address, "/hello.txt", "")]);
-    let cat = libnfs_ok(None, "nfs-cat", &[&nfs_url(address, "/hello.txt", "")]);
+    libnfs_ok(None, "nfs-cp", &[path_text(&small), &nfs_file_url(address, "/hello.txt", "")]);
+    let cat = libnfs_ok(None, "nfs-cat", &[&nfs_file_url(address, "/hello.txt", "")]);
     assert_eq!(String::from_utf8_lossy(&cat.stdout), "hello from the host\nsecond line\n");
 
     let empty = dir.path().join("empty");
     std::fs::write(&empty, "").expect("write an empty file");
-    libnfs_ok(None, "nfs-cp", &[path_text(&empty), &nfs_url(address, "/empty", "")]);
-    let cat = libnfs_ok(None, "nfs-cat", &[&nfs_url(address, "/empty", "")]);
+    libnfs_ok(None, "nfs-cp", &[path_text(&empty), &nfs_file_url(address, "/empty", "")]);
+    let cat = libnfs_ok(None, "nfs-cat", &[&nfs_file_url(address, "/empty", "")]);
     assert!(cat.stdout.is_empty(), "nfs-cat of an empty file printed {:?}", cat.stdout);
 
     // An existing name: nfs-cp creates exclusively, so the server must refuse (NFS3ERR_EXIST).
-    let again = crate::support::run_libnfs(None, "nfs-cp", &[path_text(&small), &nfs_url(address, "/random.bin", "")]);
+    let again = crate::support::run_libnfs(
+        None,
+        "nfs-cp",
+        &[path_text(&small), &nfs_file_url(address, "/random.bin", "")],
+    );
     assert!(!again.status.success(), "nfs-cp over an existing file should fail: {}", describe_output(&again));
     let back_again = dir.path().join("random.back2");
-    libnfs_ok(None, "nfs-cp", &[&nfs_url(address, "/random.bin", ""), path_text(&back_again)]);
-    assert!(std::fs::read(&back_again).expect("read the copy") == original, "random.bin changed after a refused nfs-cp");
+    libnfs_ok(None, "nfs-cp", &[&nfs_file_url(address, "/random.bin", ""), path_text(&back_again)]);
+    assert!(
+        std::fs::read(&back_again).expect("read the copy") == original,
+        "random.bin changed after a refused nfs-cp"
+    );
 }
 
 /// nfs-cp and nfs-cat MOUNT the folder part of the URL: the server must allow mounting any
@@ -153,31 +207,52 @@ fn uid_and_gid_from_the_url_are_enforced() {
     std::fs::write(&local, "root's secret\n").expect("write secret.txt");
 
     // As root (not squashed by the default exports): nfs-cp creates files with mode 0660.
-    libnfs_ok(None, "nfs-cp", &[path_text(&local), &nfs_url(address, "/secret.txt", "")]);
+    libnfs_ok(None, "nfs-cp", &[path_text(&local), &nfs_file_url(address, "/secret.txt", "")]);
     let listing = libnfs_ok(None, "nfs-ls", &[&nfs_url(address, "/", "")]);
     let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
     let entry = listing_entry(&listing, "secret.txt");
-    assert_eq!((entry[0].as_str(), entry[2].as_str(), entry[3].as_str()), ("-rw-rw----", "0", "0"), "{listing}");
+    assert_eq!(
+        (entry[0].as_str(), entry[2].as_str(), entry[3].as_str()),
+        ("-rw-rw----", "0", "0"),
+        "{listing}"
+    );
 
     // uid 1000 may neither read root's 0660 file nor create files in root's 0755 folder.
-    let denied = crate::support::run_libnfs(None, "nfs-cat", &[&nfs_url(address, "/secret.txt", as_1000)]);
+    let denied =
+        crate::support::run_libnfs(None, "nfs-cat", &[&nfs_file_url(address, "/secret.txt", as_1000)]);
     assert!(!denied.status.success(), "uid 1000 read a 0660 file of root: {}", describe_output(&denied));
     assert!(!String::from_utf8_lossy(&denied.stdout).contains("secret"), "{}", describe_output(&denied));
-    let denied = crate::support::run_libnfs(None, "nfs-cp", &[path_text(&local), &nfs_url(address, "/by-1000.txt", as_1000)]);
-    assert!(!denied.status.success(), "uid 1000 created a file in root's 0755 folder: {}", describe_output(&denied));
+    let denied = crate::support::run_libnfs(
+        None,
+        "nfs-cp",
+        &[path_text(&local), &nfs_file_url(address, "/by-1000.txt", as_1000)],
+    );
+    assert!(
+        !denied.status.success(),
+        "uid 1000 created a file in root's 0755 folder: {}",
+        describe_output(&denied)
+    );
 
-    // Root still reads it; uid 1000 writes in a 0777 folder and owns what it creates there.
-    let cat = libnfs_ok(None, "nfs-cat", &[&nfs_url(address, "/secret.txt", "")]);
+    // Root still reads it; once `/` is 0777, uid 1000 creates a file there and owns it.
+    let cat = libnfs_ok(None, "nfs-cat", &[&nfs_file_url(address, "/secret.txt", "")]);
     assert_eq!(String::from_utf8_lossy(&cat.stdout), "root's secret\n");
-    make_folders(address, "/open", 0o777);
-    libnfs_ok(None, "nfs-cp", &[path_text(&local), &nfs_url(address, "/open/by-1000.txt", as_1000)]);
-    let listing = libnfs_ok(None, "nfs-ls", &[&nfs_url(address, "/open", "")]);
+    chmod_root(address, 0o777);
+    libnfs_ok(None, "nfs-cp", &[path_text(&local), &nfs_file_url(address, "/by-1000.txt", as_1000)]);
+    let listing = libnfs_ok(None, "nfs-ls", &[&nfs_url(address, "/", "")]);
     let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
     let entry = listing_entry(&listing, "by-1000.txt");
-    assert_eq!((entry[2].as_str(), entry[3].as_str()), ("1000", "1000"), "owner of a file uid 1000 created:\n{listing}");
-    let cat = libnfs_ok(None, "nfs-cat", &[&nfs_url(address, "/open/by-1000.txt", as_1000)]);
+    assert_eq!(
+        (entry[2].as_str(), entry[3].as_str()),
+        ("1000", "1000"),
+        "owner of a file uid 1000 created:\n{listing}"
+    );
+    let cat = libnfs_ok(None, "nfs-cat", &[&nfs_file_url(address, "/by-1000.txt", as_1000)]);
     assert_eq!(String::from_utf8_lossy(&cat.stdout), "root's secret\n");
     // ... and another user may not read that 0660 file.
-    let denied = crate::support::run_libnfs(None, "nfs-cat", &[&nfs_url(address, "/open/by-1000.txt", "&uid=1001&gid=1001")]);
+    let denied = crate::support::run_libnfs(
+        None,
+        "nfs-cat",
+        &[&nfs_file_url(address, "/by-1000.txt", "&uid=1001&gid=1001")],
+    );
     assert!(!denied.status.success(), "uid 1001 read a 0660 file of uid 1000: {}", describe_output(&denied));
 }

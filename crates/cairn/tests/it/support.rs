@@ -8,7 +8,6 @@ use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +25,8 @@ const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts at starting a server on a fresh free port when the last one was taken meanwhile.
 const FREE_PORT_ATTEMPTS_MAX: usize = 5;
+/// How long to wait for a server to log its reload after SIGHUP.
+const SIGHUP_RELOAD_WAIT: Duration = Duration::from_secs(5);
 /// Lines of a server log shown when a test fails.
 const LOG_TAIL_LINES: usize = 60;
 
@@ -159,14 +160,6 @@ fn send_signal(pid: u32, signal: libc::c_int) {
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.
     unsafe {
         libc::kill(pid, signal);
-    }
-}
-
-fn send_signal_to_group(pgid: u32, signal: libc::c_int) {
-    let pgid = libc::pid_t::try_from(pgid).expect("pgid fits pid_t");
-    // SAFETY: killpg(2) has no memory-safety preconditions; the group is one we created.
-    unsafe {
-        libc::killpg(pgid, signal);
     }
 }
 
@@ -353,7 +346,8 @@ impl CairnServer {
                     break;
                 }
                 Ok(_) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {}
+                // stdout closed: only the exit check below can end the wait now.
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_millis(50)),
             }
             if let Some(status) = server.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
                 let message = format!(
@@ -380,9 +374,9 @@ impl CairnServer {
             .find_map(|word| word.strip_prefix("nfs="))
             .map(|address| address.trim_end_matches([',', ';', ')']))
             .ok_or_else(|| format!("the ready line has no nfs=IP:PORT: {:?}", server.ready_line))?;
-        server.nfs_address = nfs
-            .parse()
-            .map_err(|error| format!("the ready line's nfs={nfs} is not IP:PORT ({error}): {:?}", server.ready_line))?;
+        server.nfs_address = nfs.parse().map_err(|error| {
+            format!("the ready line's nfs={nfs} is not IP:PORT ({error}): {:?}", server.ready_line)
+        })?;
         if server.nfs_address.port() != server.config.nfs_port {
             return Err(format!(
                 "cairn up --nfs-port {} reports nfs={} in its ready line {:?}",
@@ -399,7 +393,11 @@ impl CairnServer {
     /// The address clients on this machine use (the configured bind address, or 127.0.0.1 for
     /// the wildcard address), with the NFS port.
     pub fn client_address(&self) -> SocketAddr {
-        let ip = if self.config.bind.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { self.config.bind };
+        let ip = if self.config.bind.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            self.config.bind
+        };
         SocketAddr::new(ip, self.config.nfs_port)
     }
 
@@ -415,7 +413,11 @@ impl CairnServer {
         let stderr = std::fs::read_to_string(&self.stderr_log).unwrap_or_default();
         let lines: Vec<&str> = stderr.lines().collect();
         let skip = lines.len().saturating_sub(LOG_TAIL_LINES);
-        let _ = writeln!(text, "--- cairn up stderr {} (last {LOG_TAIL_LINES} lines) ---", self.stderr_log.display());
+        let _ = writeln!(
+            text,
+            "--- cairn up stderr {} (last {LOG_TAIL_LINES} lines) ---",
+            self.stderr_log.display()
+        );
         for line in &lines[skip..] {
             let _ = writeln!(text, "{line}");
         }
@@ -438,7 +440,10 @@ impl CairnServer {
         let Some(status) = status else {
             send_signal(child.id(), libc::SIGKILL);
             let _ = child.wait();
-            panic!("cairn up did not exit within {SERVER_STOP_TIMEOUT:?} of SIGTERM; log:\n{}", self.log_tail());
+            panic!(
+                "cairn up did not exit within {SERVER_STOP_TIMEOUT:?} of SIGTERM; log:\n{}",
+                self.log_tail()
+            );
         };
         self.join_stdout_reader();
         status
@@ -458,10 +463,19 @@ impl CairnServer {
         self.restart();
     }
 
-    /// SIGHUP: reload the exports file. Gives the server a moment, since a signal has no answer.
+    /// SIGHUP: reload the exports file. A signal has no answer, so this waits (up to
+    /// SIGHUP_RELOAD_WAIT) for one more "exports reloaded" line in the server's log; when none
+    /// comes it goes on anyway, and the test's own checks show whether the rules changed.
     pub fn reload_exports_with_sighup(&self) {
+        let reloads = || {
+            std::fs::read_to_string(&self.stderr_log).unwrap_or_default().matches("exports reloaded").count()
+        };
+        let before = reloads();
         send_signal(self.pid(), libc::SIGHUP);
-        std::thread::sleep(Duration::from_secs(1));
+        let deadline = Instant::now() + SIGHUP_RELOAD_WAIT;
+        while reloads() == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `cairn exports reload --data-dir DIR` (in the server's namespace); panics unless it succeeds.
@@ -557,8 +571,7 @@ impl Vm {
             command.args(["--add", addition]);
         }
         command.arg("--").arg(format!("{GUEST_LIB}\n{script}"));
-        // Its own process group, so that a panicking test can stop qemu with it.
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         command
     }
 
@@ -620,18 +633,29 @@ impl RunningVm {
                 Ok(line) if line.starts_with(prefix) => return line,
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => {
-                    panic!("no guest line starting with {prefix:?} within {timeout:?}; output so far:\n{}", self.output())
+                    panic!(
+                        "no guest line starting with {prefix:?} within {timeout:?}; output so far:\n{}",
+                        self.output()
+                    )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let run = self.finish_inner();
-                    panic!("the guest ended before printing a line starting with {prefix:?}:\n{}", run.describe())
+                    panic!(
+                        "the guest ended before printing a line starting with {prefix:?}:\n{}",
+                        run.describe()
+                    )
                 }
             }
         }
     }
 
+    /// The guest's output lines received so far.
+    pub fn lines_so_far(&self) -> Vec<String> {
+        self.stdout_lines.lock().map(|lines| lines.clone()).unwrap_or_default()
+    }
+
     fn output(&self) -> String {
-        self.stdout_lines.lock().map(|lines| lines.join("\n")).unwrap_or_default()
+        self.lines_so_far().join("\n")
     }
 
     /// Waits for the guest to end.
@@ -658,16 +682,45 @@ impl RunningVm {
 }
 
 impl Drop for RunningVm {
+    /// A guest still running here belongs to a failing test: stop qemu at once. nfsvm runs it
+    /// under `timeout`, which makes its own process group, so the whole tree below nfsvm is
+    /// killed; nfsvm itself then ends and removes its tap device.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // nfsvm, its `timeout` and qemu share the process group we gave nfsvm.
-            send_signal_to_group(child.id(), libc::SIGTERM);
-            if wait_with_timeout(&mut child, Duration::from_secs(5)).is_none() {
-                send_signal_to_group(child.id(), libc::SIGKILL);
+            for pid in descendants(child.id()) {
+                send_signal(pid, libc::SIGKILL);
+            }
+            if wait_with_timeout(&mut child, Duration::from_secs(10)).is_none() {
+                send_signal(child.id(), libc::SIGKILL);
                 let _ = child.wait();
             }
         }
     }
+}
+
+/// Every process below `root` (children, grandchildren, ...), from /proc.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
+        // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some(after_comm) = stat.rfind(')').map(|end| &stat[end + 1..]) else { continue };
+        if let Some(ppid) = after_comm.split_whitespace().nth(1).and_then(|ppid| ppid.parse().ok()) {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut index = 0;
+    while index < found.len() {
+        let parent = found[index];
+        found.extend(parents.iter().filter(|(_, ppid)| *ppid == parent).map(|(pid, _)| *pid));
+        index += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// The result of one guest boot.
@@ -710,6 +763,9 @@ impl VmRun {
             self.describe()
         );
         eprintln!("guest run: {} checks ok in {:.1} s", passed.len(), self.elapsed.as_secs_f64());
+        for info in self.output.lines().filter(|line| line.starts_with("info: ")) {
+            eprintln!("  guest {info}");
+        }
     }
 
     /// The values of the lines `KEY NAME VALUE`, as (NAME, VALUE) pairs.
@@ -757,14 +813,15 @@ impl KernelFixture {
         KernelFixture { server, vm, netns, dir }
     }
 
-    /// Runs a libnfs-utils tool inside the server's namespace against 127.0.0.1.
-    pub fn libnfs(&self, tool: &str, args: &[&str]) -> Output {
-        run_libnfs(Some(&self.netns.name), tool, args)
+    /// Runs a libnfs-utils tool inside the server's namespace; panics unless it succeeds.
+    pub fn libnfs_ok(&self, tool: &str, args: &[&str]) -> Output {
+        libnfs_ok(Some(&self.netns.name), tool, args)
     }
 
-    /// The `nfs://` URL of `path` (absolute) on this fixture's server, from inside its namespace.
-    pub fn url(&self, path: &str) -> String {
-        nfs_url(self.server.client_address(), path, "")
+    /// The `nfs://` URL of the file `path` (absolute) on this fixture's server, for libnfs-utils
+    /// run inside its namespace.
+    pub fn file_url(&self, path: &str) -> String {
+        nfs_file_url(self.server.client_address(), path, "")
     }
 }
 
@@ -777,10 +834,22 @@ pub fn nfs_url(address: SocketAddr, path: &str, extra: &str) -> String {
     format!("nfs://{}{path}?nfsport={port}&mountport={port}&version=3{extra}", address.ip())
 }
 
+/// The URL of a file for `nfs-cp`/`nfs-cat`, which MOUNT the part before the last `/`: a file
+/// at the export root (`/name`) becomes `nfs://IP//name`, so that libnfs mounts `/` (with
+/// `nfs://IP/name` it would MOUNT an empty path, which servers refuse, ganesha as well).
+pub fn nfs_file_url(address: SocketAddr, path: &str, extra: &str) -> String {
+    let at_root = path.strip_prefix('/').is_some_and(|name| !name.contains('/'));
+    if at_root { nfs_url(address, &format!("/{path}"), extra) } else { nfs_url(address, path, extra) }
+}
+
 /// Runs `nfs-ls`, `nfs-cp` or `nfs-cat`, inside `netns` when given.
 pub fn run_libnfs(netns: Option<&str>, tool: &str, args: &[&str]) -> Output {
     require_libnfs_utils();
-    in_netns(netns, tool).args(args).stdin(Stdio::null()).output().unwrap_or_else(|error| panic!("run {tool}: {error}"))
+    in_netns(netns, tool)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("run {tool}: {error}"))
 }
 
 /// Runs a libnfs-utils tool and panics with its output unless it succeeds.

@@ -13,12 +13,13 @@ check() {
     if "$@" > /tmp/check.out 2>&1; then ok "$name"
     else fail "$name" "'$*' failed: $(tr '\n' ' ' < /tmp/check.out | cut -c1-400)"; fi
 }
-# check_fails NAME PATTERN COMMAND... : ok when COMMAND fails and its output contains PATTERN.
+# check_fails NAME PATTERN COMMAND... : ok when COMMAND fails and its output matches PATTERN (an
+# extended regular expression).
 check_fails() {
     local name=$1 pattern=$2; shift 2
     if "$@" > /tmp/check.out 2>&1; then
         fail "$name" "'$*' succeeded but should have failed with '$pattern'"
-    elif grep -q -- "$pattern" /tmp/check.out; then ok "$name"
+    elif grep -qE -- "$pattern" /tmp/check.out; then ok "$name"
     else fail "$name" "'$*' failed without '$pattern': $(tr '\n' ' ' < /tmp/check.out | cut -c1-400)"; fi
 }
 # check_eq NAME EXPECTED ACTUAL
