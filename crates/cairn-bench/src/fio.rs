@@ -7,11 +7,16 @@
 //!   its time to the job's;
 //! - at the end of a job it does not wait for the last requests in flight (up to `iodepth`);
 //!   they are dropped, fio counts only completed bytes, and the sequential write therefore
-//!   writes `iodepth` MiB more than the read needs, so the file is complete where it is read.
+//!   writes `iodepth` MiB more than the read needs, so the file is complete where it is read;
+//! - now and then (about one job in five here) the job process then hangs for good in libnfs's
+//!   unmount, after its I/O is done and measured. A watchdog kills a job process that has used
+//!   no CPU for [`STALL_TIMEOUT`]; fio's main process then prints the job's figures as usual.
+//!   So that a server that stalls mid-job is not mistaken for that, a job's figures are only
+//!   accepted when it moved (nearly) everything it was asked to, or ran (nearly) its full time.
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -33,11 +38,27 @@ impl Direction {
     }
 }
 
+/// A job process that uses no CPU for this long is taken to be hung (see the module docs).
+const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// No fio job may take longer than this in all.
+const JOB_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// What a job must have achieved for its figures to count.
+#[derive(Clone, Copy, Debug)]
+pub enum Expect {
+    /// At least this many bytes completed.
+    Bytes(u64),
+    /// Ran for at least (about) this long.
+    Runtime(Duration),
+}
+
 /// Completed bytes and the job's run time as fio measured them.
 #[derive(Clone, Copy, Debug)]
 pub struct FioFigures {
     pub bytes: u64,
     pub runtime: Duration,
+    /// The watchdog killed the job process after it stopped using CPU.
+    pub hung_job_killed: bool,
 }
 
 /// Runs one fio job against `endpoint` on file `file_name` in the export; `job` holds the
@@ -49,7 +70,11 @@ pub fn run(
     file_name: &str,
     direction: Direction,
     job: &[String],
+    expect: Expect,
 ) -> Result<FioFigures> {
+    let output_dir = tempfile::tempdir()?;
+    let stdout_path = output_dir.path().join("stdout");
+    let stderr_path = output_dir.path().join("stderr");
     let mut command = Command::new("ip");
     command
         .args(["netns", "exec", &endpoint.netns])
@@ -57,12 +82,50 @@ pub fn run(
         .args(["--output-format=json", &format!("--name={name}"), "--ioengine=nfs"])
         .arg(format!("--nfs_url={}", endpoint.libnfs_url()))
         .arg(format!("--filename={file_name}"))
-        .args(job);
-    let output = command.output().with_context(|| format!("running {command:?}"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() {
-        bail!("fio {name} failed ({}): {}", output.status, tail(&stderr));
+        .args(job)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path)?)
+        .stderr(std::fs::File::create(&stderr_path)?);
+    let mut child = command.spawn().with_context(|| format!("running {command:?}"))?;
+    // `ip netns exec` execs fio, so the child is fio's main process; its children are the jobs.
+    let fio_pid = child.id();
+    let start = Instant::now();
+    let mut last_cpu_ticks = None;
+    let mut last_progress = Instant::now();
+    let mut hung_job_killed = false;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() > JOB_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("fio {name} did not finish within {JOB_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let jobs = child_processes(fio_pid);
+        let cpu_ticks: u64 = jobs.iter().map(|(_, ticks)| ticks).sum();
+        if jobs.is_empty() || last_cpu_ticks != Some(cpu_ticks) {
+            last_cpu_ticks = Some(cpu_ticks);
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > STALL_TIMEOUT {
+            for (pid, _) in &jobs {
+                if let Ok(pid) = libc::pid_t::try_from(*pid) {
+                    // SAFETY: kill(2) of a job process of the fio we started (just read from
+                    // /proc as its child); no memory is involved.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
+            hung_job_killed = true;
+            last_progress = Instant::now();
+        }
+    };
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    if !status.success() && !hung_job_killed {
+        bail!("fio {name} failed ({status}): {}", tail(&stderr));
     }
     let Some(start) = stdout.find('{') else {
         bail!("fio {name} printed no JSON: {}", tail(&stderr));
@@ -84,7 +147,52 @@ pub fn run(
     if bytes <= 0.0 || runtime_ms <= 0.0 {
         bail!("fio {name} moved no data: {}", tail(&stderr));
     }
-    Ok(FioFigures { bytes: bytes as u64, runtime: Duration::from_secs_f64(runtime_ms / 1000.0) })
+    let figures = FioFigures {
+        bytes: bytes as u64,
+        runtime: Duration::from_secs_f64(runtime_ms / 1000.0),
+        hung_job_killed,
+    };
+    let complete = match expect {
+        Expect::Bytes(minimum) => figures.bytes >= minimum,
+        Expect::Runtime(minimum) => figures.runtime >= minimum.mul_f64(0.95),
+    };
+    if !complete {
+        bail!(
+            "fio {name} stopped early ({} bytes in {:?}, expected {expect:?}){}: {}",
+            figures.bytes,
+            figures.runtime,
+            if hung_job_killed {
+                "; its job made no progress and was killed (a stalled server?)"
+            } else {
+                ""
+            },
+            tail(&stderr)
+        );
+    }
+    Ok(figures)
+}
+
+/// The children of process `parent` and the CPU time (user + system, in clock ticks) of each.
+fn child_processes(parent: u32) -> Vec<(u32, u64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut children = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The command name may contain spaces and parentheses: the fields start after the last ')'.
+        let Some((_, fields)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = fields.split_whitespace().collect();
+        // fields[0] is the state (field 3 of proc(5)), so field N is fields[N - 3].
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        if field(4) == Some(u64::from(parent))
+            && let (Some(user), Some(system)) = (field(14), field(15))
+        {
+            children.push((pid, user + system));
+        }
+    }
+    children
 }
 
 /// The last few lines of fio's stderr, for error messages.

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use clap::{Parser, ValueEnum};
 
-use crate::fio::Direction;
+use crate::fio::{Direction, Expect};
 use crate::netns::Netns;
 use crate::nfs::NfsSession;
 use crate::report::{Figures, Report};
@@ -261,13 +261,20 @@ fn bench_side(args: &Args, tools: &Tools, side: Side, image_bytes: u64) -> Resul
     // Sequential write, then COMMIT (fio's nfs engine cannot fsync). The write runs
     // FIO_IODEPTH MiB long because the engine drops its last requests in flight.
     let write_size = format!("--size={}", args.size + ((FIO_IODEPTH as u64) << 20));
-    let written = fio::run(
-        &args.fio,
-        &endpoint,
+    let mut fio_hung_jobs = 0.0;
+    let mut run_fio = |job_name: &str, direction: Direction, job: &[String], expect: Expect| {
+        let result = fio::run(&args.fio, &endpoint, job_name, DATA_FILE, direction, job, expect)?;
+        if result.hung_job_killed {
+            fio_hung_jobs += 1.0;
+            say(format!("fio {job_name}: job hung after its I/O (libnfs unmount); killed it"));
+        }
+        anyhow::Ok(result)
+    };
+    let written = run_fio(
         "seqwrite",
-        DATA_FILE,
         Direction::Write,
         &fio_job(&["--rw=write", "--bs=1M", &write_size, &iodepth]),
+        Expect::Bytes(args.size),
     )?;
     let commit = commit_file(&endpoint)?;
     let seconds = written.runtime.as_secs_f64() + commit.as_secs_f64();
@@ -283,13 +290,11 @@ fn bench_side(args: &Args, tools: &Tools, side: Side, image_bytes: u64) -> Resul
     check_interrupted()?;
 
     drop_caches()?;
-    let read = fio::run(
-        &args.fio,
-        &endpoint,
+    let read = run_fio(
         "seqread",
-        DATA_FILE,
         Direction::Read,
         &fio_job(&["--rw=read", "--bs=1M", &size, &iodepth]),
+        Expect::Bytes(args.size - ((FIO_IODEPTH as u64) << 20)),
     )?;
     let seq_read = read.bytes as f64 / MIB / read.runtime.as_secs_f64();
     say(format!("sequential read (cold) {seq_read:.0} MiB/s"));
@@ -299,7 +304,8 @@ fn bench_side(args: &Args, tools: &Tools, side: Side, image_bytes: u64) -> Resul
 
     let mut job = fio_job(&["--rw=randread"]);
     job.extend(fio_job(&random_common));
-    let random_read = fio::run(&args.fio, &endpoint, "randread", DATA_FILE, Direction::Read, &job)?;
+    let random_runtime = Expect::Runtime(Duration::from_secs(args.random_seconds));
+    let random_read = run_fio("randread", Direction::Read, &job, random_runtime)?;
     let rand_read = random_read.bytes as f64 / 4096.0 / random_read.runtime.as_secs_f64();
     say(format!("random read 4 KiB {rand_read:.0} IOPS"));
     figures.insert("rand_read".to_owned(), rand_read);
@@ -308,7 +314,7 @@ fn bench_side(args: &Args, tools: &Tools, side: Side, image_bytes: u64) -> Resul
 
     let mut job = fio_job(&["--rw=randwrite"]);
     job.extend(fio_job(&random_common));
-    let random_write = fio::run(&args.fio, &endpoint, "randwrite", DATA_FILE, Direction::Write, &job)?;
+    let random_write = run_fio("randwrite", Direction::Write, &job, random_runtime)?;
     let commit = commit_file(&endpoint)?;
     let rand_write =
         random_write.bytes as f64 / 4096.0 / (random_write.runtime.as_secs_f64() + commit.as_secs_f64());
@@ -318,6 +324,7 @@ fn bench_side(args: &Args, tools: &Tools, side: Side, image_bytes: u64) -> Resul
         commit.as_secs_f64()
     ));
     figures.insert("rand_write".to_owned(), rand_write);
+    figures.insert(report::FIO_HUNG_JOBS.to_owned(), fio_hung_jobs);
     server.check_alive()?;
     check_interrupted()?;
 

@@ -7,6 +7,9 @@ use std::process::Command;
 use crate::json;
 use crate::servers::Side;
 
+/// Key of the count of fio jobs the watchdog killed (not a figure of the table).
+pub const FIO_HUNG_JOBS: &str = "fio_hung_jobs";
+
 /// One side's figures of one run, by key (see [`ROWS`]).
 pub type Figures = BTreeMap<String, f64>;
 
@@ -247,6 +250,14 @@ impl Report {
                 out,
                 "\nnote: the machine was busy (up to {:.2} CPUs used elsewhere when a side started); figures are noisy",
                 self.busy_cpus_max()
+            );
+        }
+        let hung: f64 = self.sides.values().filter_map(|f| f.get(FIO_HUNG_JOBS)).flatten().sum();
+        if hung > 0.0 {
+            let _ = writeln!(
+                out,
+                "note: {hung:.0} fio job(s) hung in libnfs's unmount after their I/O and were killed \
+                 (their figures are complete; see docs/benchmarks.md)"
             );
         }
         let _ = writeln!(

@@ -25,7 +25,7 @@ const IO_MULTIPLE_BYTES: u32 = 8192;
 /// FSINFO dtpref.
 const READDIR_PREFERRED_BYTES: u32 = 64 * 1024;
 /// PATHCONF linkmax.
-const LINK_COUNT_MAX: u32 = u32::MAX;
+const LINK_COUNT_MAX: u32 = u32::MAX - 1;
 /// Most entries asked of the store for one READDIR page.
 const READDIR_ENTRIES_MAX: usize = 4096;
 /// Most entries asked of the store for one READDIRPLUS page (each carries attributes).

@@ -181,6 +181,10 @@ pub(crate) fn open_chunk(
             let make = |path: &Path| {
                 OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)
             };
+            if !dir.is_dir() {
+                // Lost by a crash while the container was being created.
+                std::fs::create_dir_all(&dir).map_err(io_error)?;
+            }
             let data = make(&data_path).map_err(io_error)?;
             let sums = make(&sums_path).map_err(io_error)?;
             if sums.metadata()?.len() < CHECKSUM_HEADER_BYTES {
@@ -488,6 +492,18 @@ pub(crate) fn write(
     if end > FILE_SIZE_BYTES_MAX {
         return Err(StoreError::FileTooLarge);
     }
+    if data.is_empty() {
+        let entry = entry_for_write(store, fid)?;
+        let guard = entry.lock();
+        check_writable(caller, fid, &guard)?;
+        let attributes = store.attributes(number, &guard.inode);
+        return Ok(WriteResult {
+            count_bytes: 0,
+            committed: stability,
+            verifier: store.write_verifier(),
+            file: WccData { before: Some(pre_op(&guard.inode)), after: Some(attributes) },
+        });
+    }
     let chunk_size = store.config.chunk_size_bytes;
     let parts = chunk_parts(chunk_size, offset, data.len());
     let mut needed: Vec<(u64, u32, u32)> = Vec::new();
@@ -568,7 +584,12 @@ pub(crate) fn write(
         break (before, after);
     };
     if store.inline_dirty_bytes.load(Ordering::SeqCst) > store.config.unstable_memory_bytes_max {
-        group::submit(store, Op::FlushAll)?;
+        // The write itself succeeded; a full disk only keeps the unstable state in memory
+        // longer (COMMIT will report it).
+        match group::submit(store, Op::FlushAll) {
+            Ok(_) | Err(StoreError::NoSpace) => {}
+            Err(error) => return Err(error),
+        }
     }
     let mut result = WriteResult {
         count_bytes: data.len() as u32,
@@ -736,34 +757,46 @@ fn write_chunk_part(
 
 /// Makes every earlier write to the inode durable.
 pub(crate) fn commit_inode(store: &Store, number: u64) -> StoreResult<()> {
+    commit_inodes(store, &[number])
+}
+
+/// Makes every earlier write to these inodes durable: fdatasync of their chunk files, then one
+/// metadata commit for all of them.
+pub(crate) fn commit_inodes(store: &Store, numbers: &[u64]) -> StoreResult<()> {
     store.check_poisoned()?;
-    let Some(entry) = store.hot.get(number) else {
-        return Ok(());
-    };
-    let snapshot: Vec<(u64, u64, u32, bool)> = {
-        let _stripe = store.stripe(number).read();
-        let guard = entry.lock();
-        if guard.deleted || guard.evicted || !guard.has_unstable() {
-            return Ok(());
-        }
-        guard
-            .chunks
-            .iter()
-            .map(|(&chunk, state)| (chunk, state.sequence, state.container, state.created))
-            .collect()
-    };
-    let mut clear = Vec::with_capacity(snapshot.len());
-    for (chunk, sequence, container, created) in snapshot {
-        if let Some((files, _)) = open_chunk(store, container, number, chunk, false)? {
-            sync_file(store, &files.data)?;
-            sync_file(store, &files.sums)?;
-            if created {
-                sync_dir(store, &files.dir)?;
+    let mut items = Vec::new();
+    for &number in numbers {
+        let Some(entry) = store.hot.get(number) else {
+            continue;
+        };
+        let snapshot: Vec<(u64, u64, u32, bool)> = {
+            let _stripe = store.stripe(number).read();
+            let guard = entry.lock();
+            if guard.deleted || guard.evicted || !guard.has_unstable() {
+                continue;
             }
+            guard
+                .chunks
+                .iter()
+                .map(|(&chunk, state)| (chunk, state.sequence, state.container, state.created))
+                .collect()
+        };
+        let mut clear = Vec::with_capacity(snapshot.len());
+        for (chunk, sequence, container, created) in snapshot {
+            if let Some((files, _)) = open_chunk(store, container, number, chunk, false)? {
+                sync_file(store, &files.data)?;
+                sync_file(store, &files.sums)?;
+                if created {
+                    sync_dir(store, &files.dir)?;
+                }
+            }
+            clear.push((chunk, sequence));
         }
-        clear.push((chunk, sequence));
+        items.push((number, clear));
     }
-    group::submit(store, Op::Flush { inode: number, clear })?;
+    if !items.is_empty() {
+        group::submit(store, Op::Flush { items })?;
+    }
     Ok(())
 }
 
@@ -779,7 +812,7 @@ pub(crate) fn apply_mark_dirty(
     if entry.lock().inode.kind != FileKind::Regular {
         return Err(StoreError::NotFound);
     }
-    b.need_space(SpaceUse::Consume)?;
+    b.need_space(SpaceUse::Consume, 0)?;
     b.begin_mutation();
     let mut by_chunk: std::collections::BTreeMap<(u64, u32), Vec<u32>> = std::collections::BTreeMap::new();
     for &(chunk, container, region) in regions {
@@ -798,35 +831,42 @@ pub(crate) fn apply_mark_dirty(
 pub(crate) fn apply_flush(
     store: &Store,
     b: &mut Batch<'_>,
-    number: u64,
-    clear: &[(u64, u64)],
+    items: &[(u64, Vec<(u64, u64)>)],
 ) -> StoreResult<()> {
-    let Some(entry) = store.hot.get(number) else {
-        return Ok(());
-    };
-    {
+    let mut entries = Vec::with_capacity(items.len());
+    let mut inline_bytes = 0;
+    for (number, clear) in items {
+        let Some(entry) = store.hot.get(*number) else {
+            continue;
+        };
         let guard = entry.lock();
         if guard.deleted || guard.evicted {
-            return Ok(());
+            continue;
         }
+        inline_bytes += guard.inline_dirty.len() as u64 * BLOCK_U64;
+        drop(guard);
+        entries.push((*number, entry, clear));
     }
+    b.need_space(SpaceUse::Consume, inline_bytes)?;
     b.begin_mutation();
-    for &(chunk, sequence) in clear {
-        let regions = {
-            let mut guard = entry.lock();
-            match guard.chunks.get(&chunk) {
-                // Invariant: marks leave memory before their rows leave the database.
-                Some(state) if state.sequence == sequence => {
-                    guard.chunks.remove(&chunk).map(|state| state.marked).unwrap_or_default()
+    for (number, entry, clear) in entries {
+        for &(chunk, sequence) in clear {
+            let regions = {
+                let mut guard = entry.lock();
+                match guard.chunks.get(&chunk) {
+                    // Invariant: marks leave memory before their rows leave the database.
+                    Some(state) if state.sequence == sequence => {
+                        guard.chunks.remove(&chunk).map(|state| state.marked).unwrap_or_default()
+                    }
+                    _ => continue,
                 }
-                _ => continue,
+            };
+            for region in regions {
+                b.dirty.remove((number, chunk, region)).db()?;
             }
-        };
-        for region in regions {
-            b.dirty.remove((number, chunk, region)).db()?;
         }
+        b.flush_inline_of(&entry);
     }
-    b.flush_inline_of(&entry);
     Ok(())
 }
 

@@ -32,6 +32,10 @@ use crate::{Store, data, namespace};
 /// generation) written with it.
 type Written = (EntryRef, u64, Vec<(u32, u64)>);
 
+/// What one operation may add to a commit, at most, for the free-space reserve: a few
+/// copied-on-write B-tree pages.
+const OPERATION_PAGES_BYTES: u64 = 32 * 1024;
+
 /// Most operations in one batch.
 const BATCH_OPS_MAX: usize = 4096;
 
@@ -96,11 +100,11 @@ pub(crate) enum Op {
         inode: u64,
         regions: Vec<(u64, u32, u32)>,
     },
-    /// Persists an inode's unstable metadata and inline blocks, and clears the dirty-region
-    /// intents of chunks whose data was synced (chunk index, write sequence at the sync).
+    /// Persists inodes' unstable metadata and inline blocks, and clears the dirty-region
+    /// intents of chunks whose data was synced: (inode, [(chunk index, write sequence at the
+    /// sync)]).
     Flush {
-        inode: u64,
-        clear: Vec<(u64, u64)>,
+        items: Vec<(u64, Vec<(u64, u64)>)>,
     },
     /// Persists the unstable metadata and inline blocks of every hot inode (memory bound).
     FlushAll,
@@ -157,14 +161,19 @@ impl Batch<'_> {
         self.mutated = true;
     }
 
-    pub fn need_space(&self, usage: SpaceUse) -> StoreResult<()> {
-        let need = match usage {
+    /// Checks the free-space reserve for an operation that may write about `bytes` to the
+    /// database, and counts them against this batch (so that a large batch cannot overrun the
+    /// reserve either).
+    pub fn need_space(&mut self, usage: SpaceUse, bytes: u64) -> StoreResult<()> {
+        let floor = match usage {
             SpaceUse::Consume => self.space_reserve_bytes / 2,
             SpaceUse::Free => self.space_reserve_bytes / 8,
         };
-        if self.space_available_bytes < need {
+        let estimate = bytes + OPERATION_PAGES_BYTES;
+        if self.space_available_bytes < floor.saturating_add(estimate) {
             return Err(StoreError::NoSpace);
         }
+        self.space_available_bytes -= estimate;
         Ok(())
     }
 
@@ -213,13 +222,31 @@ thread_local! {
     static LAST_BATCH: Cell<u64> = const { Cell::new(0) };
 }
 
-struct Slot {
+/// What a waiting caller is told.
+enum SlotState {
+    Waiting,
+    /// The previous leader hands the leadership over: run the next batch.
+    Lead,
     /// The result, and the batch it was committed in.
-    result: Mutex<Option<(StoreResult<Output>, u64)>>,
+    Done(Box<StoreResult<Output>>, u64),
+}
+
+struct Slot {
+    state: Mutex<SlotState>,
+    wake: Condvar,
+}
+
+impl Slot {
+    fn set(&self, state: SlotState) {
+        *self.state.lock() = state;
+        self.wake.notify_one();
+    }
 }
 
 struct Queue {
     operations: Vec<(Op, Arc<Slot>)>,
+    /// Invariant: when false, `operations` is empty (a finishing leader hands over to the
+    /// first queued caller).
     leader: bool,
     /// A leader waits on `gather` for more operations.
     gathering: bool,
@@ -237,7 +264,6 @@ pub(crate) struct ApplierState {
 
 pub(crate) struct GroupCommit {
     queue: Mutex<Queue>,
-    wake: Condvar,
     gather: Condvar,
     applier: Mutex<ApplierState>,
     last_txn: AtomicU64,
@@ -257,7 +283,6 @@ impl GroupCommit {
                 last_batch_size: 0,
                 returned: 0,
             }),
-            wake: Condvar::new(),
             gather: Condvar::new(),
             applier: Mutex::new(ApplierState { next_inode, txn_id }),
             last_txn: AtomicU64::new(txn_id),
@@ -279,43 +304,67 @@ impl GroupCommit {
 /// every caller of the previous batch has submitted again.
 pub(crate) fn submit(store: &Store, op: Op) -> StoreResult<Output> {
     let group = &store.group;
-    let slot = Arc::new(Slot { result: Mutex::new(None) });
+    let slot = Arc::new(Slot { state: Mutex::new(SlotState::Waiting), wake: Condvar::new() });
     let mut queue = group.queue.lock();
     let previous = LAST_BATCH.with(Cell::get);
     if previous != 0 && previous == queue.last_batch {
         queue.returned += 1;
     }
     queue.operations.push((op, slot.clone()));
-    if queue.gathering {
+    let lead_now = !queue.leader;
+    if lead_now {
+        queue.leader = true;
+    } else if queue.gathering {
         group.gather.notify_one();
     }
-    loop {
-        if let Some((result, batch)) = slot.result.lock().take() {
-            LAST_BATCH.with(|last| last.set(batch));
-            return result;
-        }
-        if !queue.leader && !queue.operations.is_empty() {
-            queue.leader = true;
-            let deadline = Instant::now() + GATHER_WAIT_MAX;
-            while queue.last_batch_size > queue.returned && queue.operations.len() < BATCH_OPS_MAX {
-                queue.gathering = true;
-                if group.gather.wait_until(&mut queue, deadline).timed_out() {
-                    break;
+    drop(queue);
+    if !lead_now {
+        let mut state = slot.state.lock();
+        loop {
+            match std::mem::replace(&mut *state, SlotState::Waiting) {
+                SlotState::Waiting => slot.wake.wait(&mut state),
+                SlotState::Lead => break,
+                SlotState::Done(result, batch) => {
+                    LAST_BATCH.with(|last| last.set(batch));
+                    return *result;
                 }
             }
-            queue.gathering = false;
-            let count = queue.operations.len().min(BATCH_OPS_MAX);
-            let batch: Vec<(Op, Arc<Slot>)> = queue.operations.drain(..count).collect();
-            let sequence = queue.last_batch + 1;
-            parking_lot::MutexGuard::unlocked(&mut queue, || run_batch(store, batch, sequence));
-            queue.last_batch = sequence;
-            queue.last_batch_size = count;
-            queue.returned = 0;
-            queue.leader = false;
-            group.wake.notify_all();
-            continue;
         }
-        group.wake.wait(&mut queue);
+    }
+    lead(store);
+    match std::mem::replace(&mut *slot.state.lock(), SlotState::Waiting) {
+        SlotState::Done(result, batch) => {
+            LAST_BATCH.with(|last| last.set(batch));
+            *result
+        }
+        _ => unreachable!("a leader's own operation is in the batch it runs"),
+    }
+}
+
+/// Runs one batch as the leader, then hands the leadership to the first queued caller.
+fn lead(store: &Store) {
+    let group = &store.group;
+    let mut queue = group.queue.lock();
+    let deadline = Instant::now() + GATHER_WAIT_MAX;
+    while queue.last_batch_size > queue.returned && queue.operations.len() < BATCH_OPS_MAX {
+        queue.gathering = true;
+        if group.gather.wait_until(&mut queue, deadline).timed_out() {
+            break;
+        }
+    }
+    queue.gathering = false;
+    let count = queue.operations.len().min(BATCH_OPS_MAX);
+    let batch: Vec<(Op, Arc<Slot>)> = queue.operations.drain(..count).collect();
+    let sequence = queue.last_batch + 1;
+    drop(queue);
+    run_batch(store, batch, sequence);
+    let mut queue = group.queue.lock();
+    queue.last_batch = sequence;
+    queue.last_batch_size = count;
+    queue.returned = 0;
+    match queue.operations.first() {
+        Some((_, next)) => next.set(SlotState::Lead),
+        None => queue.leader = false,
     }
 }
 
@@ -330,7 +379,7 @@ fn run_batch(store: &Store, batch: Vec<(Op, Arc<Slot>)>, sequence: u64) {
         }
     };
     for (slot, result) in slots.iter().zip(results) {
-        *slot.result.lock() = Some((result, sequence));
+        slot.set(SlotState::Done(Box::new(result), sequence));
     }
 }
 
@@ -533,17 +582,22 @@ fn apply(store: &Store, b: &mut Batch<'_>, op: Op) -> StoreResult<Output> {
         Op::MarkDirty { inode, regions } => {
             data::apply_mark_dirty(store, b, inode, &regions).map(|()| Output::Done)
         }
-        Op::Flush { inode, clear } => data::apply_flush(store, b, inode, &clear).map(|()| Output::Done),
+        Op::Flush { items } => data::apply_flush(store, b, &items).map(|()| Output::Done),
         Op::FlushAll => {
+            let mut unstable = Vec::new();
+            let mut bytes = 0;
             for entry in store.hot.all() {
-                let unstable = {
-                    let guard = entry.lock();
-                    !guard.deleted && !guard.evicted && guard.has_unstable()
-                };
-                if unstable {
-                    b.begin_mutation();
-                    b.flush_inline_of(&entry);
+                let guard = entry.lock();
+                if !guard.deleted && !guard.evicted && guard.has_unstable() {
+                    bytes += guard.inline_dirty.len() as u64 * BLOCK as u64;
+                    drop(guard);
+                    unstable.push(entry);
                 }
+            }
+            b.need_space(SpaceUse::Consume, bytes)?;
+            b.begin_mutation();
+            for entry in unstable {
+                b.flush_inline_of(&entry);
             }
             Ok(Output::Done)
         }

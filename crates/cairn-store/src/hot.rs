@@ -128,13 +128,6 @@ impl HotTable {
         Ok(Some(entry))
     }
 
-    /// Inserts a new entry (a freshly created inode).
-    pub fn insert(&self, number: u64, inode: Inode) -> EntryRef {
-        let entry = Arc::new(Mutex::new(Entry::new(number, inode)));
-        self.shard(number).lock().insert(number, entry.clone());
-        entry
-    }
-
     /// Drops the entry if it is clean (or a tombstone whose removal is durable, when
     /// `drop_deleted`).
     pub fn evict_if_clean(&self, number: u64, drop_deleted: bool) {

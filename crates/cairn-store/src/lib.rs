@@ -172,15 +172,14 @@ impl Store {
     /// Makes everything durable, for a clean shutdown.
     pub fn sync_all(&self) -> StoreResult<()> {
         self.check_poisoned()?;
+        let mut unstable = Vec::new();
         for entry in self.hot.all() {
-            let (number, unstable) = {
-                let guard = entry.lock();
-                (guard.number, guard.has_unstable() && !guard.deleted)
-            };
-            if unstable {
-                self.commit_inode(number)?;
+            let guard = entry.lock();
+            if guard.has_unstable() && !guard.deleted {
+                unstable.push(guard.number);
             }
         }
+        data::commit_inodes(self, &unstable)?;
         for container in &self.containers {
             container.persist_txn(&self.faults)?;
         }

@@ -317,7 +317,7 @@ fn create_object(
         (FileKind::Regular, Some(size)) => size,
         _ => 0,
     };
-    b.need_space(SpaceUse::Consume)?;
+    b.need_space(SpaceUse::Consume, 0)?;
 
     b.begin_mutation();
     let number = b.next_inode;
@@ -358,9 +358,9 @@ fn create_object(
         target: new.target.to_vec(),
     };
     insert_name(b, dir_entry, name, number, &inode, new.kind == FileKind::Directory)?;
-    let entry = store.hot.insert(number, inode.clone());
-    b.touch(&entry);
-    entry.lock().touch();
+    // Written straight into the transaction: nobody can name the new inode before the batch
+    // commits, and an operation later in this batch loads it from the transaction.
+    b.inodes.insert(number, inode.encode().as_slice()).db()?;
     Ok(Created {
         fid: store.fid(number, &inode),
         attributes: store.attributes(number, &inode),
@@ -562,7 +562,7 @@ pub(crate) fn apply_remove(
     if !perm::sticky_allows(caller, &dir, &victim) {
         return Err(StoreError::NotOwner);
     }
-    b.need_space(SpaceUse::Free)?;
+    b.need_space(SpaceUse::Free, 0)?;
 
     b.begin_mutation();
     remove_name(b, &dir_entry, name, &dirent, rmdir)?;
@@ -595,7 +595,7 @@ pub(crate) fn apply_link(
     if file.nlink >= u32::MAX - 1 {
         return Err(StoreError::Invalid("too many links"));
     }
-    b.need_space(SpaceUse::Consume)?;
+    b.need_space(SpaceUse::Consume, 0)?;
 
     b.begin_mutation();
     insert_name(b, &dir_entry, name, fid.inode, &file, false)?;
@@ -698,7 +698,7 @@ pub(crate) fn apply_rename(
             return Err(StoreError::AccessDenied);
         }
     }
-    b.need_space(SpaceUse::Free)?;
+    b.need_space(SpaceUse::Free, 0)?;
 
     b.begin_mutation();
     if let (Some(target), Some(entry)) = (&target, &target_entry) {
@@ -806,7 +806,7 @@ pub(crate) fn setattr_entry(
         }
     }
     let shrinking = changes.size_bytes.is_some_and(|size| size < inode.size_bytes);
-    b.need_space(if shrinking { SpaceUse::Free } else { SpaceUse::Consume })?;
+    b.need_space(if shrinking { SpaceUse::Free } else { SpaceUse::Consume }, 0)?;
 
     b.begin_mutation();
     if let Some(size) = changes.size_bytes

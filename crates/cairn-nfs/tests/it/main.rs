@@ -6,4 +6,3 @@ mod protocol;
 mod readdir;
 mod roundtrip;
 mod support;
-mod perf;

@@ -311,3 +311,27 @@ async fn portmapper_answers_getport_over_tcp_and_udp() {
     assert_eq!(reply.results::<u32>(), u32::from(nfs_port));
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mknod_of_a_regular_file_directory_or_symlink_is_badtype() {
+    let gateway = TestGateway::start(EXPORT_ALL_NO_SQUASH).await;
+    let root = root_handle(&gateway).await;
+    let mut raw = gateway.raw().await;
+    for (xid, file_type) in [(1u32, 1u32), (2, 2), (3, 5)] {
+        let mut arguments = packed(&dirop(&root, "node"));
+        arguments.extend(u32s(&[file_type]));
+        let reply = raw.call(xid, NFS, 3, 11, &unix(0, 0, &[]), &RawArguments(arguments)).await;
+        assert_eq!(nfs_status_of(&reply), nfsstat3::NFS3ERR_BADTYPE, "type {file_type}");
+        // The failure still carries the directory's wcc data: pre-op FALSE, post-op TRUE.
+        assert_eq!(&reply.results[4..12], &u32s(&[0, 1])[..]);
+    }
+    let mut arguments = packed(&dirop(&root, "chr"));
+    arguments.extend(u32s(&[4, 0, 0, 0, 0, 0, 0, 1, 3]));
+    let reply = raw.call(4, NFS, 3, 11, &unix(0, 0, &[]), &RawArguments(arguments)).await;
+    let created = reply.results::<nfs3::MKNOD3res>();
+    let nfs3::Nfs3Result::Ok(created) = created else { panic!("MKNOD of a character device failed") };
+    let nfs3::Nfs3Option::Some(attributes) = created.obj_attributes else { panic!("no attributes") };
+    assert_eq!(attributes.type_, nfs3::ftype3::NF3CHR);
+    assert_eq!((attributes.rdev.specdata1, attributes.rdev.specdata2), (1, 3));
+    gateway.stop().await;
+}

@@ -27,8 +27,10 @@ fn kill9_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let round: u64 = std::env::var("CAIRN_KILL9_ROUND").ok().and_then(|value| value.parse().ok()).unwrap_or(0);
-    let store = std::sync::Arc::new(Store::open(common::config(std::path::Path::new(&dir))).expect("child open"));
+    let round: u64 =
+        std::env::var("CAIRN_KILL9_ROUND").ok().and_then(|value| value.parse().ok()).unwrap_or(0);
+    let store =
+        std::sync::Arc::new(Store::open(common::config(std::path::Path::new(&dir))).expect("child open"));
     let noise_store = store.clone();
     std::thread::spawn(move || noise(&noise_store, round));
     let mut rng = Rng(round * 7919 + 1);
@@ -71,7 +73,14 @@ fn kill9_child() {
             8 => {
                 let size = end + rng.below(100_000);
                 println!("> extend f{number} {size}");
-                store.setattr(&root(), fid, SetAttributes { size_bytes: Some(size), ..Default::default() }, None).expect("extend");
+                store
+                    .setattr(
+                        &root(),
+                        fid,
+                        SetAttributes { size_bytes: Some(size), ..Default::default() },
+                        None,
+                    )
+                    .expect("extend");
                 println!("< ok");
                 files[index] = (number, fid, size, writes);
             }
@@ -88,7 +97,12 @@ fn kill9_child() {
 /// Concurrent, unchecked activity: unstable overwrites, commits, creates and removes.
 fn noise(store: &Store, round: u64) {
     let mut rng = Rng(round + 99);
-    let noise_dir = match store.mkdir(&root(), store.root(), format!("noise{round}").as_bytes(), SetAttributes::default()) {
+    let noise_dir = match store.mkdir(
+        &root(),
+        store.root(),
+        format!("noise{round}").as_bytes(),
+        SetAttributes::default(),
+    ) {
         Ok(created) => created.fid,
         Err(error) => panic!("noise mkdir: {error}"),
     };
@@ -96,7 +110,12 @@ fn noise(store: &Store, round: u64) {
     for index in 0u64.. {
         if fids.len() < 4 || rng.chance(5) {
             let name = format!("n{index}");
-            let fid = store.create(&root(), noise_dir, name.as_bytes(), CreateHow::Unchecked(SetAttributes::default()));
+            let fid = store.create(
+                &root(),
+                noise_dir,
+                name.as_bytes(),
+                CreateHow::Unchecked(SetAttributes::default()),
+            );
             fids.push(fid.expect("noise create").fid);
         }
         let fid = fids[rng.below(fids.len() as u64) as usize];
@@ -109,15 +128,21 @@ fn noise(store: &Store, round: u64) {
         }
         if rng.chance(5) {
             let size = rng.below(3 << 20);
-            store.setattr(&root(), fid, SetAttributes { size_bytes: Some(size), ..Default::default() }, None).expect("noise truncate");
+            store
+                .setattr(&root(), fid, SetAttributes { size_bytes: Some(size), ..Default::default() }, None)
+                .expect("noise truncate");
         }
     }
 }
 
+/// An acknowledged file: inode, uniquifier, acknowledged writes (offset, length, index), and
+/// the size it has at least.
+type AcknowledgedFile = (u64, u32, Vec<(u64, usize, u64)>, u64);
+
 #[derive(Default, Debug)]
 struct Expected {
-    /// Live files: name → (inode, uniquifier, acknowledged writes (offset, length, index), size at least).
-    files: BTreeMap<String, (u64, u32, Vec<(u64, usize, u64)>, u64)>,
+    /// Live files by name.
+    files: BTreeMap<String, AcknowledgedFile>,
     removed: Vec<String>,
     /// The operation in flight when the child died (its effect is unknown).
     in_flight: Option<String>,
@@ -141,8 +166,11 @@ fn parse(lines: &[String], expected: &mut Expected) {
             }
             "write" => {
                 let file = expected.files.get_mut(&op[1]).expect("written file");
-                let (offset, length, index): (u64, usize, u64) =
-                    (op[2].parse().expect("offset"), op[3].parse().expect("length"), op[4].parse().expect("index"));
+                let (offset, length, index): (u64, usize, u64) = (
+                    op[2].parse().expect("offset"),
+                    op[3].parse().expect("length"),
+                    op[4].parse().expect("index"),
+                );
                 file.2.push((offset, length, index));
                 file.3 = file.3.max(offset + length as u64);
             }
@@ -172,15 +200,26 @@ fn verify(dir: &std::path::Path, expected: &Expected) {
             Err(error) => panic!("acknowledged file {name} is gone: {error}"),
         };
         assert_eq!((found.fid.inode, found.fid.uniquifier), (*inode, *uniquifier), "{name}");
-        assert!(found.attributes.size_bytes >= *size, "{name}: size {} < {size}", found.attributes.size_bytes);
+        assert!(
+            found.attributes.size_bytes >= *size,
+            "{name}: size {} < {size}",
+            found.attributes.size_bytes
+        );
         let number: u64 = name[1..].parse().expect("file number");
         for &(offset, length, index) in writes {
-            let data = store.read(&root(), found.fid, offset, length as u32).expect("read acknowledged write").data;
-            assert!(data == pattern(number, index, length), "{name}: acknowledged write {index} at {offset} differs");
+            let data =
+                store.read(&root(), found.fid, offset, length as u32).expect("read acknowledged write").data;
+            assert!(
+                data == pattern(number, index, length),
+                "{name}: acknowledged write {index} at {offset} differs"
+            );
         }
     }
     for name in &expected.removed {
-        assert!(matches!(store.lookup(&root(), store.root(), name.as_bytes()), Err(StoreError::NotFound)), "{name} is back");
+        assert!(
+            matches!(store.lookup(&root(), store.root(), name.as_bytes()), Err(StoreError::NotFound)),
+            "{name} is back"
+        );
     }
     // Nothing reads as corrupt, anywhere (the noise files included).
     let mut directories = vec![store.root()];
@@ -194,7 +233,8 @@ fn verify(dir: &std::path::Path, expected: &Expected) {
                     let mut offset = 0;
                     while offset < attributes.size_bytes {
                         let result = store.read(&root(), entry.fid, offset, 1 << 20);
-                        let result = result.unwrap_or_else(|error| panic!("reading {:?} at {offset}: {error}", entry.name));
+                        let result = result
+                            .unwrap_or_else(|error| panic!("reading {:?} at {offset}: {error}", entry.name));
                         offset += 1 << 20;
                         assert!(!result.data.is_empty());
                     }
@@ -253,7 +293,10 @@ fn killed_child_recovers() {
         lines.extend(receiver.try_iter());
         assert!(status.code().is_none(), "the child ended by itself: {status:?}");
         let acknowledged = lines.iter().filter(|line| line.starts_with("< ok")).count();
-        eprintln!("round {round}: killed after {:?}, {acknowledged} acknowledged operations", started.elapsed());
+        eprintln!(
+            "round {round}: killed after {:?}, {acknowledged} acknowledged operations",
+            started.elapsed()
+        );
         parse(&lines, &mut expected);
         verify(dir.path(), &expected);
         assert!(acknowledged > 0, "the child acknowledged nothing");

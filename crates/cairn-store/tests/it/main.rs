@@ -1,6 +1,9 @@
 //! The store's integration tests: one binary, one module per feature, all through the public
 //! API on real files in temporary directories.
 
+// Helpers outside `#[test]` functions unwrap too: a test that cannot set up should panic.
+#![allow(clippy::unwrap_used)]
+
 mod basic;
 mod bigdir;
 mod checksums;

@@ -174,7 +174,8 @@ impl Run {
         let Some(dir) = Model::pick(&mut self.rng, &self.model.dirs()) else { return };
         let name = name(&mut self.rng);
         let dir_fid = self.model.nodes[&dir].fid;
-        let result = self.store().create(&root(), dir_fid, &name, CreateHow::Guarded(SetAttributes::default()));
+        let result =
+            self.store().create(&root(), dir_fid, &name, CreateHow::Guarded(SetAttributes::default()));
         let expected = if self.model.nodes[&dir].entries.contains_key(&name) { "Exists" } else { "ok" };
         assert_eq!(outcome(&result), expected, "step {} create", self.step);
         if let Ok(created) = result {
@@ -295,14 +296,19 @@ impl Run {
         let result = self.store().read(&root(), node.fid, offset, count).expect("read");
         let start = (offset as usize).min(node.data.len());
         let end = (offset as usize + count as usize).min(node.data.len());
-        assert!(result.data == node.data[start..end], "step {}: read of inode {id} at {offset} +{count} differs", self.step);
+        assert!(
+            result.data == node.data[start..end],
+            "step {}: read of inode {id} at {offset} +{count} differs",
+            self.step
+        );
         assert_eq!(result.eof, offset + u64::from(count) >= size, "step {} eof", self.step);
         assert_eq!(result.attributes.size_bytes, size);
     }
 
     fn rename(&mut self) {
         let dirs = self.model.dirs();
-        let (Some(from), Some(to)) = (Model::pick(&mut self.rng, &dirs), Model::pick(&mut self.rng, &dirs)) else {
+        let (Some(from), Some(to)) = (Model::pick(&mut self.rng, &dirs), Model::pick(&mut self.rng, &dirs))
+        else {
             return;
         };
         let from_name = name(&mut self.rng);
@@ -339,7 +345,8 @@ impl Run {
         if got != "ok" {
             return;
         }
-        let source = self.model.nodes.get_mut(&from).expect("from").entries.remove(&from_name).expect("source");
+        let source =
+            self.model.nodes.get_mut(&from).expect("from").entries.remove(&from_name).expect("source");
         let source_dir = self.model.nodes[&source].kind == Kind::Dir;
         if let Some(target) = self.model.nodes.get_mut(&to).expect("to").entries.remove(&to_name) {
             if self.model.nodes[&target].kind == Kind::Dir {
@@ -415,7 +422,9 @@ impl Run {
         let Some(id) = Model::pick(&mut self.rng, &ids) else { return };
         let mode = 0o700 | (self.rng.below(0o100) as u32);
         let fid = self.model.nodes[&id].fid;
-        self.store().setattr(&root(), fid, SetAttributes { mode: Some(mode), ..Default::default() }, None).expect("chmod");
+        self.store()
+            .setattr(&root(), fid, SetAttributes { mode: Some(mode), ..Default::default() }, None)
+            .expect("chmod");
         self.model.nodes.get_mut(&id).expect("node").mode = mode;
     }
 
@@ -424,8 +433,15 @@ impl Run {
             return;
         }
         let fid = self.model.dead[self.rng.below(self.model.dead.len() as u64) as usize];
-        assert!(matches!(self.store().getattr(fid), Err(StoreError::Stale(_))), "step {}: dead fid {fid} alive", self.step);
-        assert!(matches!(self.store().write(&root(), fid, 0, b"x", Stability::Unstable), Err(StoreError::Stale(_))));
+        assert!(
+            matches!(self.store().getattr(fid), Err(StoreError::Stale(_))),
+            "step {}: dead fid {fid} alive",
+            self.step
+        );
+        assert!(matches!(
+            self.store().write(&root(), fid, 0, b"x", Stability::Unstable),
+            Err(StoreError::Stale(_))
+        ));
     }
 
     fn crash(&mut self) {
@@ -452,7 +468,9 @@ impl Run {
         let ids: Vec<u64> = self.model.nodes.keys().copied().collect();
         for id in ids {
             let node = self.model.nodes[&id].clone();
-            let attributes = store.getattr(node.fid).unwrap_or_else(|error| panic!("step {}: inode {id}: {error}", self.step));
+            let attributes = store
+                .getattr(node.fid)
+                .unwrap_or_else(|error| panic!("step {}: inode {id}: {error}", self.step));
             let kind = match node.kind {
                 Kind::File => FileKind::Regular,
                 Kind::Dir => FileKind::Directory,
@@ -474,7 +492,9 @@ impl Run {
                     assert_eq!(listed, node.entries, "step {}: entries of directory {id}", self.step);
                     assert_eq!(page.entries[1].fileid, node.parent);
                 }
-                Kind::Symlink => assert_eq!(store.readlink(&root(), node.fid).expect("readlink").0, node.target),
+                Kind::Symlink => {
+                    assert_eq!(store.readlink(&root(), node.fid).expect("readlink").0, node.target)
+                }
                 Kind::File => {
                     let actual = common::read_all(store, node.fid);
                     if !crashed || node.versions.len() == 1 {
@@ -494,8 +514,15 @@ impl Run {
                             node.versions.iter().map(Vec::len).collect::<Vec<_>>()
                         );
                         for (index, &byte) in actual.iter().enumerate() {
-                            let possible = node.versions.iter().any(|version| version.get(index).copied().unwrap_or(0) == byte);
-                            assert!(possible, "step {}: byte {index} of file {id} is {byte}, never written there", self.step);
+                            let possible = node
+                                .versions
+                                .iter()
+                                .any(|version| version.get(index).copied().unwrap_or(0) == byte);
+                            assert!(
+                                possible,
+                                "step {}: byte {index} of file {id} is {byte}, never written there",
+                                self.step
+                            );
                         }
                         self.uncommitted_checked += 1;
                         let node = self.model.nodes.get_mut(&id).expect("file");
@@ -506,7 +533,11 @@ impl Run {
             }
         }
         for &fid in &self.model.dead {
-            assert!(matches!(store.getattr(fid), Err(StoreError::Stale(_))), "step {}: dead {fid} came back", self.step);
+            assert!(
+                matches!(store.getattr(fid), Err(StoreError::Stale(_))),
+                "step {}: dead {fid} came back",
+                self.step
+            );
         }
     }
 }
@@ -514,7 +545,8 @@ impl Run {
 #[test]
 fn model_with_crashes() {
     let seed = common::seed("model_with_crashes");
-    let steps: usize = std::env::var("CAIRN_MODEL_STEPS").ok().and_then(|value| value.parse().ok()).unwrap_or(2000);
+    let steps: usize =
+        std::env::var("CAIRN_MODEL_STEPS").ok().and_then(|value| value.parse().ok()).unwrap_or(2000);
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(common::config(dir.path())).expect("open");
     let root_fid = store.root();

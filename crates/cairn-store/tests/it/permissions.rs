@@ -11,7 +11,13 @@ fn mode(mode: u32) -> SetAttributes {
     SetAttributes { mode: Some(mode), ..Default::default() }
 }
 
-fn create(store: &cairn_store::Store, caller: &Caller, dir: Fid, name: &str, attributes: SetAttributes) -> Result<Fid, StoreError> {
+fn create(
+    store: &cairn_store::Store,
+    caller: &Caller,
+    dir: Fid,
+    name: &str,
+    attributes: SetAttributes,
+) -> Result<Fid, StoreError> {
     store.create(caller, dir, name.as_bytes(), CreateHow::Guarded(attributes)).map(|created| created.fid)
 }
 
@@ -24,7 +30,10 @@ fn directory_permissions() {
     let bob = user(1001, 101);
     let top = store.root();
     // The root directory is 0755 root: others may look up and list, not create.
-    assert!(matches!(create(&store, &alice, top, "x", SetAttributes::default()), Err(StoreError::AccessDenied)));
+    assert!(matches!(
+        create(&store, &alice, top, "x", SetAttributes::default()),
+        Err(StoreError::AccessDenied)
+    ));
     let private = store.mkdir(&r, top, b"private", mode(0o700)).unwrap().fid;
     create(&store, &r, private, "secret", SetAttributes::default()).unwrap();
     assert!(matches!(store.lookup(&alice, private, b"secret"), Err(StoreError::AccessDenied)));
@@ -46,7 +55,13 @@ fn directory_permissions() {
     store.rename(&bob, shared, b"a", shared, b"b").unwrap();
     // Devices only by root.
     assert!(matches!(
-        store.mknod(&alice, shared, b"dev", SpecialKind::BlockDevice { major: 8, minor: 0 }, SetAttributes::default()),
+        store.mknod(
+            &alice,
+            shared,
+            b"dev",
+            SpecialKind::BlockDevice { major: 8, minor: 0 },
+            SetAttributes::default()
+        ),
         Err(StoreError::NotOwner)
     ));
     store.mknod(&alice, shared, b"fifo", SpecialKind::Fifo, SetAttributes::default()).unwrap();
@@ -61,7 +76,9 @@ fn setgid_directories_and_sticky_bit() {
     let bob = Caller { uid: 1001, gid: 101, groups: vec![100] };
     let carol = user(1002, 102);
     let top = store.root();
-    let project = store.mkdir(&r, top, b"project", SetAttributes { mode: Some(0o2777), gid: Some(50), ..Default::default() }).unwrap();
+    let project = store
+        .mkdir(&r, top, b"project", SetAttributes { mode: Some(0o2777), gid: Some(50), ..Default::default() })
+        .unwrap();
     assert_eq!(project.attributes.mode, 0o2777);
     let file = store.create(&alice, project.fid, b"f", CreateHow::Guarded(SetAttributes::default())).unwrap();
     assert_eq!(file.attributes.gid, 50);
@@ -96,9 +113,18 @@ fn setattr_rules() {
     assert!(matches!(store.setattr(&bob, fid, mode(0o666), None), Err(StoreError::NotOwner)));
     store.setattr(&alice, fid, mode(0o640), None).unwrap();
     // chown: root only; chgrp: owner to one of their groups.
-    assert!(matches!(store.setattr(&alice, fid, SetAttributes { uid: Some(1001), ..Default::default() }, None), Err(StoreError::NotOwner)));
-    assert!(matches!(store.setattr(&alice, fid, SetAttributes { gid: Some(300), ..Default::default() }, None), Err(StoreError::NotOwner)));
-    assert!(matches!(store.setattr(&bob, fid, SetAttributes { gid: Some(101), ..Default::default() }, None), Err(StoreError::NotOwner)));
+    assert!(matches!(
+        store.setattr(&alice, fid, SetAttributes { uid: Some(1001), ..Default::default() }, None),
+        Err(StoreError::NotOwner)
+    ));
+    assert!(matches!(
+        store.setattr(&alice, fid, SetAttributes { gid: Some(300), ..Default::default() }, None),
+        Err(StoreError::NotOwner)
+    ));
+    assert!(matches!(
+        store.setattr(&bob, fid, SetAttributes { gid: Some(101), ..Default::default() }, None),
+        Err(StoreError::NotOwner)
+    ));
     store.setattr(&alice, fid, SetAttributes { gid: Some(200), ..Default::default() }, None).unwrap();
     assert_eq!(store.getattr(fid).unwrap().gid, 200);
     // Non-root chmod +setgid on a file of a group the owner is not in: setgid is cleared.
@@ -109,13 +135,23 @@ fn setattr_rules() {
     store.setattr(&r, fid, mode(0o6755), None).unwrap();
     store.setattr(&r, fid, SetAttributes { uid: Some(1001), ..Default::default() }, None).unwrap();
     assert_eq!(store.getattr(fid).unwrap().mode, 0o755);
-    store.setattr(&r, fid, SetAttributes { uid: Some(1000), gid: Some(100), mode: Some(0o644), ..Default::default() }, None).unwrap();
+    store
+        .setattr(
+            &r,
+            fid,
+            SetAttributes { uid: Some(1000), gid: Some(100), mode: Some(0o644), ..Default::default() },
+            None,
+        )
+        .unwrap();
     // Size needs write permission.
     let size = SetAttributes { size_bytes: Some(10), ..Default::default() };
     assert!(matches!(store.setattr(&bob, fid, size, None), Err(StoreError::AccessDenied)));
     store.setattr(&alice, fid, size, None).unwrap();
     // Times: client times by the owner only; server time also with write permission.
-    let client = SetAttributes { mtime: SetTime::ClientTime(Timestamp { seconds: 5, nanoseconds: 6 }), ..Default::default() };
+    let client = SetAttributes {
+        mtime: SetTime::ClientTime(Timestamp { seconds: 5, nanoseconds: 6 }),
+        ..Default::default()
+    };
     let server = SetAttributes { mtime: SetTime::ServerTime, ..Default::default() };
     assert!(matches!(store.setattr(&bob, fid, client, None), Err(StoreError::NotOwner)));
     assert!(matches!(store.setattr(&bob, fid, server, None), Err(StoreError::AccessDenied)));
@@ -137,7 +173,10 @@ fn data_access_and_access_bits() {
     // Owner override: the owner writes and reads a 0444 file (NFS has no open).
     let readonly = create(&store, &alice, shared, "ro", mode(0o444)).unwrap();
     store.write(&alice, readonly, 0, b"data", Stability::Unstable).unwrap();
-    assert!(matches!(store.write(&bob, readonly, 0, b"x", Stability::Unstable), Err(StoreError::AccessDenied)));
+    assert!(matches!(
+        store.write(&bob, readonly, 0, b"x", Stability::Unstable),
+        Err(StoreError::AccessDenied)
+    ));
     assert_eq!(store.read(&bob, readonly, 0, 10).unwrap().data, b"data");
     let hidden = create(&store, &alice, shared, "hidden", mode(0o000)).unwrap();
     store.write(&alice, hidden, 0, b"mine", Stability::Unstable).unwrap();
@@ -156,11 +195,15 @@ fn data_access_and_access_bits() {
     assert_eq!(after.file.after.unwrap().mode, 0o777);
 
     // ACCESS answers with the mode bits.
-    let all = access::READ | access::LOOKUP | access::MODIFY | access::EXTEND | access::DELETE | access::EXECUTE;
+    let all =
+        access::READ | access::LOOKUP | access::MODIFY | access::EXTEND | access::DELETE | access::EXECUTE;
     let group_file = create(&store, &alice, shared, "group", mode(0o640)).unwrap();
     assert_eq!(store.access(&member, group_file, all).unwrap().0, access::READ);
     assert_eq!(store.access(&bob, group_file, all).unwrap().0, 0);
-    assert_eq!(store.access(&alice, group_file, all).unwrap().0, access::READ | access::MODIFY | access::EXTEND);
+    assert_eq!(
+        store.access(&alice, group_file, all).unwrap().0,
+        access::READ | access::MODIFY | access::EXTEND
+    );
     assert_eq!(store.access(&alice, readonly, access::MODIFY | access::READ).unwrap().0, access::READ);
     // Root: everything but executing a file without any execute bit.
     assert_eq!(store.access(&r, group_file, all).unwrap().0, access::READ | access::MODIFY | access::EXTEND);

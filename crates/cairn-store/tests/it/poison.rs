@@ -46,7 +46,10 @@ fn failed_metadata_fsync_poisons() {
     assert!(matches!(result, Err(StoreError::Poisoned(_))), "{result:?}");
     assert_ne!(store.write_verifier(), verifier);
     // Never retried: the next change fails too, without touching the disk.
-    assert!(matches!(store.mkdir(&root(), store.root(), b"d", SetAttributes::default()), Err(StoreError::Poisoned(_))));
+    assert!(matches!(
+        store.mkdir(&root(), store.root(), b"d", SetAttributes::default()),
+        Err(StoreError::Poisoned(_))
+    ));
     assert!(matches!(store.write(&root(), fid, 0, b"x", Stability::FileSync), Err(StoreError::Poisoned(_))));
     drop(store);
     let store = open(dir.path());
