@@ -883,7 +883,11 @@ pub(crate) fn delete_inode(store: &Store, b: &mut Batch<'_>, entry: &EntryRef) -
         guard.number
     };
     b.inodes.remove(number).db()?;
-    for index in 0..INLINE_BLOCKS {
+    let mut inline_blocks = Vec::new();
+    for row in b.inline.range((number, 0)..=(number, INLINE_BLOCKS)).db()? {
+        inline_blocks.push(row.db()?.0.value().1);
+    }
+    for index in inline_blocks {
         b.inline.remove((number, index)).db()?;
     }
     let chunks = group::chunk_rows(b, number)?;

@@ -519,6 +519,7 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
         }
     }
     let mut deleted = Vec::new();
+    let mut finished_deletes = Vec::new();
     for action in post {
         match action {
             Post::SetMarks { entry, chunk, container, regions } => {
@@ -533,15 +534,18 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
                 state.marked.extend(regions);
             }
             Post::DeleteFiles { number, chunks } => {
-                data::delete_chunk_files(store, number, &chunks);
                 deleted.push(number);
+                if !chunks.is_empty() {
+                    data::delete_chunk_files(store, number, &chunks);
+                    finished_deletes.push(number);
+                }
             }
         }
     }
     for number in &deleted {
         store.hot.evict_if_clean(*number, true);
     }
-    store.finished_deletes.lock().extend(deleted);
+    store.finished_deletes.lock().extend(finished_deletes);
     for number in loaded {
         store.hot.evict_if_clean(number, false);
     }

@@ -25,6 +25,18 @@
 //! recomputes those checksums instead of reporting corruption. A failed fsync or write-back is
 //! never retried: the store is poisoned and refuses every later change.
 //!
+//! Reads (`getattr`, `lookup`, `readdir`, `read`) take no write lock: they read the hot inode
+//! table, then a redb read transaction. A batch's changes to an inode are visible in the hot
+//! table a moment before the batch's commit returns; names appear in lookups once it committed.
+//!
+//! Permissions: POSIX mode bits, owner/group/other, root bypassing read/write/search (but
+//! executing a file needs some execute bit); READ and WRITE allow the file's owner whatever the
+//! bits (knfsd's owner override) and READ is allowed to whoever may execute; ACCESS answers the
+//! plain mode bits. See `perm.rs`.
+//!
+//! Test hooks (`#[doc(hidden)]`): [`Store::inject_failure`] makes the next fsync or data write
+//! fail, [`Store::simulate_crash`] drops the store as a crash would.
+//!
 //! Architecture invariant: this crate never touches the network and knows nothing of NFS.
 
 mod api;

@@ -6,3 +6,4 @@ mod protocol;
 mod readdir;
 mod roundtrip;
 mod support;
+mod perf;
