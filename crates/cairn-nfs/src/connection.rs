@@ -7,7 +7,7 @@
 //! reads that never wait ([`runs_inline`]), and hands its reply, with the permit, to the writer,
 //! which writes replies as they complete, several per vectored write.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -15,16 +15,15 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cairn_store::Caller;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::drc::{DrcKey, DrcLookup, DrcTicket};
 use crate::exports::ExportOptions;
 use crate::rpc::{self, AcceptStatus, CallHeader, CallOutcome, Credential};
-use crate::xdr::padding;
+use crate::sink::{Outgoing, ReplySink};
 use crate::{Shared, mount, nfs, nfs_args, portmap};
 
 /// Calls read from one connection and not yet answered (executing or waiting to be written).
@@ -34,8 +33,6 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
 pub const RECORD_BYTES_MAX: usize = cairn_types::limits::IO_SIZE_BYTES_MAX as usize + 64 * 1024;
 /// Buffer of the socket reader: many small calls arrive with one read system call.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
-/// Most replies gathered into one vectored write.
-const WRITE_BATCH_REPLIES_MAX: usize = 32;
 /// How long a stopping connection keeps trying to write its last replies to a client that does
 /// not read them.
 const SHUTDOWN_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,12 +50,6 @@ impl Reply {
     pub fn new(head: Vec<u8>) -> Reply {
         Reply { head, payload: Vec::new() }
     }
-}
-
-struct Outgoing {
-    reply: Reply,
-    /// Released once the reply is written.
-    _permit: OwnedSemaphorePermit,
 }
 
 /// The programs a listener serves.
@@ -218,18 +209,31 @@ impl Connection {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
         let (read_half, write_half) = stream.into_split();
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_loop(write_half, receiver));
+        let sink = ReplySink::new(write_half);
+        let writer = tokio::spawn(sink.clone().write_loop());
         let permits = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
         let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
         let mut in_flight = JoinSet::new();
+        // Replies made in this task, sent together once no complete record is left in the read
+        // buffer (one vectored write for a burst of small calls).
+        let mut ready = Vec::new();
         loop {
-            let permit = tokio::select! {
-                () = shutdown_signal(&mut shutdown) => break,
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
+            if !ready.is_empty() && !holds_complete_record(reader.buffer()) {
+                sink.send(&mut ready);
+            }
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    // The window is full: what is ready must go out before waiting for a permit.
+                    sink.send(&mut ready);
+                    tokio::select! {
+                        () = shutdown_signal(&mut shutdown) => break,
+                        permit = permits.clone().acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => break,
+                        },
+                    }
+                }
             };
             let record = tokio::select! {
                 () = shutdown_signal(&mut shutdown) => break,
@@ -244,23 +248,21 @@ impl Connection {
                 }
             };
             match self.decide(&record) {
-                Action::Reply(bytes) => {
-                    let _ = sender.send(Outgoing { reply: Reply::new(bytes), _permit: permit });
-                }
+                Action::Reply(bytes) => ready.push(Outgoing { reply: Reply::new(bytes), _permit: permit }),
                 Action::Execute(job) if runs_inline(&job.header) => {
                     let reply = run_job(&self.shared, self.peer, &job, &record);
-                    let _ = sender.send(Outgoing { reply, _permit: permit });
+                    ready.push(Outgoing { reply, _permit: permit });
                 }
                 Action::Execute(job) => {
                     let shared = self.shared.clone();
-                    let sender = sender.clone();
+                    let sink = sink.clone();
                     let peer = self.peer;
                     in_flight.spawn_blocking(move || {
                         let reply = run_job(&shared, peer, &job, &record);
                         if let Some(ticket) = job.ticket {
                             ticket.complete(&reply.head, Instant::now());
                         }
-                        let _ = sender.send(Outgoing { reply, _permit: permit });
+                        sink.send(&mut vec![Outgoing { reply, _permit: permit }]);
                     });
                 }
                 Action::Drop => drop(permit),
@@ -272,16 +274,17 @@ impl Connection {
             while let Some(joined) = in_flight.try_join_next() {
                 log_join_error(joined);
             }
-            if sender.is_closed() {
-                // The writer failed: the client is gone.
+            if sink.has_failed() {
+                // The client is gone.
                 break;
             }
         }
+        sink.send(&mut ready);
         drop(reader);
         while let Some(joined) = in_flight.join_next().await {
             log_join_error(joined);
         }
-        drop(sender);
+        sink.close();
         let mut writer = writer;
         let written = match tokio::time::timeout(SHUTDOWN_WRITE_TIMEOUT, &mut writer).await {
             Ok(written) => written,
@@ -430,6 +433,14 @@ fn runs_inline(header: &CallHeader) -> bool {
         && matches!(header.procedure, GETATTR | ACCESS | LOOKUP | READLINK | FSINFO | PATHCONF)
 }
 
+/// Whether `buffer` starts with a whole single-fragment record, which the next read takes without
+/// waiting for the socket.
+fn holds_complete_record(buffer: &[u8]) -> bool {
+    let Some(mark) = buffer.first_chunk::<4>() else { return false };
+    let mark = u32::from_be_bytes(*mark);
+    mark & 0x8000_0000 != 0 && buffer.len() - 4 >= (mark & 0x7fff_ffff) as usize
+}
+
 /// Executes one call (on a blocking thread unless [`runs_inline`]). A panic (a bug) becomes one SYSTEM_ERR reply.
 fn run_job(shared: &Shared, peer: SocketAddr, job: &Job, record: &[u8]) -> Reply {
     let header = &job.header;
@@ -455,45 +466,4 @@ fn log_join_error(joined: Result<(), tokio::task::JoinError>) {
     if let Err(error) = joined {
         tracing::error!(%error, "call task failed");
     }
-}
-
-async fn write_loop(mut stream: OwnedWriteHalf, mut receiver: mpsc::UnboundedReceiver<Outgoing>) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH_REPLIES_MAX);
-    loop {
-        if receiver.recv_many(&mut batch, WRITE_BATCH_REPLIES_MAX).await == 0 {
-            break;
-        }
-        if let Err(error) = write_batch(&mut stream, &batch).await {
-            tracing::debug!(%error, "writing replies failed; closing connection");
-            break;
-        }
-        batch.clear();
-    }
-    receiver.close();
-    let _ = stream.shutdown().await;
-}
-
-async fn write_batch(stream: &mut OwnedWriteHalf, batch: &[Outgoing]) -> io::Result<()> {
-    let mut slices = Vec::with_capacity(batch.len() * 3);
-    for outgoing in batch {
-        let reply = &outgoing.reply;
-        slices.push(IoSlice::new(&reply.head));
-        if !reply.payload.is_empty() {
-            slices.push(IoSlice::new(&reply.payload));
-            slices.push(IoSlice::new(padding(reply.payload.len())));
-        }
-    }
-    write_all_vectored(stream, &mut slices).await
-}
-
-async fn write_all_vectored(stream: &mut OwnedWriteHalf, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
-    IoSlice::advance_slices(&mut slices, 0);
-    while !slices.is_empty() {
-        let written = tokio::io::AsyncWriteExt::write_vectored(stream, slices).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut slices, written);
-    }
-    Ok(())
 }

@@ -200,11 +200,18 @@ impl Exports {
         self.entries.iter().find(|entry| entry.path == path)
     }
 
-    /// The options for `client` mounting exactly `path` (normalised), or None when the path is not
-    /// exported or the client matches none of its rules. The first matching rule of the entry
-    /// wins, as in exports(5).
+    /// The options for `client` mounting `path` (normalised): an exported path or any folder
+    /// below one, as with mountd. Among the exported paths that contain `path` and have a rule
+    /// matching `client`, the longest decides; within it the first matching rule wins, as in
+    /// exports(5). None when no such export exists.
     pub fn options_for_mount(&self, path: &str, client: IpAddr) -> Option<ExportOptions> {
-        self.entry(path)?.rule_for(client).map(|rule| rule.options)
+        let path = normalize_path(path).ok()?;
+        self.entries
+            .iter()
+            .filter(|entry| path_contains(&entry.path, &path))
+            .filter_map(|entry| entry.rule_for(client).map(|rule| (entry.path.len(), rule.options)))
+            .max_by_key(|(length, _)| *length)
+            .map(|(_, options)| options)
     }
 
     /// The options checked on every NFS request: handles carry no export id (they are valid on
@@ -225,6 +232,13 @@ impl Exports {
             secure: matched.iter().any(|options| options.secure),
         })
     }
+}
+
+/// Whether normalised `path` is `export` or lies below it, component-wise.
+fn path_contains(export: &str, path: &str) -> bool {
+    export == "/"
+        || path == export
+        || (path.starts_with(export) && path.as_bytes().get(export.len()) == Some(&b'/'))
 }
 
 impl ExportOptions {
@@ -760,6 +774,19 @@ mod tests {
     }
 
     #[test]
+    fn folders_below_an_export_mount_with_the_longest_export_that_admits_the_client() {
+        let exports = parse("/ 10.0.0.0/8(ro)\n/data 10.1.0.0/16(rw)\n/database *(rw,all_squash)\n").unwrap();
+        let mount = |path: &str, client: &str| exports.options_for_mount(path, ip(client));
+        assert_eq!(mount("/data/a/b", "10.1.2.3").map(|o| o.read_only), Some(false));
+        // Not admitted by /data, so the enclosing / decides.
+        assert_eq!(mount("/data/a", "10.2.0.1").map(|o| o.read_only), Some(true));
+        // /database is not below /data: component-wise prefixes only.
+        assert_eq!(mount("/database/x", "10.1.2.3").map(|o| o.squash), Some(Squash::All));
+        assert_eq!(mount("/elsewhere", "192.0.2.1"), None);
+        assert_eq!(mount("/data/x", "192.0.2.1"), None);
+    }
+
+    #[test]
     fn matching_addresses_networks_and_hosts() {
         let text = "/v4 10.0.0.0/8(rw)\n/mask 192.168.0.0/255.255.255.0(rw)\n/v6 fd00::/8(rw)\n\
                     /one 10.9.9.9(rw)\n/host host1(rw)\n/mapped ::ffff:172.16.0.1(rw)\n";
@@ -784,7 +811,8 @@ mod tests {
         assert!(mount("/mapped", "172.16.0.1"));
         // Paths are normalised; invalid or unexported paths match nothing.
         assert!(mount("//v4/", "10.0.0.1"));
-        assert!(!mount("/v4/sub", "10.0.0.1"));
+        assert!(mount("/v4/sub", "10.0.0.1"));
+        assert!(!mount("/v4sub", "10.0.0.1"));
         assert!(!mount("v4", "10.0.0.1"));
         assert!(!mount("/v4/..", "10.0.0.1"));
         assert!(!mount("/nope", "10.0.0.1"));

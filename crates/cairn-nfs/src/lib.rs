@@ -24,6 +24,7 @@ mod nfs;
 mod nfs_args;
 mod portmap;
 mod rpc;
+mod sink;
 mod xdr;
 
 use std::future::Future as _;

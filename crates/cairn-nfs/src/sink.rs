@@ -28,7 +28,8 @@ const WRITE_BATCH_REPLIES_MAX: usize = 32;
 /// A reply and the in-flight permit it releases once written.
 pub struct Outgoing {
     pub reply: Reply,
-    pub permit: OwnedSemaphorePermit,
+    /// Released when the reply is dropped: after it was written (or given up).
+    pub _permit: OwnedSemaphorePermit,
 }
 
 impl Outgoing {

@@ -311,3 +311,42 @@ fn readdir_cookies() {
     assert!(listing.eof);
     assert_eq!(listing.entries[1].fid, top);
 }
+
+#[test]
+fn crash_then_extend_reads_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fid, other) = {
+        let store = open(dir.path());
+        let fid = create_file(&store, &root(), store.root(), "f");
+        write_all(&store, fid, 0, &vec![0xaa; 164_000], Stability::FileSync);
+        // Unstable bytes past the durable end, in the inline part and in a chunk.
+        write_all(&store, fid, 164_000, &vec![0xbb; 150_000], Stability::Unstable);
+        let other = create_file(&store, &root(), store.root(), "g");
+        write_all(&store, other, 0, &vec![0xcc; 300_000], Stability::FileSync);
+        store
+            .setattr(&root(), other, SetAttributes { size_bytes: Some(30_000), ..Default::default() }, None)
+            .unwrap();
+        write_all(&store, other, 40_000, &vec![0xdd; 10], Stability::Unstable);
+        store.simulate_crash();
+        (fid, other)
+    };
+    let store = open(dir.path());
+    let size = store.getattr(fid).unwrap().size_bytes;
+    assert!(size == 164_000 || size == 314_000, "size {size}");
+    store
+        .setattr(&root(), fid, SetAttributes { size_bytes: Some(400_000), ..Default::default() }, None)
+        .unwrap();
+    let data = read_all(&store, fid);
+    assert!(data[..164_000].iter().all(|&byte| byte == 0xaa));
+    assert!(data[164_000..size as usize].iter().all(|&byte| byte == 0xbb || byte == 0));
+    assert!(data[size as usize..].iter().all(|&byte| byte == 0), "stale bytes after the durable end");
+    // The truncated file: zeros after the cut, whatever the lost unstable write did.
+    let other_size = store.getattr(other).unwrap().size_bytes;
+    store
+        .setattr(&root(), other, SetAttributes { size_bytes: Some(300_000), ..Default::default() }, None)
+        .unwrap();
+    let data = read_all(&store, other);
+    assert!(data[..30_000].iter().all(|&byte| byte == 0xcc));
+    assert!(data[30_000..].iter().enumerate().all(|(index, &byte)| byte == 0
+        || (other_size > 30_000 && (10_000..10_010).contains(&index) && byte == 0xdd)));
+}

@@ -8,6 +8,7 @@ mod basic;
 mod bigdir;
 mod checksums;
 mod common;
+mod concurrency;
 mod kill9;
 mod model;
 mod nospace;

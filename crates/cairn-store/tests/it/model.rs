@@ -546,7 +546,7 @@ impl Run {
 fn model_with_crashes() {
     let seed = common::seed("model_with_crashes");
     let steps: usize =
-        std::env::var("CAIRN_MODEL_STEPS").ok().and_then(|value| value.parse().ok()).unwrap_or(2000);
+        std::env::var("CAIRN_MODEL_STEPS").ok().and_then(|value| value.parse().ok()).unwrap_or(1500);
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(common::config(dir.path())).expect("open");
     let root_fid = store.root();
