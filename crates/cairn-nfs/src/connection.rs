@@ -7,6 +7,7 @@
 //! reads that never wait ([`runs_inline`]), and hands its reply, with the permit, to the writer,
 //! which writes replies as they complete, several per vectored write.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use cairn_store::Caller;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::drc::{DrcKey, DrcLookup, DrcTicket};
@@ -33,6 +34,8 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
 pub const RECORD_BYTES_MAX: usize = cairn_types::limits::IO_SIZE_BYTES_MAX as usize + 64 * 1024;
 /// Buffer of the socket reader: many small calls arrive with one read system call.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Blocking threads per connection that execute reading calls (see `ReadLane`).
+const READ_WORKERS_MAX: usize = 2;
 /// How long a stopping connection keeps trying to write its last replies to a client that does
 /// not read them.
 const SHUTDOWN_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -214,6 +217,7 @@ impl Connection {
         let permits = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
         let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
         let mut in_flight = JoinSet::new();
+        let read_lane = Arc::new(ReadLane::default());
         // Replies made in this task, sent together once no complete record is left in the read
         // buffer (one vectored write for a burst of small calls).
         let mut ready = Vec::new();
@@ -257,13 +261,15 @@ impl Connection {
                     let shared = self.shared.clone();
                     let sink = sink.clone();
                     let peer = self.peer;
-                    in_flight.spawn_blocking(move || {
-                        let reply = run_job(&shared, peer, &job, &record);
-                        if let Some(ticket) = job.ticket {
-                            ticket.complete(&reply.head, Instant::now());
-                        }
-                        sink.send(&mut vec![Outgoing { reply, _permit: permit }]);
-                    });
+                    let queued = Queued { job, record, permit };
+                    if may_wait_for_a_commit(&queued.job.header) {
+                        // Mostly asleep in the store's group commit: one thread each, so that
+                        // concurrent calls share commits.
+                        in_flight.spawn_blocking(move || execute_and_send(&shared, peer, &sink, queued));
+                    } else if read_lane.push(queued) {
+                        let read_lane = read_lane.clone();
+                        in_flight.spawn_blocking(move || read_lane.drain(&shared, peer, &sink));
+                    }
                 }
                 Action::Drop => drop(permit),
                 Action::Close => {
@@ -431,6 +437,79 @@ fn runs_inline(header: &CallHeader) -> bool {
     use nfs_args::procedure::*;
     header.program == crate::NFS_PROGRAM
         && matches!(header.procedure, GETATTR | ACCESS | LOOKUP | READLINK | FSINFO | PATHCONF)
+}
+
+/// Calls that may wait for the store's group commit (an fsync): every change, and COMMIT.
+fn may_wait_for_a_commit(header: &CallHeader) -> bool {
+    use nfs_args::procedure::*;
+    header.program == crate::NFS_PROGRAM
+        && matches!(
+            header.procedure,
+            SETATTR | WRITE | CREATE | MKDIR | SYMLINK | MKNOD | REMOVE | RMDIR | RENAME | LINK | COMMIT
+        )
+}
+
+/// A call waiting for a blocking thread, with its record and in-flight permit.
+struct Queued {
+    job: Job,
+    record: Vec<u8>,
+    permit: OwnedSemaphorePermit,
+}
+
+fn execute_and_send(shared: &Shared, peer: SocketAddr, sink: &ReplySink, queued: Queued) {
+    let Queued { job, record, permit } = queued;
+    let reply = run_job(shared, peer, &job, &record);
+    if let Some(ticket) = job.ticket {
+        ticket.complete(&reply.head, Instant::now());
+    }
+    sink.send(&mut vec![Outgoing { reply, _permit: permit }]);
+}
+
+/// The calls of one connection that read (READ, READDIR, READDIRPLUS, FSSTAT, MOUNT): they
+/// never wait for a commit, so a few blocking threads that each take call after call from this
+/// queue serve a burst with a few thread wake-ups instead of one per call (measured: 4 KiB READs
+/// at 16 in flight run about 3x faster than with a thread per call on 2 cores).
+#[derive(Default)]
+struct ReadLane {
+    state: parking_lot::Mutex<ReadLaneState>,
+}
+
+#[derive(Default)]
+struct ReadLaneState {
+    queue: VecDeque<Queued>,
+    // Invariant: workers > 0 whenever queue is non-empty; workers <= READ_WORKERS_MAX.
+    workers: usize,
+}
+
+impl ReadLane {
+    /// Queues a call; true when the caller must start a worker ([`ReadLane::drain`]).
+    fn push(&self, queued: Queued) -> bool {
+        let mut state = self.state.lock();
+        state.queue.push_back(queued);
+        if state.workers < READ_WORKERS_MAX {
+            state.workers += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A worker: executes queued calls until none is left.
+    fn drain(&self, shared: &Shared, peer: SocketAddr, sink: &ReplySink) {
+        loop {
+            let next = {
+                let mut state = self.state.lock();
+                match state.queue.pop_front() {
+                    Some(next) => next,
+                    None => {
+                        state.workers -= 1;
+                        return;
+                    }
+                }
+            };
+            execute_and_send(shared, peer, sink, next);
+        }
+    }
 }
 
 /// Whether `buffer` starts with a whole single-fragment record, which the next read takes without

@@ -104,6 +104,14 @@ impl DataContainer {
     }
 }
 
+/// The data container with this id (read from disk: checked, never trusted).
+fn data_container(store: &Store, container: u32) -> StoreResult<&DataContainer> {
+    store.containers.iter().find(|data| data.id == container).ok_or_else(|| StoreError::Corrupt {
+        what: format!("chunk map names data container {container}, which does not exist"),
+        offset: 0,
+    })
+}
+
 /// Writes a small file so that a crash leaves either the old or the new contents: temporary
 /// file, fsync, rename, fsync of the directory.
 pub(crate) fn write_file_atomically(path: &Path, bytes: &[u8], faults: &Faults) -> StoreResult<()> {
@@ -661,7 +669,7 @@ fn write_locked(
                 return Err(error);
             }
         }
-        store.containers[(container - 2) as usize].next_txn(&store.faults)?;
+        data_container(store, container)?.next_txn(&store.faults)?;
     }
     Ok(new_blocks)
 }
@@ -918,6 +926,49 @@ pub(crate) fn delete_chunk_files(store: &Store, number: u64, chunks: &[(u64, u32
     }
 }
 
+/// Checks, before a truncation changes anything, that the block the new end falls into is
+/// intact: truncation rewrites that block, and must not turn corrupt bytes into valid ones.
+pub(crate) fn check_truncate(
+    store: &Store,
+    b: &Batch<'_>,
+    entry: &EntryRef,
+    new_size: u64,
+) -> StoreResult<()> {
+    if new_size.is_multiple_of(BLOCK_U64) {
+        return Ok(());
+    }
+    let number = entry.lock().number;
+    if new_size < INLINE_DATA_BYTES_MAX {
+        let index = (new_size / BLOCK_U64) as u32;
+        if entry.lock().inline_dirty.contains_key(&index) {
+            return Ok(());
+        }
+        if let Some(bytes) = b.inline.get((number, index)).db()? {
+            format::decode_inline(bytes.value(), number, index)?;
+        }
+        return Ok(());
+    }
+    let chunk_size = store.config.chunk_size_bytes;
+    let chunk = new_size / chunk_size;
+    let Some(container) = b.chunks.get((number, chunk)).db()?.map(|value| value.value()) else {
+        return Ok(());
+    };
+    data_container(store, container)?;
+    let Some((files, _)) = open_chunk(store, container, number, chunk, false)? else {
+        return Ok(());
+    };
+    let index = (new_size - chunk * chunk_size) / BLOCK_U64;
+    let sum = read_sums(&files.sums, index, 1)?[0];
+    if sum.written {
+        let mut block = vec![0u8; BLOCK];
+        read_full_at(&files.data, &mut block, index * BLOCK_U64)?;
+        if crc32c::crc32c(&block) != sum.crc {
+            return Err(block_mismatch(number, chunk, container, index * BLOCK_U64));
+        }
+    }
+    Ok(())
+}
+
 /// Shrinks a file's data from `old_size` to `new_size` inside a batch, durably before the
 /// batch commits: inline blocks past the end go (the partial one is zero-filled), chunk files
 /// past the end are removed, the last chunk is cut and its partial block zero-filled. Later
@@ -947,6 +998,8 @@ pub(crate) fn truncate_down(
             let stored = b.inline.remove((number, index)).db()?.map(|bytes| bytes.value().to_vec());
             let current = match (dirty, stored) {
                 (Some(block), _) => Some(block.data),
+                // `check_truncate` verified the partial block; the others are being dropped, so
+                // their contents do not matter.
                 (None, Some(bytes)) => {
                     Some(format::decode_inline(&bytes, number, index).unwrap_or_else(|_| vec![0; BLOCK]))
                 }
@@ -976,7 +1029,7 @@ pub(crate) fn truncate_down(
         }
         let keep = new_size.saturating_sub(chunk_start);
         let files = open_chunk(store, container, number, chunk, false)?;
-        store.containers[(container - 2) as usize].next_txn(&store.faults)?;
+        data_container(store, container)?.next_txn(&store.faults)?;
         if keep == 0 {
             if let Some((files, _)) = &files {
                 freed_blocks += count_written(&files.sums, 0)?;

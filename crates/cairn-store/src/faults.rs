@@ -126,6 +126,9 @@ impl StorageBackend for DatabaseBackend {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        if std::env::var_os("CAIRN_TRACE_BATCH").is_some() {
+            eprintln!("dbwrite {offset} {}", data.len());
+        }
         if self.faults.crashed() {
             return Err(injected("crashed"));
         }

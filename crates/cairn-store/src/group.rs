@@ -345,7 +345,8 @@ pub(crate) fn submit(store: &Store, op: Op) -> StoreResult<Output> {
 fn lead(store: &Store) {
     let group = &store.group;
     let mut queue = group.queue.lock();
-    let deadline = Instant::now() + GATHER_WAIT_MAX;
+    let gather_started = Instant::now();
+    let deadline = gather_started + GATHER_WAIT_MAX;
     while queue.last_batch_size > queue.returned && queue.operations.len() < BATCH_OPS_MAX {
         queue.gathering = true;
         if group.gather.wait_until(&mut queue, deadline).timed_out() {
@@ -357,7 +358,11 @@ fn lead(store: &Store) {
     let batch: Vec<(Op, Arc<Slot>)> = queue.operations.drain(..count).collect();
     let sequence = queue.last_batch + 1;
     drop(queue);
+    let gathered = gather_started.elapsed();
     run_batch(store, batch, sequence);
+    if std::env::var_os("CAIRN_TRACE_BATCH").is_some() {
+        eprintln!("lead gather {gathered:?} total {:?}", gather_started.elapsed());
+    }
     let mut queue = group.queue.lock();
     queue.last_batch = sequence;
     queue.last_batch_size = count;

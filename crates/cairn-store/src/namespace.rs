@@ -806,6 +806,11 @@ pub(crate) fn setattr_entry(
         }
     }
     let shrinking = changes.size_bytes.is_some_and(|size| size < inode.size_bytes);
+    if let Some(size) = changes.size_bytes
+        && shrinking
+    {
+        data::check_truncate(store, b, entry, size)?;
+    }
     b.need_space(if shrinking { SpaceUse::Free } else { SpaceUse::Consume }, 0)?;
 
     b.begin_mutation();

@@ -39,13 +39,20 @@ async fn exports_are_checked_at_mount_and_on_every_request_and_reload() {
     let refused = mount_refused_with(gateway.mount("/", unix(0, 0, &[])).await);
     assert!(matches!(refused, mountstat3::MNT3ERR_ACCES), "{refused}");
 
-    gateway.set_exports("/ 127.0.0.1(rw,no_root_squash)\n/missing 127.0.0.1(rw)\n").expect("reload");
+    gateway
+        .set_exports("/ 127.0.0.1(rw,no_root_squash)\n/missing 127.0.0.1(rw,no_root_squash)\n")
+        .expect("reload");
     let mut c = gateway.mount_root().await;
     let root = c.root_nfs_fh3();
     ok(c.getattr(&nfs3::GETATTR3args { object: fh(&root) }).await.expect("GETATTR"));
     let missing = mount_refused_with(gateway.mount("/missing", unix(0, 0, &[])).await);
     assert!(matches!(missing, mountstat3::MNT3ERR_NOENT), "{missing}");
-    let not_exported = mount_refused_with(gateway.mount("/elsewhere", unix(0, 0, &[])).await);
+    // A folder below an export mounts, with the folder's handle.
+    let sub = mkdir(&mut c, &root, "sub", 0o755).await;
+    let sub_mount = gateway.mount("/sub/", unix(0, 0, &[])).await.expect("mount a folder below /");
+    assert_eq!(sub_mount.root_nfs_fh3(), sub);
+    gateway.set_exports("/missing 127.0.0.1(rw)\n").expect("reload");
+    let not_exported = mount_refused_with(gateway.mount("/sub", unix(0, 0, &[])).await);
     assert!(matches!(not_exported, mountstat3::MNT3ERR_ACCES), "{not_exported}");
 
     // The rules change under an existing mount: the next request is refused.

@@ -138,6 +138,30 @@ async fn store_probe() {
     })
     .await
     .unwrap();
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let caller = cairn_store::Caller::root();
+        let created =
+            s.create(&caller, root, b"rfile", cairn_store::CreateHow::Unchecked(Default::default())).unwrap();
+        let data = vec![3u8; 1 << 20];
+        for chunk in 0..64u64 {
+            s.write(&caller, created.fid, chunk << 20, &data, cairn_store::Stability::Unstable).unwrap();
+        }
+        s.commit(created.fid, 0, 0).unwrap();
+        let start = Instant::now();
+        for i in 0..50_000u64 {
+            let offset = (i.wrapping_mul(2_654_435_761) % 16383) * 4096;
+            s.read(&caller, created.fid, offset, 4096).unwrap();
+        }
+        println!("store read 4 KiB 1 thread: {:.0}/s", 50_000.0 / start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        for i in 0..500u64 {
+            s.read(&caller, created.fid, (i % 64) << 20, 1 << 20).unwrap();
+        }
+        println!("store read 1 MiB 1 thread: {:.0} MB/s", 500.0 * 1.048576 / start.elapsed().as_secs_f64());
+    })
+    .await
+    .unwrap();
     let start = Instant::now();
     let mut threads = Vec::new();
     for t in 0..16 {

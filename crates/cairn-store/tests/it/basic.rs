@@ -326,7 +326,7 @@ fn crash_then_extend_reads_zeros() {
         store
             .setattr(&root(), other, SetAttributes { size_bytes: Some(30_000), ..Default::default() }, None)
             .unwrap();
-        write_all(&store, other, 40_000, &vec![0xdd; 10], Stability::Unstable);
+        write_all(&store, other, 40_000, &[0xdd; 10], Stability::Unstable);
         store.simulate_crash();
         (fid, other)
     };

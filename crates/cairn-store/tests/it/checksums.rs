@@ -4,7 +4,7 @@
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use cairn_store::{Stability, StoreError};
+use cairn_store::{SetAttributes, Stability, StoreError};
 use cairn_types::limits::INLINE_DATA_BYTES_MAX;
 
 use crate::common::{Rng, create_file, open, root, write_all};
@@ -54,6 +54,11 @@ fn flipped_chunk_byte_reads_as_corrupt() {
     // A partial write into the corrupt block must not silently bless it either.
     let write = store.write(&root(), fid, 100_001, b"x", Stability::Unstable);
     assert!(matches!(write, Err(StoreError::Corrupt { .. })), "{write:?}");
+    // Nor a truncation that cuts through it.
+    let cut = SetAttributes { size_bytes: Some(100_001), ..Default::default() };
+    let truncate = store.setattr(&root(), fid, cut, None);
+    assert!(matches!(truncate, Err(StoreError::Corrupt { .. })), "{truncate:?}");
+    assert!(!store.is_poisoned());
 }
 
 #[test]
