@@ -155,9 +155,17 @@ fn run(args: &Args) -> Result<()> {
             let busy = system::busy_cpus_elsewhere();
             progress(&format!("[{}] starting; CPUs busy elsewhere: {busy:.2}", side.name()));
             report.add_busy_cpus(busy);
-            let figures = bench_side(args, &tools, side, image_bytes)
-                .with_context(|| format!("benchmarking {}", side.name()))?;
-            report.add_side(side, &figures);
+            match bench_side(args, &tools, side, image_bytes) {
+                Ok(figures) => report.add_side(side, &figures),
+                Err(error) => {
+                    // Keep going: the other side's figures and the later runs still count, and
+                    // the failure is reported with them.
+                    check_interrupted()?;
+                    let message = format!("run {}, {}: {error:#}", run_index + 1, side.name());
+                    progress(&format!("FAILED {message}"));
+                    report.add_failure(message);
+                }
+            }
         }
     }
     if args.json {
@@ -165,6 +173,7 @@ fn run(args: &Args) -> Result<()> {
     } else {
         print!("{}", report.to_table(&command_line()));
     }
+    ensure!(report.failures().is_empty(), "{} side run(s) failed (see above)", report.failures().len());
     Ok(())
 }
 

@@ -89,6 +89,8 @@ pub struct Report {
     machine: BTreeMap<String, Vec<f64>>,
     /// CPUs busy with other work just before each side started.
     busy_cpus: Vec<f64>,
+    /// Side runs that failed, with their errors.
+    failures: Vec<String>,
     sides: BTreeMap<&'static str, BTreeMap<String, Vec<f64>>>,
 }
 
@@ -141,6 +143,7 @@ impl Report {
             runs,
             machine: BTreeMap::new(),
             busy_cpus: Vec::new(),
+            failures: Vec::new(),
             sides: BTreeMap::new(),
         }
     }
@@ -149,6 +152,14 @@ impl Report {
         for (key, value) in figures {
             self.machine.entry((*key).to_owned()).or_default().push(*value);
         }
+    }
+
+    pub fn add_failure(&mut self, message: String) {
+        self.failures.push(message);
+    }
+
+    pub fn failures(&self) -> &[String] {
+        &self.failures
     }
 
     pub fn add_busy_cpus(&mut self, load: f64) {
@@ -260,6 +271,9 @@ impl Report {
                  (their figures are complete; see docs/benchmarks.md)"
             );
         }
+        for failure in &self.failures {
+            let _ = writeln!(out, "FAILED {failure}");
+        }
         let _ = writeln!(
             out,
             "\nratio = Cairn's speed / Ganesha's (for times: Ganesha's time / Cairn's); targets met: {} of {}",
@@ -319,6 +333,8 @@ impl Report {
                 )
             })
             .collect();
+        let failures: Vec<String> = self.failures.iter().map(|f| json::quote(f)).collect();
+        let _ = writeln!(out, "  \"failures\": [{}],", failures.join(", "));
         let _ = writeln!(out, "  \"results\": [\n{}\n  ]", results.join(",\n"));
         out.push('}');
         out

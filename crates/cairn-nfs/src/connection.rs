@@ -3,9 +3,18 @@
 //! Per connection, one reader (this task) and one writer task. The reader takes a permit of a
 //! semaphore of [`REQUESTS_IN_FLIGHT_MAX`] before reading each record, so a client that sends
 //! faster than it is served stops being read (TCP backpressure) instead of queueing without bound.
-//! Each call runs on a blocking thread (the store blocks on disk I/O), except the few metadata
-//! reads that never wait ([`runs_inline`]), and hands its reply, with the permit, to the writer,
-//! which writes replies as they complete, several per vectored write.
+//! The store blocks, so calls run in three ways, chosen by procedure to keep thread hand-offs off
+//! the hot path (each costs more than a small call):
+//! - metadata reads that never wait (GETATTR, ACCESS, LOOKUP, ...) run in the connection task
+//!   ([`runs_inline`]);
+//! - calls that may wait for the store's group commit (every change, COMMIT) get a blocking
+//!   thread each, so that concurrent ones share a commit ([`may_wait_for_a_commit`]);
+//! - the other reads (READ, READDIR, ...) queue for at most [`READ_WORKERS_MAX`] blocking threads
+//!   per connection that take call after call (`ReadLane`).
+//!
+//! Replies go out as they complete through the connection's [`ReplySink`], written directly by
+//! the thread that finished them when the socket is idle; replies made in the connection task are
+//! gathered and written together once no complete record is left in the read buffer.
 
 use std::collections::VecDeque;
 use std::io;
@@ -35,7 +44,7 @@ pub const RECORD_BYTES_MAX: usize = cairn_types::limits::IO_SIZE_BYTES_MAX as us
 /// Buffer of the socket reader: many small calls arrive with one read system call.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Blocking threads per connection that execute reading calls (see `ReadLane`).
-const READ_WORKERS_MAX: usize = 2;
+const READ_WORKERS_MAX: usize = 4;
 /// How long a stopping connection keeps trying to write its last replies to a client that does
 /// not read them.
 const SHUTDOWN_WRITE_TIMEOUT: Duration = Duration::from_secs(5);

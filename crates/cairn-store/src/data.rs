@@ -825,9 +825,9 @@ pub(crate) fn apply_mark_dirty(
     let mut by_chunk: std::collections::BTreeMap<(u64, u32), Vec<u32>> = std::collections::BTreeMap::new();
     for &(chunk, container, region) in regions {
         if b.chunks.get((number, chunk)).db()?.is_none() {
-            b.chunks.insert((number, chunk), container).db()?;
+            b.put_chunk(number, chunk, container)?;
         }
-        b.dirty.insert((number, chunk, region), ()).db()?;
+        b.put_dirty(number, chunk, region)?;
         by_chunk.entry((chunk, container)).or_default().push(region);
     }
     for ((chunk, container), regions) in by_chunk {
@@ -870,7 +870,7 @@ pub(crate) fn apply_flush(
                 }
             };
             for region in regions {
-                b.dirty.remove((number, chunk, region)).db()?;
+                b.del_dirty(number, chunk, region)?;
             }
         }
         b.flush_inline_of(&entry);
@@ -890,21 +890,21 @@ pub(crate) fn delete_inode(store: &Store, b: &mut Batch<'_>, entry: &EntryRef) -
         guard.chunks.clear();
         guard.number
     };
-    b.inodes.remove(number).db()?;
+    b.del_inode(number)?;
     let mut inline_blocks = Vec::new();
     for row in b.inline.range((number, 0)..=(number, INLINE_BLOCKS)).db()? {
         inline_blocks.push(row.db()?.0.value().1);
     }
     for index in inline_blocks {
-        b.inline.remove((number, index)).db()?;
+        b.take_inline(number, index)?;
     }
     let chunks = group::chunk_rows(b, number)?;
     for &(chunk, _) in &chunks {
-        b.chunks.remove((number, chunk)).db()?;
+        b.del_chunk(number, chunk)?;
     }
     group::remove_dirty_rows(b, number, None)?;
     if !chunks.is_empty() {
-        b.pending_delete.insert(number, format::encode_chunk_list(&chunks).as_slice()).db()?;
+        b.put_pending_delete(number, format::encode_chunk_list(&chunks).as_slice())?;
     }
     b.post.push(Post::DeleteFiles { number, chunks });
     Ok(())
@@ -995,7 +995,7 @@ pub(crate) fn truncate_down(
             if dirty.is_some() {
                 store.inline_dirty_bytes.fetch_sub(BLOCK_U64, Ordering::SeqCst);
             }
-            let stored = b.inline.remove((number, index)).db()?.map(|bytes| bytes.value().to_vec());
+            let stored = b.take_inline(number, index)?;
             let current = match (dirty, stored) {
                 (Some(block), _) => Some(block.data),
                 // `check_truncate` verified the partial block; the others are being dropped, so
@@ -1047,7 +1047,7 @@ pub(crate) fn truncate_down(
             if !dirs_to_sync.contains(&dir) {
                 dirs_to_sync.push(dir);
             }
-            b.chunks.remove((number, chunk)).db()?;
+            b.del_chunk(number, chunk)?;
             group::remove_dirty_rows(b, number, Some(chunk))?;
             entry.lock().chunks.remove(&chunk);
             continue;

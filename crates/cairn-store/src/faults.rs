@@ -80,7 +80,7 @@ impl Faults {
         Ok(())
     }
 
-    fn check_metadata_sync(&self) -> io::Result<()> {
+    pub fn check_metadata_sync(&self) -> io::Result<()> {
         if self.crashed() {
             return Err(injected("crashed"));
         }
@@ -126,9 +126,6 @@ impl StorageBackend for DatabaseBackend {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-        if std::env::var_os("CAIRN_TRACE_BATCH").is_some() {
-            eprintln!("dbwrite {offset} {}", data.len());
-        }
         if self.faults.crashed() {
             return Err(injected("crashed"));
         }

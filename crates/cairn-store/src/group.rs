@@ -25,6 +25,7 @@ use crate::api::{
 };
 use crate::format::{self, BLOCK};
 use crate::hot::{ChunkDirty, EntryRef};
+use crate::journal::{CHECKPOINT_BATCHES, Change, TableId, keys};
 use crate::tables::{self, Db};
 use crate::{Store, data, namespace};
 
@@ -108,6 +109,8 @@ pub(crate) enum Op {
     },
     /// Persists the unstable metadata and inline blocks of every hot inode (memory bound).
     FlushAll,
+    /// Commits durably to redb and starts a new journal generation (clean shutdown).
+    Checkpoint,
 }
 
 pub(crate) enum Output {
@@ -133,6 +136,8 @@ pub(crate) enum SpaceUse {
     Free,
 }
 
+/// The tables of one batch. Invariant: they are written only through the `put_*`/`del_*`
+/// methods, which also record each change for the metadata journal.
 pub(crate) struct Batch<'t> {
     pub inodes: Table<'t, u64, &'static [u8]>,
     pub dirents: Table<'t, (u64, &'static [u8]), &'static [u8]>,
@@ -154,11 +159,110 @@ pub(crate) struct Batch<'t> {
     pub next_inode: u64,
     space_available_bytes: u64,
     space_reserve_bytes: u64,
+    /// The physical changes of this batch, for the journal.
+    changes: Vec<Change>,
+    /// Commit this batch durably to redb and start a new journal generation.
+    force_checkpoint: bool,
 }
 
 impl Batch<'_> {
     pub fn begin_mutation(&mut self) {
         self.mutated = true;
+    }
+
+    fn log(&mut self, table: TableId, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.changes.push(Change { table, key, value });
+    }
+
+    pub fn put_inode(&mut self, number: u64, value: &[u8]) -> StoreResult<()> {
+        self.inodes.insert(number, value).db()?;
+        self.log(TableId::Inodes, keys::inode(number), Some(value.to_vec()));
+        Ok(())
+    }
+
+    pub fn del_inode(&mut self, number: u64) -> StoreResult<()> {
+        self.inodes.remove(number).db()?;
+        self.log(TableId::Inodes, keys::inode(number), None);
+        Ok(())
+    }
+
+    pub fn put_dirent(&mut self, directory: u64, name: &[u8], value: &[u8]) -> StoreResult<()> {
+        self.dirents.insert((directory, name), value).db()?;
+        self.log(TableId::Dirents, keys::dirent(directory, name), Some(value.to_vec()));
+        Ok(())
+    }
+
+    pub fn del_dirent(&mut self, directory: u64, name: &[u8]) -> StoreResult<()> {
+        self.dirents.remove((directory, name)).db()?;
+        self.log(TableId::Dirents, keys::dirent(directory, name), None);
+        Ok(())
+    }
+
+    pub fn put_cookie(&mut self, directory: u64, cookie: u64, value: &[u8]) -> StoreResult<()> {
+        self.cookies.insert((directory, cookie), value).db()?;
+        self.log(TableId::Cookies, keys::pair(directory, cookie), Some(value.to_vec()));
+        Ok(())
+    }
+
+    pub fn del_cookie(&mut self, directory: u64, cookie: u64) -> StoreResult<()> {
+        self.cookies.remove((directory, cookie)).db()?;
+        self.log(TableId::Cookies, keys::pair(directory, cookie), None);
+        Ok(())
+    }
+
+    pub fn put_inline(&mut self, number: u64, index: u32, value: &[u8]) -> StoreResult<()> {
+        self.inline.insert((number, index), value).db()?;
+        self.log(TableId::Inline, keys::inline(number, index), Some(value.to_vec()));
+        Ok(())
+    }
+
+    /// Deletes an inline block, returning what it held.
+    pub fn take_inline(&mut self, number: u64, index: u32) -> StoreResult<Option<Vec<u8>>> {
+        let old = self.inline.remove((number, index)).db()?.map(|bytes| bytes.value().to_vec());
+        if old.is_some() {
+            self.log(TableId::Inline, keys::inline(number, index), None);
+        }
+        Ok(old)
+    }
+
+    pub fn put_chunk(&mut self, number: u64, chunk: u64, container: u32) -> StoreResult<()> {
+        self.chunks.insert((number, chunk), container).db()?;
+        self.log(TableId::Chunks, keys::pair(number, chunk), Some(container.to_le_bytes().to_vec()));
+        Ok(())
+    }
+
+    pub fn del_chunk(&mut self, number: u64, chunk: u64) -> StoreResult<()> {
+        self.chunks.remove((number, chunk)).db()?;
+        self.log(TableId::Chunks, keys::pair(number, chunk), None);
+        Ok(())
+    }
+
+    pub fn put_dirty(&mut self, number: u64, chunk: u64, region: u32) -> StoreResult<()> {
+        self.dirty.insert((number, chunk, region), ()).db()?;
+        self.log(TableId::Dirty, keys::dirty(number, chunk, region), Some(Vec::new()));
+        Ok(())
+    }
+
+    pub fn del_dirty(&mut self, number: u64, chunk: u64, region: u32) -> StoreResult<()> {
+        self.dirty.remove((number, chunk, region)).db()?;
+        self.log(TableId::Dirty, keys::dirty(number, chunk, region), None);
+        Ok(())
+    }
+
+    pub fn put_pending_delete(&mut self, number: u64, value: &[u8]) -> StoreResult<()> {
+        self.pending_delete.insert(number, value).db()?;
+        self.log(TableId::PendingDelete, keys::inode(number), Some(value.to_vec()));
+        Ok(())
+    }
+
+    pub fn del_pending_delete(&mut self, number: u64) -> StoreResult<()> {
+        self.pending_delete.remove(number).db()?;
+        self.log(TableId::PendingDelete, keys::inode(number), None);
+        Ok(())
+    }
+
+    pub fn request_checkpoint(&mut self) {
+        self.force_checkpoint = true;
     }
 
     /// Checks the free-space reserve for an operation that may write about `bytes` to the
@@ -215,7 +319,7 @@ impl Batch<'_> {
 }
 
 /// Longest a new leader waits for the callers of the previous batch to submit again.
-const GATHER_WAIT_MAX: Duration = Duration::from_micros(200);
+const GATHER_WAIT_MAX: Duration = Duration::from_micros(100);
 
 thread_local! {
     /// The batch this thread's last operation was in (0: none), for gathering.
@@ -411,13 +515,10 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
         Ok(txn) => txn,
         Err(error) => return fail_all(store, error),
     };
-    if let Err(error) = txn.set_durability(Durability::Immediate).db() {
-        return fail_all(store, error);
-    }
     let mut results: Vec<StoreResult<Output>> = Vec::with_capacity(count);
     let mut mutations = 0u64;
     let mut written: Vec<Written> = Vec::new();
-    let (post, loaded, next_inode) = {
+    let (post, loaded, next_inode, mut changes, force_checkpoint) = {
         let opened = (|| -> StoreResult<Batch<'_>> {
             Ok(Batch {
                 inodes: txn.open_table(tables::INODES).db()?,
@@ -436,6 +537,8 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
                 next_inode: applier.next_inode,
                 space_available_bytes,
                 space_reserve_bytes: store.config.space_reserve_bytes,
+                changes: Vec::new(),
+                force_checkpoint: false,
             })
         })();
         let mut b = match opened {
@@ -444,7 +547,7 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
         };
         let finished: Vec<u64> = std::mem::take(&mut *store.finished_deletes.lock());
         for number in finished {
-            if let Err(error) = b.pending_delete.remove(number).db() {
+            if let Err(error) = b.del_pending_delete(number) {
                 return fail_all(store, error);
             }
         }
@@ -469,7 +572,7 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
                 continue;
             }
             let number = guard.number;
-            if let Err(error) = b.inodes.insert(number, guard.inode.encode().as_slice()).db() {
+            if let Err(error) = b.put_inode(number, guard.inode.encode().as_slice()) {
                 drop(guard);
                 return fail_all(store, error);
             }
@@ -477,7 +580,7 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
             if b.flush_inline.contains(&number) {
                 for (&index, block) in &guard.inline_dirty {
                     let encoded = format::encode_inline(&block.data);
-                    if let Err(error) = b.inline.insert((number, index), encoded.as_slice()).db() {
+                    if let Err(error) = b.put_inline(number, index, encoded.as_slice()) {
                         drop(guard);
                         return fail_all(store, error);
                     }
@@ -486,22 +589,76 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
             }
             written.push((entry.clone(), guard.generation, blocks));
         }
-        (std::mem::take(&mut b.post), std::mem::take(&mut b.loaded), b.next_inode)
+        (
+            std::mem::take(&mut b.post),
+            std::mem::take(&mut b.loaded),
+            b.next_inode,
+            std::mem::take(&mut b.changes),
+            b.force_checkpoint,
+        )
     };
     let txn_id = applier.txn_id + mutations;
+    // Durability: append the batch's changes to the journal and fdatasync it, then commit to
+    // redb without an fsync; or, at a checkpoint, commit to redb durably and start a new journal
+    // generation.
+    let mut journal = store.journal.lock();
+    changes.push(Change {
+        table: TableId::Meta,
+        key: b"next_inode".to_vec(),
+        value: Some(next_inode.to_le_bytes().to_vec()),
+    });
+    changes.push(Change {
+        table: TableId::Meta,
+        key: b"txn_id".to_vec(),
+        value: Some(txn_id.to_le_bytes().to_vec()),
+    });
+    let mut payload = Vec::new();
+    crate::journal::encode_changes(&changes, &mut payload);
+    // Near a full disk every batch commits durably: pages that non-durable commits free cannot
+    // be reused before the next durable commit, so the database would grow into the reserve.
+    let low_space = space_available_bytes < store.config.space_reserve_bytes.saturating_mul(2);
+    let checkpoint = force_checkpoint
+        || low_space
+        || journal.batches >= CHECKPOINT_BATCHES
+        || !journal.fits(payload.len());
+    let generation = journal.generation + 1;
     let meta_result = (|| -> StoreResult<()> {
         let mut meta = txn.open_table(tables::META).db()?;
         meta.insert("next_inode", next_inode).db()?;
         meta.insert("txn_id", txn_id).db()?;
+        if checkpoint {
+            meta.insert("journal_generation", generation).db()?;
+        }
         Ok(())
     })();
     if let Err(error) = meta_result {
         return fail_all(store, error);
     }
     let apply_done = std::time::Instant::now();
-    if let Err(error) = txn.commit().db() {
-        return fail_all(store, error);
+    if checkpoint {
+        if let Err(error) = txn.set_durability(Durability::Immediate).db() {
+            return fail_all(store, error);
+        }
+        if let Err(error) = txn.commit().db() {
+            return fail_all(store, error);
+        }
+        journal.restart(generation);
+    } else {
+        let appended = journal
+            .append(&payload)
+            .and_then(|()| store.faults.check_metadata_sync())
+            .and_then(|()| journal.sync());
+        if let Err(error) = appended {
+            return fail_all(store, StoreError::Io(error));
+        }
+        if let Err(error) = txn.set_durability(Durability::None).db() {
+            return fail_all(store, error);
+        }
+        if let Err(error) = txn.commit().db() {
+            return fail_all(store, error);
+        }
     }
+    drop(journal);
     if std::env::var_os("CAIRN_TRACE_BATCH").is_some() {
         eprintln!("batch {count} ops: apply {:?} commit {:?}", apply_done - started, apply_done.elapsed());
     }
@@ -592,6 +749,10 @@ fn apply(store: &Store, b: &mut Batch<'_>, op: Op) -> StoreResult<Output> {
             data::apply_mark_dirty(store, b, inode, &regions).map(|()| Output::Done)
         }
         Op::Flush { items } => data::apply_flush(store, b, &items).map(|()| Output::Done),
+        Op::Checkpoint => {
+            b.request_checkpoint();
+            Ok(Output::Done)
+        }
         Op::FlushAll => {
             let mut unstable = Vec::new();
             let mut bytes = 0;
@@ -636,8 +797,8 @@ pub(crate) fn remove_dirty_rows(b: &mut Batch<'_>, number: u64, chunk: Option<u6
         let (key, _) = row.db()?;
         keys.push(key.value());
     }
-    for key in keys {
-        b.dirty.remove(key).db()?;
+    for (number, chunk, region) in keys {
+        b.del_dirty(number, chunk, region)?;
     }
     Ok(())
 }

@@ -45,6 +45,7 @@ mod faults;
 mod format;
 mod group;
 mod hot;
+mod journal;
 mod namespace;
 mod open;
 mod perm;
@@ -92,6 +93,9 @@ pub struct StoreConfig {
     pub space_reserve_bytes: u64,
     /// Most open chunk files kept in the file cache.
     pub open_chunk_files_max: usize,
+    /// Size of the metadata journal (preallocated). A batch that does not fit commits durably
+    /// to the database instead and empties the journal.
+    pub journal_bytes: u64,
 }
 
 impl StoreConfig {
@@ -103,6 +107,7 @@ impl StoreConfig {
             unstable_memory_bytes_max: 64 * 1024 * 1024,
             space_reserve_bytes: 64 * 1024 * 1024,
             open_chunk_files_max: 512,
+            journal_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -126,6 +131,8 @@ pub struct Store {
     /// writing; readers of file bytes hold it for reading.
     stripes: Box<[RwLock<()>]>,
     group: GroupCommit,
+    /// Only the group-commit leader locks it.
+    journal: Mutex<journal::Journal>,
     files: Mutex<HashMap<(u64, u64), Arc<ChunkFiles>>>,
     containers: Vec<DataContainer>,
     /// Bytes of unstable inline blocks held in hot entries.
@@ -195,6 +202,8 @@ impl Store {
         for container in &self.containers {
             container.persist_txn(&self.faults)?;
         }
+        // Not needed for durability (the journal is durable); makes the next open quick.
+        self.submit(Op::Checkpoint)?;
         Ok(())
     }
 

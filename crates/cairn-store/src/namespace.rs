@@ -225,8 +225,8 @@ fn insert_name(
         (dir.number, cookie)
     };
     let dirent = Dirent { cookie, inode: number, uniquifier: inode.uniquifier, kind: inode.kind };
-    b.dirents.insert((dir_number, name), dirent.encode().as_slice()).db()?;
-    b.cookies.insert((dir_number, cookie), encode_cookie_value(&dirent, name).as_slice()).db()?;
+    b.put_dirent(dir_number, name, dirent.encode().as_slice())?;
+    b.put_cookie(dir_number, cookie, encode_cookie_value(&dirent, name).as_slice())?;
     b.touch(dir_entry);
     Ok(())
 }
@@ -251,8 +251,8 @@ fn remove_name(
         dir.touch();
         dir.number
     };
-    b.dirents.remove((dir_number, name)).db()?;
-    b.cookies.remove((dir_number, dirent.cookie)).db()?;
+    b.del_dirent(dir_number, name)?;
+    b.del_cookie(dir_number, dirent.cookie)?;
     b.touch(dir_entry);
     Ok(())
 }
@@ -360,7 +360,7 @@ fn create_object(
     insert_name(b, dir_entry, name, number, &inode, new.kind == FileKind::Directory)?;
     // Written straight into the transaction: nobody can name the new inode before the batch
     // commits, and an operation later in this batch loads it from the transaction.
-    b.inodes.insert(number, inode.encode().as_slice()).db()?;
+    b.put_inode(number, inode.encode().as_slice())?;
     Ok(Created {
         fid: store.fid(number, &inode),
         attributes: store.attributes(number, &inode),

@@ -25,6 +25,7 @@ use crate::format::{
 };
 use crate::group::GroupCommit;
 use crate::hot::HotTable;
+use crate::journal::{Change, Journal, TableId};
 use crate::tables::{self, Db};
 use crate::{DATA_STRIPES, NAME_CONTAINER_ID, Store, StoreConfig, now, random_nonzero_u32, stable_hash};
 
@@ -115,10 +116,11 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
     }
     let backend = DatabaseBackend::new(file, faults.clone()).db()?;
     let db = redb::Database::builder().create_with_backend(backend).db()?;
+    let mut journal = Journal::open(&name_dir.join("journal"), config.journal_bytes.max(1 << 20))?;
 
     // First use: identity, counters and the root directory.
     let write = db.begin_write().db()?;
-    let (cluster, next_inode, txn_id) = {
+    let generation = {
         let mut meta = write.open_table(tables::META).db()?;
         let version = meta.get("format_version").db()?.map(|value| value.value());
         match version {
@@ -135,6 +137,7 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
                 meta.insert("next_inode", ROOT_INODE + 1).db()?;
                 meta.insert("txn_id", 0).db()?;
                 meta.insert("data_containers", u64::from(config.data_containers)).db()?;
+                meta.insert("journal_generation", 1).db()?;
                 let time = now();
                 let root = Inode {
                     kind: FileKind::Directory,
@@ -166,6 +169,27 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
                 .ok_or_else(|| StoreError::Corrupt { what: format!("meta key {key}"), offset: 0 })
         };
         config.data_containers = get("data_containers")? as u32;
+        get("journal_generation")?
+    };
+    // Replay the journal: the batches committed after redb's last durable commit. Then start a
+    // new generation, so that no record of this one is ever replayed again.
+    let records = journal.replay(generation)?;
+    if !records.is_empty() {
+        tracing::info!(records = records.len(), "replaying the metadata journal");
+    }
+    for change in records.iter().flatten() {
+        replay_change(&write, change)?;
+    }
+    journal.restart(generation + 1);
+    let (cluster, next_inode, txn_id) = {
+        let mut meta = write.open_table(tables::META).db()?;
+        meta.insert("journal_generation", generation + 1).db()?;
+        let get = |key: &str| -> StoreResult<u64> {
+            meta.get(key)
+                .db()?
+                .map(|value| value.value())
+                .ok_or_else(|| StoreError::Corrupt { what: format!("meta key {key}"), offset: 0 })
+        };
         (ClusterId(get("cluster_id")?), get("next_inode")?, get("txn_id")?)
     };
     // Create every table, so that readers never meet a missing one.
@@ -228,6 +252,7 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
         hot: HotTable::new(),
         stripes: (0..DATA_STRIPES).map(|_| RwLock::new(())).collect(),
         group: GroupCommit::new(next_inode, txn_id),
+        journal: Mutex::new(journal),
         files: Mutex::new(HashMap::new()),
         containers,
         inline_dirty_bytes: AtomicU64::new(0),
@@ -237,6 +262,86 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
     };
     recover(&store)?;
     Ok(store)
+}
+
+fn bad_record() -> StoreError {
+    StoreError::Corrupt { what: "metadata journal change".to_string(), offset: 0 }
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> StoreResult<u64> {
+    let slice = bytes.get(at..at + 8).ok_or_else(bad_record)?;
+    Ok(u64::from_le_bytes(slice.try_into().map_err(|_| bad_record())?))
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> StoreResult<u32> {
+    let slice = bytes.get(at..at + 4).ok_or_else(bad_record)?;
+    Ok(u32::from_le_bytes(slice.try_into().map_err(|_| bad_record())?))
+}
+
+/// Applies one journaled change (keys as `journal::keys` encodes them).
+fn replay_change(write: &redb::WriteTransaction, change: &Change) -> StoreResult<()> {
+    let key = change.key.as_slice();
+    let value = change.value.as_deref();
+    match change.table {
+        TableId::Meta => {
+            let name = std::str::from_utf8(key).map_err(|_| bad_record())?;
+            let mut table = write.open_table(tables::META).db()?;
+            match value {
+                Some(value) => table.insert(name, u64_at(value, 0)?).db()?,
+                None => table.remove(name).db()?,
+            };
+        }
+        TableId::Inodes | TableId::PendingDelete => {
+            let definition =
+                if change.table == TableId::Inodes { tables::INODES } else { tables::PENDING_DELETE };
+            let mut table = write.open_table(definition).db()?;
+            match value {
+                Some(value) => table.insert(u64_at(key, 0)?, value).db()?,
+                None => table.remove(u64_at(key, 0)?).db()?,
+            };
+        }
+        TableId::Dirents => {
+            let mut table = write.open_table(tables::DIRENTS).db()?;
+            let name = key.get(8..).ok_or_else(bad_record)?;
+            match value {
+                Some(value) => table.insert((u64_at(key, 0)?, name), value).db()?,
+                None => table.remove((u64_at(key, 0)?, name)).db()?,
+            };
+        }
+        TableId::Cookies => {
+            let mut table = write.open_table(tables::COOKIES).db()?;
+            let pair = (u64_at(key, 0)?, u64_at(key, 8)?);
+            match value {
+                Some(value) => table.insert(pair, value).db()?,
+                None => table.remove(pair).db()?,
+            };
+        }
+        TableId::Inline => {
+            let mut table = write.open_table(tables::INLINE).db()?;
+            let pair = (u64_at(key, 0)?, u32_at(key, 8)?);
+            match value {
+                Some(value) => table.insert(pair, value).db()?,
+                None => table.remove(pair).db()?,
+            };
+        }
+        TableId::Chunks => {
+            let mut table = write.open_table(tables::CHUNKS).db()?;
+            let pair = (u64_at(key, 0)?, u64_at(key, 8)?);
+            match value {
+                Some(value) => table.insert(pair, u32_at(value, 0)?).db()?,
+                None => table.remove(pair).db()?,
+            };
+        }
+        TableId::Dirty => {
+            let mut table = write.open_table(tables::DIRTY).db()?;
+            let triple = (u64_at(key, 0)?, u64_at(key, 8)?, u32_at(key, 16)?);
+            match value {
+                Some(_) => table.insert(triple, ()).db()?,
+                None => table.remove(triple).db()?,
+            };
+        }
+    }
+    Ok(())
 }
 
 /// Recovery after a crash: re-derive the checksums of regions that had unstable writes (the

@@ -2,7 +2,6 @@
 //! directory, real clients (`nfs3_client` and hand-built RPC records). No mocks.
 
 mod access_control;
-mod perf;
 mod protocol;
 mod readdir;
 mod roundtrip;

@@ -335,3 +335,57 @@ async fn mknod_of_a_regular_file_directory_or_symlink_is_badtype() {
     assert_eq!((attributes.rdev.specdata1, attributes.rdev.specdata2), (1, 3));
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_replies_is_not_read_either() {
+    let gateway = TestGateway::start(EXPORT_ALL_NO_SQUASH).await;
+    let mut c = gateway.mount_root().await;
+    let root = c.root_nfs_fh3();
+    let file = create_file(&mut c, &root, "data", 0o644).await;
+    let data = vec![5u8; 256 * 1024];
+    ok(c.write(&nfs3::WRITE3args {
+        file: fh(&file),
+        offset: 0,
+        count: data.len() as u32,
+        stable: nfs3::stable_how::FILE_SYNC,
+        data: Opaque::borrowed(&data),
+    })
+    .await
+    .expect("WRITE"));
+
+    // 400 READs of 256 KiB (100 MiB of replies, far more than socket buffers hold), sent while
+    // nobody reads the replies for a while: the server must stop reading instead of queueing.
+    const CALLS: u32 = 400;
+    let credential = unix(0, 0, &[]);
+    let read = nfs3::READ3args { file: fh(&file), offset: 0, count: data.len() as u32 };
+    let mut burst = Vec::new();
+    for xid in 0..CALLS {
+        burst.extend(call_record(xid, NFS, 3, 6, &credential, &read));
+    }
+    let mut raw = gateway.raw().await;
+    let (mut reader, mut writer) = raw.stream.split();
+    let send = async {
+        tokio::io::AsyncWriteExt::write_all(&mut writer, &burst).await.expect("send burst");
+    };
+    let receive = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let mut seen = HashSet::new();
+        for _ in 0..CALLS {
+            let mut mark = [0u8; 4];
+            tokio::io::AsyncReadExt::read_exact(&mut reader, &mut mark).await.expect("mark");
+            let mut record = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
+            tokio::io::AsyncReadExt::read_exact(&mut reader, &mut record).await.expect("record");
+            let reply = RawReply::parse(record);
+            let result = reply.results::<nfs3::READ3res<'static>>();
+            let nfs3::Nfs3Result::Ok(result) = result else { panic!("READ failed") };
+            assert!(result.data.as_ref() == &data[..]);
+            assert!(seen.insert(reply.xid), "xid {} answered twice", reply.xid);
+        }
+        seen.len()
+    };
+    let ((), answered) = tokio::time::timeout(REPLY_TIMEOUT * 3, async { tokio::join!(send, receive) })
+        .await
+        .expect("every call answered");
+    assert_eq!(answered, CALLS as usize);
+    gateway.stop().await;
+}

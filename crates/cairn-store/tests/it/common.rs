@@ -10,6 +10,7 @@ pub fn config(dir: &std::path::Path) -> StoreConfig {
     let mut config = StoreConfig::new(dir);
     config.chunk_size_bytes = TEST_CHUNK_BYTES;
     config.space_reserve_bytes = 4 * 1024 * 1024;
+    config.journal_bytes = 4 * 1024 * 1024;
     config
 }
 
