@@ -464,9 +464,11 @@ fn lead(store: &Store) {
     drop(queue);
     let gathered = gather_started.elapsed();
     run_batch(store, batch, sequence);
-    if std::env::var_os("CAIRN_TRACE_BATCH").is_some() {
-        eprintln!("lead gather {gathered:?} total {:?}", gather_started.elapsed());
-    }
+    tracing::trace!(
+        gathered_us = gathered.as_micros() as u64,
+        total_us = gather_started.elapsed().as_micros() as u64,
+        "led a batch"
+    );
     let mut queue = group.queue.lock();
     queue.last_batch = sequence;
     queue.last_batch_size = count;
@@ -659,9 +661,13 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
         }
     }
     drop(journal);
-    if std::env::var_os("CAIRN_TRACE_BATCH").is_some() {
-        eprintln!("batch {count} ops: apply {:?} commit {:?}", apply_done - started, apply_done.elapsed());
-    }
+    tracing::trace!(
+        operations = count,
+        apply_us = (apply_done - started).as_micros() as u64,
+        commit_us = apply_done.elapsed().as_micros() as u64,
+        checkpoint,
+        "batch committed"
+    );
     store.group.batches.fetch_add(1, Ordering::Relaxed);
     store.group.batched_operations.fetch_add(count as u64, Ordering::Relaxed);
     applier.next_inode = next_inode;

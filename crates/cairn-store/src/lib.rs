@@ -10,13 +10,15 @@
 //! - `<data_dir>/containers/1/`: the name container, a redb database `name.redb` holding inodes,
 //!   directory entries (each with a stable per-directory cookie), inline blocks (the first
 //!   64 KiB of each file, each 8 KiB block with its CRC-32C), chunk maps, dirty-region intents
-//!   and the container's transaction id.
+//!   and the container's transaction id; and `journal`, the metadata redo log.
 //! - `<data_dir>/containers/2..`: data containers. Each chunk of a file is a sparse data file
 //!   plus a checksum sidecar (CRC-32C and a written/hole flag per 8 KiB block).
 //! - Every container has `container.meta` (format version, kind, epoch, transaction ids).
 //!
 //! Durability contract (DESIGN.md section 4): every namespace or attribute change is on stable
-//! storage when its method returns (concurrent changes share one redb commit: group commit);
+//! storage when its method returns (concurrent changes share one redb transaction, made durable
+//! by one append to the metadata journal and one fdatasync: group commit; redb itself commits
+//! durably at checkpoints, and `open` replays the journal);
 //! a write with [`Stability::Unstable`] may be lost by a crash until [`Store::commit`] returns,
 //! and the [`WriteVerifier`] changes whenever that can have happened (it is random per
 //! [`Store::open`] and re-rolled on poisoning). Unstable writes keep their metadata in memory (the
