@@ -21,12 +21,9 @@ fn pattern(file: u64, write: u64, length: usize) -> Vec<u8> {
     Rng(file << 32 | write).bytes(length)
 }
 
-#[test]
-#[ignore = "the child half of kill9::killed_child_recovers; runs only when re-executed by it"]
-fn kill9_child() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
-        return;
-    };
+/// The child half of [`killed_child_recovers`]: runs when that test re-executes this binary with
+/// `CHILD_ENV` set, until it is killed.
+fn kill9_child(dir: String) {
     let round: u64 =
         std::env::var("CAIRN_KILL9_ROUND").ok().and_then(|value| value.parse().ok()).unwrap_or(0);
     let store =
@@ -248,6 +245,10 @@ fn verify(dir: &std::path::Path, expected: &Expected) {
 
 #[test]
 fn killed_child_recovers() {
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        kill9_child(dir);
+        return;
+    }
     let seed = common::seed("killed_child_recovers");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -255,7 +256,7 @@ fn killed_child_recovers() {
     let mut expected = Expected::default();
     for round in 0..ROUNDS {
         let mut child = Command::new(&exe)
-            .args(["kill9::kill9_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args(["kill9::killed_child_recovers", "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, dir.path())
             .env("CAIRN_KILL9_ROUND", round.to_string())
             .stdout(Stdio::piped())

@@ -12,6 +12,5 @@ mod concurrency;
 mod kill9;
 mod model;
 mod nospace;
-mod perf;
 mod permissions;
 mod poison;

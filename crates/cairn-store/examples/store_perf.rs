@@ -1,13 +1,44 @@
-//! Throughput and latency measurements. Ignored by default (they measure, they do not judge);
-//! run them in release: `cargo test -p cairn-store --release --test it perf -- --ignored
-//! --nocapture`. `CAIRN_PERF_DIR` chooses the file system (default: the system temp dir).
+//! Throughput and latency of the store alone, without the network: they measure, they do not
+//! judge. Run in release: `cargo run --release -p cairn-store --example store_perf`.
+//! `CAIRN_PERF_DIR` chooses the file system (default: the system temp dir).
+
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use cairn_store::{CreateHow, SetAttributes, Stability, Store};
 
-use crate::common::{self, root};
+use cairn_store::Caller;
+use cairn_types::Fid;
+
+fn root() -> Caller {
+    Caller::root()
+}
+
+fn create_file(store: &Store, caller: &Caller, directory: Fid, name: &str) -> Fid {
+    store
+        .create(caller, directory, name.as_bytes(), CreateHow::Guarded(SetAttributes::default()))
+        .unwrap()
+        .fid
+}
+
+/// xorshift64: enough randomness for offsets.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+}
+
+fn main() {
+    perf_metadata();
+    perf_data();
+}
 
 fn perf_dir() -> tempfile::TempDir {
     match std::env::var("CAIRN_PERF_DIR") {
@@ -22,8 +53,6 @@ fn open(dir: &std::path::Path) -> Store {
     Store::open(config).unwrap()
 }
 
-#[test]
-#[ignore = "measurement; run in release with --ignored --nocapture"]
 fn perf_metadata() {
     let dir = perf_dir();
     let store = Arc::new(open(dir.path()));
@@ -83,12 +112,10 @@ fn perf_metadata() {
     println!("removes: {:.0}/s with {threads} threads", f64::from(threads * per_thread) / elapsed);
 }
 
-#[test]
-#[ignore = "measurement; run in release with --ignored --nocapture"]
 fn perf_data() {
     let dir = perf_dir();
     let store = open(dir.path());
-    let fid = common::create_file(&store, &root(), store.root(), "seq");
+    let fid = create_file(&store, &root(), store.root(), "seq");
     let block = vec![0x5au8; 1 << 20];
     let total_mib = 1024u64;
     let started = Instant::now();
@@ -107,13 +134,13 @@ fn perf_data() {
     let elapsed = started.elapsed().as_secs_f64();
     println!("1 MiB reads (page cache): {:.2} GB/s", (total_mib << 20) as f64 / elapsed / 1e9);
 
-    let random = common::create_file(&store, &root(), store.root(), "random");
+    let random = create_file(&store, &root(), store.root(), "random");
     let size = 256u64 << 20;
     store
         .setattr(&root(), random, SetAttributes { size_bytes: Some(size), ..Default::default() }, None)
         .unwrap();
     let small = vec![0xa5u8; 4096];
-    let mut rng = common::Rng(1);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let count = 50_000;
     let started = Instant::now();
     for _ in 0..count {
