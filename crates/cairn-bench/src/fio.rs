@@ -8,7 +8,7 @@
 //! - at the end of a job it does not wait for the last requests in flight (up to `iodepth`);
 //!   they are dropped, fio counts only completed bytes, and the sequential write therefore
 //!   writes `iodepth` MiB more than the read needs, so the file is complete where it is read;
-//! - now and then (about one job in five here) the job process then hangs for good in libnfs's
+//! - now and then (a few jobs in a hundred here) the job process then hangs for good in libnfs's
 //!   unmount, after its I/O is done and measured. A watchdog kills a job process that has used
 //!   no CPU for [`STALL_TIMEOUT`]; fio's main process then prints the job's figures as usual.
 //!   So that a server that stalls mid-job is not mistaken for that, a job's figures are only

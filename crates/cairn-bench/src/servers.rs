@@ -67,7 +67,7 @@ impl RunningServer {
         if let Guard::Cairn { child, log, .. } = &mut self.guard
             && let Some(status) = child.try_wait()?
         {
-            bail!("cairn exited ({status}); its log: {}", log.display());
+            bail!("cairn exited ({status}); the end of its log:\n{}", log_tail(log));
         }
         Ok(())
     }
@@ -145,14 +145,21 @@ fn start_cairn(binary: &Path, dir: &Path, netns_name: &str) -> Result<RunningSer
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                bail!("cairn exited before it was ready; its log: {}", log.display())
+                bail!("cairn exited before it was ready; the end of its log:\n{}", log_tail(&log))
             }
         }
         server.check_alive()?;
         if start.elapsed() > START_TIMEOUT {
-            bail!("cairn not ready after {START_TIMEOUT:?}; its log: {}", log.display());
+            bail!("cairn not ready after {START_TIMEOUT:?}; the end of its log:\n{}", log_tail(&log));
         }
     }
+}
+
+/// The last lines of Cairn's stderr, for error messages (the file goes when the server does).
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
 /// The port in a ready line such as `Cairn is ready: nfs=127.0.0.1:2049 ...`.
@@ -169,7 +176,8 @@ impl Drop for RunningServer {
                     eprintln!("cairn-bench: stopping ganesha: {error:#}");
                 }
             }
-            Guard::Cairn { child, .. } => {
+            Guard::Cairn { child, log, .. } => {
+                let _ = std::fs::remove_file(&*log);
                 if let Ok(pid) = libc::pid_t::try_from(child.id()) {
                     // SAFETY: kill(2) on the pid of our own child, which we have not reaped yet,
                     // so the pid cannot have been reused.
