@@ -89,7 +89,8 @@ async fn serve(config: UpConfig, exports_file: PathBuf) -> anyhow::Result<()> {
         ready.push_str(&format!(" portmap={portmap}"));
     }
     println!("{ready}");
-    let host = nfs.ip();
+    // Bound to every address: any of this host's addresses will do.
+    let host = if nfs.ip().is_unspecified() { "THIS-HOST".to_owned() } else { nfs.ip().to_string() };
     if gateway.portmap_address().is_some_and(|address| address.port() == 111) && nfs.port() == 2049 {
         println!("Mount with: mount -t nfs -o vers=3,nolock {host}:/ /mnt");
     } else {

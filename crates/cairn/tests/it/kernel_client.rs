@@ -241,3 +241,24 @@ fn permission_checks_for_non_root_users() {
         "nothing-created-by-denied-users",
     ]);
 }
+
+/// A plain `mount -t nfs -o vers=3,nolock host:/ /mnt`: no ports given, so the kernel asks the
+/// portmapper on port 111 for the NFS and MOUNT ports (`port=0,mountport=0` override the ports
+/// nfsvm passes, and 0 means "ask the portmapper").
+#[test]
+fn plain_mount_finds_the_ports_through_the_portmapper() {
+    let mut fixture = KernelFixture::start_with("portmap", |config| config.portmap = true);
+    assert!(
+        fixture.server.ready_line.contains("portmap=0.0.0.0:111"),
+        "the server did not bind the portmapper on 111: {}",
+        fixture.server.ready_line
+    );
+    fixture.vm.mount_options = Some("port=0,mountport=0".to_owned());
+    let run = fixture.vm.run(
+        "check_eq no-explicit-port '' \"$(grep ' /mnt ' /proc/mounts | grep -o 'port=[0-9]*' | grep -v '^port=0$' | grep -v mountport)\"\n\
+         echo through-portmapper > pm.txt\n\
+         check_eq write-read through-portmapper \"$(cat pm.txt)\"\n\
+         finish\n",
+    );
+    run.assert_checks(&["no-explicit-port", "write-read"]);
+}

@@ -237,6 +237,8 @@ pub struct ServerConfig {
     pub nfs_port: u16,
     /// `--exports FILE`; None uses the default `<data-dir>/exports`.
     pub exports: Option<PathBuf>,
+    /// Run the portmapper on port 111 (else `--no-portmap`).
+    pub portmap: bool,
 }
 
 impl ServerConfig {
@@ -248,6 +250,7 @@ impl ServerConfig {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             nfs_port: 2049,
             exports: None,
+            portmap: false,
         }
     }
 }
@@ -286,6 +289,7 @@ impl CairnServer {
                 bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 nfs_port: free_port(),
                 exports: exports.clone(),
+                portmap: false,
             };
             match CairnServer::try_start(config) {
                 Ok(server) => return server,
@@ -309,8 +313,10 @@ impl CairnServer {
             .arg("--bind")
             .arg(config.bind.to_string())
             .arg("--nfs-port")
-            .arg(config.nfs_port.to_string())
-            .arg("--no-portmap");
+            .arg(config.nfs_port.to_string());
+        if !config.portmap {
+            command.arg("--no-portmap");
+        }
         if let Some(exports) = &config.exports {
             command.arg("--exports").arg(exports);
         }
