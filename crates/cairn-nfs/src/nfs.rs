@@ -573,12 +573,14 @@ impl Request<'_> {
         }
     }
 
+    /// The attributes of the object a handle names, or the status to answer.
+    fn attributes_of(&self, handle: &[u8]) -> Result<Attributes, nfsstat3> {
+        let fid = self.fid(handle)?;
+        self.store().getattr(fid).map_err(|error| nfs_status(&error))
+    }
+
     fn fsinfo(&mut self, root: &[u8]) {
-        let attributes = match self.fid(root) {
-            Ok(fid) => self.store().getattr(fid).map_err(|error| nfs_status(&error)),
-            Err(status) => Err(status),
-        };
-        let attributes = match attributes {
+        let attributes = match self.attributes_of(root) {
             Ok(attributes) => attributes,
             Err(status) => return self.fail_post_op(status, None),
         };
@@ -597,11 +599,7 @@ impl Request<'_> {
     }
 
     fn pathconf(&mut self, object: &[u8]) {
-        let attributes = match self.fid(object) {
-            Ok(fid) => self.store().getattr(fid).map_err(|error| nfs_status(&error)),
-            Err(status) => Err(status),
-        };
-        let attributes = match attributes {
+        let attributes = match self.attributes_of(object) {
             Ok(attributes) => attributes,
             Err(status) => return self.fail_post_op(status, None),
         };
