@@ -1,5 +1,6 @@
 //! The `cairn` binary: parses the command line and hands over to the subcommand's `run`.
 
+mod coord;
 mod up;
 
 use std::net::IpAddr;
@@ -19,6 +20,8 @@ struct Cli {
 enum Command {
     /// Run a single-node cluster in the foreground (store + NFS gateway).
     Up(UpArgs),
+    /// The coordination quorum: run a member, inspect and change the znode tree.
+    Coord(coord::CoordArgs),
     /// Manage the exports file of a running node.
     Exports {
         #[command(subcommand)]
@@ -47,6 +50,12 @@ struct UpArgs {
     /// `/ *(rw,no_root_squash)` when absent].
     #[arg(long)]
     exports: Option<PathBuf>,
+    /// Coord members to run on this machine, each its own process on loopback: 1, 3 or 5.
+    #[arg(long, default_value_t = 1)]
+    nodes: u16,
+    /// Port of the first coord member; the others use the next ports.
+    #[arg(long, default_value_t = coord::COORD_PORT_DEFAULT)]
+    coord_port: u16,
 }
 
 #[derive(Subcommand)]
@@ -75,7 +84,10 @@ fn main() -> ExitCode {
             bind_address: args.bind,
             portmap_port: (!args.no_portmap).then_some(args.portmap_port),
             exports_file: args.exports,
+            nodes: args.nodes,
+            coord_port: args.coord_port,
         }),
+        Command::Coord(args) => coord::run(args),
         Command::Exports { command: ExportsCommand::Reload { data_dir } } => up::signal_reload(&data_dir),
     };
     match result {

@@ -25,7 +25,16 @@ pub struct UpConfig {
     pub bind_address: IpAddr,
     pub portmap_port: Option<u16>,
     pub exports_file: Option<PathBuf>,
+    /// How many coord members to run (1, 3 or 5), each its own process.
+    pub nodes: u16,
+    /// The first coord member's port; the others take the next ones.
+    pub coord_port: u16,
 }
+
+/// Written to DATA_DIR/cluster.json: what runs where, for tools and tests.
+const CLUSTER_FILE: &str = "cluster.json";
+/// How long `cairn up` waits for the coord quorum to elect a leader.
+const COORD_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub fn run(config: UpConfig) -> anyhow::Result<()> {
     fs::create_dir_all(&config.data_dir)
@@ -57,6 +66,136 @@ pub fn run(config: UpConfig) -> anyhow::Result<()> {
     runtime.block_on(serve(config, exports_file))
 }
 
+/// The coord member processes of this node, stopped (SIGTERM, then SIGKILL) when dropped. Each also
+/// gets SIGTERM from the kernel if `cairn up` dies without cleaning up (PR_SET_PDEATHSIG).
+struct CoordMembers {
+    members: Vec<(u64, String, std::process::Child)>,
+}
+
+impl CoordMembers {
+    fn start(data_dir: &Path, bind: IpAddr, nodes: u16, first_port: u16) -> anyhow::Result<CoordMembers> {
+        use std::os::unix::process::CommandExt;
+        if !matches!(nodes, 1 | 3 | 5) {
+            bail!("--nodes must be 1, 3 or 5 (a quorum needs an odd number of members), not {nodes}");
+        }
+        let host = if bind.is_unspecified() { "127.0.0.1".to_owned() } else { bind.to_string() };
+        let exe = std::env::current_exe().context("cannot find the cairn executable")?;
+        let addresses: Vec<(u64, String)> = (0..nodes)
+            .map(|i| {
+                let port = first_port.checked_add(i).context("coord port out of range")?;
+                Ok((u64::from(i) + 1, format!("{host}:{port}")))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let list: Vec<String> = addresses.iter().map(|(id, a)| format!("{id}={a}")).collect();
+        let mut started = CoordMembers { members: Vec::new() };
+        for (id, address) in &addresses {
+            let dir = data_dir.join("coord").join(id.to_string());
+            fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let log_path = dir.join("member.log");
+            let log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .with_context(|| format!("cannot open {}", log_path.display()))?;
+            let log_err = log.try_clone().context("cannot duplicate the log file")?;
+            let mut command = std::process::Command::new(&exe);
+            command
+                .args([
+                    "coord",
+                    "serve",
+                    "--id",
+                    &id.to_string(),
+                    "--listen",
+                    address,
+                    "--members",
+                    &list.join(","),
+                ])
+                .arg("--data-dir")
+                .arg(&dir)
+                .stdin(std::process::Stdio::null())
+                .stdout(log)
+                .stderr(log_err);
+            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = command.spawn().with_context(|| format!("cannot start coord member {id}"))?;
+            started.members.push((*id, address.clone(), child));
+        }
+        Ok(started)
+    }
+
+    fn addresses(&self) -> Vec<String> {
+        self.members.iter().map(|(_, a, _)| a.clone()).collect()
+    }
+
+    /// Waits until a member reports a leader; fails early if a member process exits.
+    async fn wait_for_leader(&mut self, data_dir: &Path) -> anyhow::Result<u64> {
+        let deadline = tokio::time::Instant::now() + COORD_READY_TIMEOUT;
+        loop {
+            for (id, _, child) in &mut self.members {
+                if let Some(status) = child.try_wait().context("cannot check a coord member")? {
+                    let log = data_dir.join("coord").join(id.to_string()).join("member.log");
+                    bail!("coord member {id} exited ({status}); see {}", log.display());
+                }
+            }
+            for address in self.addresses() {
+                if let Ok(s) =
+                    cairn_coord::client::member_status(&address, std::time::Duration::from_millis(500)).await
+                    && let Some(leader) = s.leader
+                {
+                    return Ok(leader);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("the coord quorum elected no leader within {COORD_READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for CoordMembers {
+    fn drop(&mut self) {
+        for (_, _, child) in &mut self.members {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        for (_, _, child) in &mut self.members {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if std::time::Instant::now() >= deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+        }
+    }
+}
+
+/// The coord addresses a running (or last) `cairn up` wrote in DATA_DIR/cluster.json.
+pub fn coord_addresses_from(data_dir: &Path) -> Option<Vec<String>> {
+    let text = fs::read_to_string(data_dir.join(CLUSTER_FILE)).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let list: Vec<String> = value
+        .get("coord")?
+        .as_array()?
+        .iter()
+        .filter_map(|m| m.get("address")?.as_str().map(str::to_owned))
+        .collect();
+    (!list.is_empty()).then_some(list)
+}
+
 async fn serve(config: UpConfig, exports_file: PathBuf) -> anyhow::Result<()> {
     let store_config = StoreConfig::new(config.data_dir.join("store"));
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
@@ -64,6 +203,9 @@ async fn serve(config: UpConfig, exports_file: PathBuf) -> anyhow::Result<()> {
         .context("store open task failed")?
         .context("cannot open the store")?;
     let store = Arc::new(store);
+    let mut coord =
+        CoordMembers::start(&config.data_dir, config.bind_address, config.nodes, config.coord_port)?;
+    let leader = coord.wait_for_leader(&config.data_dir).await?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -82,12 +224,24 @@ async fn serve(config: UpConfig, exports_file: PathBuf) -> anyhow::Result<()> {
     let pid_file = config.data_dir.join(PID_FILE);
     fs::write(&pid_file, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write {}", pid_file.display()))?;
+    let cluster = serde_json::json!({
+        "pid": std::process::id(),
+        "nfs": gateway.nfs_address().to_string(),
+        "portmap": gateway.portmap_address().map(|a| a.to_string()),
+        "coord": coord.members.iter().map(|(id, address, child)| serde_json::json!({
+            "id": id, "address": address, "pid": child.id(),
+        })).collect::<Vec<_>>(),
+    });
+    let cluster_file = config.data_dir.join(CLUSTER_FILE);
+    fs::write(&cluster_file, format!("{cluster:#}\n"))
+        .with_context(|| format!("cannot write {}", cluster_file.display()))?;
 
     let nfs = gateway.nfs_address();
     let mut ready = format!("Cairn is ready: cluster={:016x} nfs={nfs}", store.cluster_id().0);
     if let Some(portmap) = gateway.portmap_address() {
         ready.push_str(&format!(" portmap={portmap}"));
     }
+    ready.push_str(&format!(" coord={} coord_leader={leader}", coord.addresses().join(",")));
     println!("{ready}");
     // Bound to every address: any of this host's addresses will do.
     let host = if nfs.ip().is_unspecified() { "THIS-HOST".to_owned() } else { nfs.ip().to_string() };
@@ -119,6 +273,7 @@ async fn serve(config: UpConfig, exports_file: PathBuf) -> anyhow::Result<()> {
         .context("store sync task failed")?
         .context("cannot sync the store at shutdown")?;
     let _ = fs::remove_file(&pid_file);
+    drop(coord);
     println!("Cairn stopped.");
     Ok(())
 }

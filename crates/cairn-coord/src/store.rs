@@ -1,0 +1,678 @@
+//! The Raft log, vote and snapshot of one coord member, kept in a redb file, and the state machine
+//! that applies committed entries to the znode [`Tree`].
+//!
+//! Durability: `append` returns at once and hands the entries to a flusher; the flusher writes every
+//! queued job in one redb transaction committed with `Durability::Immediate` (fsync) and only then
+//! calls openraft's `LogFlushed` callbacks. That is group commit: 64 concurrent writers cost one
+//! fsync, not 64. Votes, truncations and purges go through the same queue, so the file always sees
+//! the operations in the order openraft issued them, and their callers wait for the fsync.
+//!
+//! Integrity: every value carries a CRC32C of its bytes. Opening the store reads every entry back
+//! and checks it, and that the indexes are contiguous; any mismatch refuses to start with the path
+//! and index in the message. Nothing is ever truncated to "repair" a file.
+//!
+//! The state machine lives in memory; a snapshot (the whole tree) is written to the same file when
+//! openraft builds or installs one. At start the tree is the last snapshot, and openraft replays the
+//! log entries after it.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
+};
+use parking_lot::{Mutex, RwLock};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{CommandOk, WatchEvent, Zxid};
+use crate::raft::{NodeId, TypeConfig};
+use crate::tree::Tree;
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_PURGED: &str = "last_purged";
+const KEY_SNAPSHOT: &str = "snapshot";
+const KEY_FORMAT: &str = "format";
+
+/// Version of the layout of this file; see docs/format.md.
+const FORMAT_VERSION: u32 = 1;
+/// Most jobs folded into one transaction by the flusher.
+const FLUSH_JOBS_MAX: usize = 4096;
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+/// Why a member's store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open coord store {path}: {source}")]
+    Database { path: PathBuf, source: Box<redb::DatabaseError> },
+    #[error("coord store {path} is corrupt: {what}; refusing to start (the file is left untouched)")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("coord store {path}: {source}")]
+    Io { path: PathBuf, source: Box<redb::Error> },
+}
+
+/// How the log is made durable. `Background` folds concurrent appends into one fsync on a flusher
+/// thread (production). `Inline` commits inside each call on the calling task; the deterministic
+/// simulation uses it because it may not start threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushMode {
+    Background,
+    Inline,
+}
+
+/// Appends `crc32c(bytes)` to `bytes`.
+fn seal(mut bytes: Vec<u8>) -> Vec<u8> {
+    let crc = crc32c::crc32c(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// Checks and strips the CRC32C trailer.
+fn unseal(bytes: &[u8]) -> Result<&[u8], String> {
+    if bytes.len() < 4 {
+        return Err(format!("value of {} bytes is shorter than its checksum", bytes.len()));
+    }
+    let (body, trailer) = bytes.split_at(bytes.len() - 4);
+    let stored = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    let computed = crc32c::crc32c(body);
+    if stored != computed {
+        return Err(format!("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"));
+    }
+    Ok(body)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    rmp_serde::to_vec_named(value).map(seal).map_err(|e| e.to_string())
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
+    let body = unseal(bytes)?;
+    rmp_serde::from_slice(body).map_err(|e| format!("undecodable: {e}"))
+}
+
+fn io_error(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// One write for the flusher.
+enum Job {
+    Append { entries: Vec<(u64, LogId<NodeId>, Vec<u8>)>, callback: LogFlushed<TypeConfig> },
+    Truncate { since: u64, done: tokio::sync::oneshot::Sender<Result<(), String>> },
+    Purge { upto: u64, value: Vec<u8>, done: tokio::sync::oneshot::Sender<Result<(), String>> },
+    Meta { key: &'static str, value: Vec<u8>, done: tokio::sync::oneshot::Sender<Result<(), String>> },
+}
+
+/// The redb file and what both halves (log and state machine) share.
+struct Shared {
+    db: redb::Database,
+    path: PathBuf,
+    /// Entries handed to `append` and not yet durable, by index. Readers see them.
+    pending: Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
+    last_purged: Mutex<Option<LogId<NodeId>>>,
+    flusher: Option<std::sync::mpsc::Sender<Job>>,
+    /// Set when a write failed: the member must stop, never retry (fsyncgate).
+    failed: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Writes `jobs` in one transaction, fsyncs, then reports to every waiter.
+    fn run_jobs(&self, jobs: Vec<Job>) {
+        let result = if let Some(reason) = self.failed.lock().clone() {
+            Err(format!("an earlier write failed: {reason}"))
+        } else {
+            self.write_jobs(&jobs)
+        };
+        if let Err(reason) = &result {
+            tracing::error!(path = %self.path.display(), "coord log write failed: {reason}");
+            self.failed.lock().get_or_insert_with(|| reason.clone());
+        }
+        for job in jobs {
+            match job {
+                Job::Append { entries, callback } => {
+                    if result.is_ok() {
+                        let mut pending = self.pending.lock();
+                        for (index, log_id, _) in &entries {
+                            if pending.get(index).map(|e| e.log_id) == Some(*log_id) {
+                                pending.remove(index);
+                            }
+                        }
+                    }
+                    callback.log_io_completed(result.clone().map_err(io_error));
+                }
+                Job::Truncate { done, .. } | Job::Purge { done, .. } | Job::Meta { done, .. } => {
+                    let _ = done.send(result.clone());
+                }
+            }
+        }
+    }
+
+    fn write_jobs(&self, jobs: &[Job]) -> Result<(), String> {
+        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        {
+            let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
+            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+            for job in jobs {
+                match job {
+                    Job::Append { entries, .. } => {
+                        for (index, _, bytes) in entries {
+                            log.insert(*index, bytes.as_slice()).map_err(|e| e.to_string())?;
+                        }
+                    }
+                    Job::Truncate { since, .. } => {
+                        log.retain_in(*since.., |_, _| false).map_err(|e| e.to_string())?;
+                    }
+                    Job::Purge { upto, value, .. } => {
+                        log.retain_in(..=*upto, |_, _| false).map_err(|e| e.to_string())?;
+                        meta.insert(KEY_PURGED, value.as_slice()).map_err(|e| e.to_string())?;
+                    }
+                    Job::Meta { key, value, .. } => {
+                        meta.insert(*key, value.as_slice()).map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(|e| e.to_string())
+    }
+
+    fn submit(&self, job: Job) {
+        match &self.flusher {
+            Some(tx) => {
+                if let Err(std::sync::mpsc::SendError(job)) = tx.send(job) {
+                    // The flusher is gone (shutdown): fail the job rather than lose it silently.
+                    self.failed.lock().get_or_insert_with(|| "the log flusher has stopped".to_owned());
+                    self.run_jobs(vec![job]);
+                }
+            }
+            None => self.run_jobs(vec![job]),
+        }
+    }
+
+    async fn submit_and_wait(
+        &self,
+        make: impl FnOnce(tokio::sync::oneshot::Sender<Result<(), String>>) -> Job,
+    ) -> Result<(), String> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.submit(make(done));
+        wait.await.map_err(|_| "the log flusher dropped a job".to_owned())?
+    }
+
+    fn read_meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, String> {
+        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+        let table = match txn.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        match table.get(key).map_err(|e| e.to_string())? {
+            Some(v) => decode(v.value()).map(Some).map_err(|e| format!("{key}: {e}")),
+            None => Ok(None),
+        }
+    }
+
+    /// Entries in `range` from the file, then overlaid with the pending ones.
+    fn entries(&self, start: u64, end_exclusive: u64) -> Result<Vec<Entry<TypeConfig>>, String> {
+        let mut out: BTreeMap<u64, Entry<TypeConfig>> = BTreeMap::new();
+        if start < end_exclusive {
+            let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+            match txn.open_table(LOG) {
+                Ok(table) => {
+                    for item in table.range(start..end_exclusive).map_err(|e| e.to_string())? {
+                        let (k, v) = item.map_err(|e| e.to_string())?;
+                        let entry: Entry<TypeConfig> =
+                            decode(v.value()).map_err(|e| format!("log entry {}: {e}", k.value()))?;
+                        out.insert(k.value(), entry);
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            let pending = self.pending.lock();
+            for (index, entry) in pending.range(start..end_exclusive) {
+                out.insert(*index, entry.clone());
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId<NodeId>>, String> {
+        if let Some((_, e)) = self.pending.lock().last_key_value() {
+            return Ok(Some(e.log_id));
+        }
+        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+        let table = match txn.open_table(LOG) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        match table.last().map_err(|e| e.to_string())? {
+            Some((k, v)) => {
+                let entry: Entry<TypeConfig> =
+                    decode(v.value()).map_err(|e| format!("log entry {}: {e}", k.value()))?;
+                Ok(Some(entry.log_id))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// Opens (or creates) a member's store at `dir/raft.redb`, checking every value. Returns the log
+/// half and the state-machine half for `openraft::Raft::new`.
+pub fn open(dir: &Path, mode: FlushMode) -> Result<(LogStore, StateMachineStore), OpenError> {
+    let path = dir.join("raft.redb");
+    let db = redb::Database::create(&path)
+        .map_err(|e| OpenError::Database { path: path.clone(), source: Box::new(e) })?;
+    let corrupt = |what: String| OpenError::Corrupt { path: path.clone(), what };
+    let io = |e: redb::Error| OpenError::Io { path: path.clone(), source: Box::new(e) };
+
+    // Create the tables (and stamp the format) on first open; check the format otherwise.
+    {
+        let txn = db.begin_write().map_err(|e| io(e.into()))?;
+        {
+            txn.open_table(LOG).map_err(|e| io(e.into()))?;
+            let mut meta = txn.open_table(META).map_err(|e| io(e.into()))?;
+            let existing = meta.get(KEY_FORMAT).map_err(|e| io(e.into()))?.map(|v| v.value().to_vec());
+            match existing {
+                None => {
+                    let value = encode(&FORMAT_VERSION).map_err(&corrupt)?;
+                    meta.insert(KEY_FORMAT, value.as_slice()).map_err(|e| io(e.into()))?;
+                }
+                Some(bytes) => {
+                    let version: u32 = decode(&bytes).map_err(|e| corrupt(format!("format marker: {e}")))?;
+                    if version != FORMAT_VERSION {
+                        return Err(corrupt(format!(
+                            "format version {version}, this binary reads version {FORMAT_VERSION}"
+                        )));
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(|e| io(e.into()))?;
+    }
+
+    // Check every log entry: checksum, decodability, index matches key, contiguous.
+    {
+        let txn = db.begin_read().map_err(|e| io(e.into()))?;
+        let log = txn.open_table(LOG).map_err(|e| io(e.into()))?;
+        let mut previous: Option<u64> = None;
+        for item in log.iter().map_err(|e| io(e.into()))? {
+            let (k, v) = item.map_err(|e| io(e.into()))?;
+            let index = k.value();
+            let entry: Entry<TypeConfig> =
+                decode(v.value()).map_err(|e| corrupt(format!("log entry {index}: {e}")))?;
+            if entry.log_id.index != index {
+                return Err(corrupt(format!(
+                    "log entry stored at {index} says it is {}",
+                    entry.log_id.index
+                )));
+            }
+            if let Some(p) = previous
+                && p + 1 != index
+            {
+                return Err(corrupt(format!("log has a hole between entries {p} and {index}")));
+            }
+            previous = Some(index);
+        }
+        let meta = txn.open_table(META).map_err(|e| io(e.into()))?;
+        for item in meta.iter().map_err(|e| io(e.into()))? {
+            let (k, v) = item.map_err(|e| io(e.into()))?;
+            unseal(v.value()).map_err(|e| corrupt(format!("{}: {e}", k.value())))?;
+        }
+    }
+
+    let (tx, rx) = match mode {
+        FlushMode::Background => {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            (Some(tx), Some(rx))
+        }
+        FlushMode::Inline => (None, None),
+    };
+    let shared = Arc::new(Shared {
+        db,
+        path: path.clone(),
+        pending: Mutex::new(BTreeMap::new()),
+        last_purged: Mutex::new(None),
+        flusher: tx,
+        failed: Mutex::new(None),
+    });
+    let last_purged: Option<LogId<NodeId>> = shared.read_meta(KEY_PURGED).map_err(&corrupt)?;
+    *shared.last_purged.lock() = last_purged;
+
+    if let Some(rx) = rx {
+        // The thread holds only a weak reference, so dropping the stores ends it.
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("coord-flush".into())
+            .spawn(move || flusher_loop(rx, weak))
+            .map_err(|e| OpenError::Corrupt {
+                path: path.clone(),
+                what: format!("cannot start flusher: {e}"),
+            })?;
+    }
+
+    let snapshot: Option<StoredSnapshot> = shared.read_meta(KEY_SNAPSHOT).map_err(&corrupt)?;
+    let (tree, last_applied, membership) = match &snapshot {
+        Some(s) => (
+            Tree::from_bytes(&s.data).map_err(|e| corrupt(format!("snapshot: {e}")))?,
+            s.meta.last_log_id,
+            s.meta.last_membership.clone(),
+        ),
+        None => (Tree::new(), None, StoredMembership::default()),
+    };
+    let (applied_tx, _) = tokio::sync::watch::channel(last_applied.map(|l| l.index).unwrap_or(0));
+    let machine = Arc::new(Machine {
+        tree: RwLock::new(tree),
+        state: Mutex::new(MachineState { last_applied, membership, snapshot, snapshot_count: 0 }),
+        applied: applied_tx,
+        listener: Mutex::new(None),
+    });
+    Ok((LogStore { shared: shared.clone() }, StateMachineStore { shared, machine }))
+}
+
+fn flusher_loop(rx: std::sync::mpsc::Receiver<Job>, shared: std::sync::Weak<Shared>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < FLUSH_JOBS_MAX {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let Some(shared) = shared.upgrade() else { return };
+        shared.run_jobs(jobs);
+    }
+}
+
+/// The log half: what openraft appends, truncates, purges; plus the vote.
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(e) => e.saturating_add(1),
+            Bound::Excluded(e) => *e,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.shared.entries(start, end).map_err(|e| StorageIOError::read_logs(AnyError::error(e)).into())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged = *self.shared.last_purged.lock();
+        let last = self
+            .shared
+            .last_entry_id()
+            .map_err(|e| StorageError::from(StorageIOError::read_logs(AnyError::error(e))))?;
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        let value = encode(vote).map_err(|e| StorageIOError::write_vote(AnyError::error(e)))?;
+        self.shared
+            .submit_and_wait(|done| Job::Meta { key: KEY_VOTE, value, done })
+            .await
+            .map_err(|e| StorageIOError::write_vote(AnyError::error(e)).into())
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        self.shared.read_meta(KEY_VOTE).map_err(|e| StorageIOError::read_vote(AnyError::error(e)).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        // Not waited for: a lost `committed` only means replaying a little more at start.
+        let value = encode(&committed).map_err(|e| StorageIOError::write(AnyError::error(e)))?;
+        let (done, _ignored) = tokio::sync::oneshot::channel();
+        self.shared.submit(Job::Meta { key: KEY_COMMITTED, value, done });
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        let committed: Option<Option<LogId<NodeId>>> = self
+            .shared
+            .read_meta(KEY_COMMITTED)
+            .map_err(|e| StorageError::from(StorageIOError::read(AnyError::error(e))))?;
+        Ok(committed.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut encoded = Vec::new();
+        {
+            let mut pending = self.shared.pending.lock();
+            for entry in entries {
+                let bytes = encode(&entry)
+                    .map_err(|e| StorageIOError::write_log_entry(entry.log_id, AnyError::error(e)))?;
+                encoded.push((entry.log_id.index, entry.log_id, bytes));
+                pending.insert(entry.log_id.index, entry);
+            }
+        }
+        self.shared.submit(Job::Append { entries: encoded, callback });
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.shared.pending.lock().retain(|index, _| *index < log_id.index);
+        self.shared
+            .submit_and_wait(|done| Job::Truncate { since: log_id.index, done })
+            .await
+            .map_err(|e| StorageIOError::write_logs(AnyError::error(e)).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let value = encode(&Some(log_id)).map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?;
+        self.shared
+            .submit_and_wait(|done| Job::Purge { upto: log_id.index, value, done })
+            .await
+            .map_err(|e| StorageError::from(StorageIOError::write_logs(AnyError::error(e))))?;
+        *self.shared.last_purged.lock() = Some(log_id);
+        Ok(())
+    }
+}
+
+/// A snapshot as kept in the file: openraft's metadata and `Tree::to_bytes`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+struct MachineState {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    snapshot: Option<StoredSnapshot>,
+    snapshot_count: u64,
+}
+
+/// Told about every applied change, in apply order, on the applying task; the coord server uses it
+/// to fire watches. It must not block.
+pub type ApplyListener = Box<dyn Fn(Zxid, &[WatchEvent]) + Send + Sync>;
+
+/// The in-memory state machine, shared with the server (which reads the tree to answer reads).
+pub struct Machine {
+    tree: RwLock<Tree>,
+    state: Mutex<MachineState>,
+    applied: tokio::sync::watch::Sender<Zxid>,
+    listener: Mutex<Option<ApplyListener>>,
+}
+
+impl Machine {
+    /// Runs `f` on the current tree.
+    pub fn read<T>(&self, f: impl FnOnce(&Tree) -> T) -> T {
+        f(&self.tree.read())
+    }
+    /// The index of the last applied entry, and a way to wait for a later one.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<Zxid> {
+        self.applied.subscribe()
+    }
+    pub fn set_listener(&self, listener: ApplyListener) {
+        *self.listener.lock() = Some(listener);
+    }
+}
+
+/// The state-machine half given to openraft.
+pub struct StateMachineStore {
+    shared: Arc<Shared>,
+    machine: Arc<Machine>,
+}
+
+impl StateMachineStore {
+    pub fn machine(&self) -> Arc<Machine> {
+        self.machine.clone()
+    }
+
+    fn snapshot_of(stored: &StoredSnapshot) -> Snapshot<TypeConfig> {
+        Snapshot { meta: stored.meta.clone(), snapshot: Box::new(Cursor::new(stored.data.clone())) }
+    }
+
+    async fn persist_snapshot(&self, stored: &StoredSnapshot) -> StorageResult<()> {
+        let signature = Some(stored.meta.signature());
+        let value = encode(stored)
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::error(e)))?;
+        self.shared
+            .submit_and_wait(|done| Job::Meta { key: KEY_SNAPSHOT, value, done })
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(signature, AnyError::error(e)).into())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let (data, last_applied, membership, count) = {
+            let tree = self.machine.tree.read();
+            let mut state = self.machine.state.lock();
+            state.snapshot_count += 1;
+            (tree.to_bytes(), state.last_applied, state.membership.clone(), state.snapshot_count)
+        };
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{count}", l.leader_id, l.index),
+            None => format!("empty-{count}"),
+        };
+        let stored = StoredSnapshot {
+            meta: SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id },
+            data,
+        };
+        self.persist_snapshot(&stored).await?;
+        let snapshot = Self::snapshot_of(&stored);
+        self.machine.state.lock().snapshot = Some(stored);
+        Ok(snapshot)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, openraft::BasicNode>)> {
+        let state = self.machine.state.lock();
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<crate::api::CommandResult>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut results = Vec::new();
+        let mut last = None;
+        {
+            let mut tree = self.machine.tree.write();
+            let listener = self.machine.listener.lock();
+            let mut state = self.machine.state.lock();
+            for entry in entries {
+                let index = entry.log_id.index;
+                state.last_applied = Some(entry.log_id);
+                let result = match &entry.payload {
+                    EntryPayload::Blank => Ok(CommandOk::Internal),
+                    EntryPayload::Membership(m) => {
+                        state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        Ok(CommandOk::Internal)
+                    }
+                    EntryPayload::Normal(command) => {
+                        let (result, events) = tree.apply(index, command);
+                        if let Some(listener) = listener.as_ref()
+                            && !events.is_empty()
+                        {
+                            listener(index, &events);
+                        }
+                        result
+                    }
+                };
+                results.push(result);
+                last = Some(index);
+            }
+        }
+        if let Some(index) = last {
+            self.machine.applied.send_replace(index);
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        StateMachineStore { shared: self.shared.clone(), machine: self.machine.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let tree = Tree::from_bytes(&data).map_err(|e| {
+            StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e.to_string()))
+        })?;
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        self.persist_snapshot(&stored).await?;
+        {
+            let mut current = self.machine.tree.write();
+            let mut state = self.machine.state.lock();
+            *current = tree;
+            state.last_applied = meta.last_log_id;
+            state.membership = meta.last_membership.clone();
+            state.snapshot = Some(stored);
+        }
+        if let Some(l) = meta.last_log_id {
+            self.machine.applied.send_replace(l.index);
+        }
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        Ok(self.machine.state.lock().snapshot.as_ref().map(Self::snapshot_of))
+    }
+}
