@@ -4,7 +4,11 @@
 //! Each server gets a fresh loop-mounted ext4 and a network namespace of its own; fio's `nfs`
 //! engine (libnfs) drives the data tests and a pipelined NFSv3 client of our own the metadata
 //! tests. See `docs/benchmarks.md` for what each figure means. Needs root.
+//!
+//! `cairn-bench coord` is a second benchmark: Cairn's coord quorum against Apache ZooKeeper (see
+//! [`coord`]).
 
+mod coord;
 mod fio;
 mod json;
 mod meta;
@@ -21,7 +25,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::fio::{Direction, Expect};
 use crate::netns::Netns;
@@ -44,9 +48,13 @@ const DATA_FILE: &str = "seq";
     name = "cairn-bench",
     about = "Benchmark Cairn against NFS-Ganesha (VFS) on the same disk and client, in one run",
     after_help = "Run as root. Builds the cairn binary first (cargo build --release -p cairn) \
-                  unless --cairn-bin or --no-build is given. See docs/benchmarks.md."
+                  unless --cairn-bin or --no-build is given. See docs/benchmarks.md.",
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    /// Another benchmark instead of the NFS one (the options above are the NFS benchmark's).
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
     /// Run only one side (the machine's own limits are always measured).
     #[arg(long, value_enum)]
     only: Option<OnlySide>,
@@ -85,6 +93,16 @@ struct Args {
     work_dir: PathBuf,
 }
 
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Cairn's coord quorum against Apache ZooKeeper 3.8, 3 members each on loopback.
+    ///
+    /// Writes/s and reads/s with 1 and many clients, and how long writes are blocked when the
+    /// leader is killed. Needs the Debian packages zookeeper and default-jre-headless; root is not
+    /// needed. See docs/benchmarks.md.
+    Coord(coord::CoordArgs),
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum OnlySide {
     Cairn,
@@ -111,7 +129,11 @@ fn parse_size(text: &str) -> Result<u64, String> {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     system::install_signal_handlers();
-    match run(&args) {
+    let result = match &args.command {
+        Some(BenchCommand::Coord(coord_args)) => coord::run(coord_args),
+        None => run(&args),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("cairn-bench: {error:#}");

@@ -94,7 +94,7 @@ pub struct Report {
     sides: BTreeMap<&'static str, BTreeMap<String, Vec<f64>>>,
 }
 
-fn median(values: &[f64]) -> Option<f64> {
+pub fn median(values: &[f64]) -> Option<f64> {
     let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
     if sorted.is_empty() {
         return None;
@@ -115,7 +115,7 @@ struct Line {
     pass: Option<bool>,
 }
 
-fn format_value(value: Option<f64>, unit: &str) -> String {
+pub fn format_value(value: Option<f64>, unit: &str) -> String {
     match value {
         None => "-".to_owned(),
         Some(v) if unit == "s" => format!("{v:.3}"),
@@ -124,7 +124,7 @@ fn format_value(value: Option<f64>, unit: &str) -> String {
     }
 }
 
-fn now_utc() -> String {
+pub fn now_utc() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod client;
+pub mod fence;
 pub mod member;
 pub mod proto;
 pub mod raft;

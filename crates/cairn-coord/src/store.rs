@@ -11,6 +11,13 @@
 //! and checks it, and that the indexes are contiguous; any mismatch refuses to start with the path
 //! and index in the message. Nothing is ever truncated to "repair" a file.
 //!
+//! redb, on finding its newest commit damaged, silently falls back to the one before: that would
+//! drop acknowledged entries without a word. So after every commit the store also records, in a
+//! small side file (`raft.mark`), the last log index and vote term it made durable. At start, a log
+//! that ends before the mark, or a vote older than it, means committed data went missing, and the
+//! member refuses to start. The mark is written without its own fsync (one fsync per commit is the
+//! budget); it catches any loss seen after a process crash or a clean stop.
+//!
 //! The state machine lives in memory; a snapshot (the whole tree) is written to the same file when
 //! openraft builds or installs one. At start the tree is the last snapshot, and openraft replays the
 //! log entries after it.
@@ -54,7 +61,7 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 /// Why a member's store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("cannot open coord store {path}: {source}")]
+    #[error("cannot open coord store {path}: {source}; refusing to start (the file is left as it was)")]
     Database { path: PathBuf, source: Box<redb::DatabaseError> },
     #[error("coord store {path} is corrupt: {what}; refusing to start (the file is left untouched)")]
     Corrupt { path: PathBuf, what: String },
@@ -123,6 +130,47 @@ struct Shared {
     flusher: Option<std::sync::mpsc::Sender<Job>>,
     /// Set when a write failed: the member must stop, never retry (fsyncgate).
     failed: Mutex<Option<String>>,
+    /// The side file, and what it says now.
+    mark_file: std::fs::File,
+    mark: Mutex<Mark>,
+}
+
+/// What the store has made durable, as recorded in `raft.mark`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Mark {
+    /// One past the last durable log index (0: empty log).
+    log_end: u64,
+    vote_term: u64,
+}
+
+impl Mark {
+    const BYTES: usize = 20;
+
+    fn encode(self) -> [u8; Mark::BYTES] {
+        let mut out = [0u8; Mark::BYTES];
+        out[..8].copy_from_slice(&self.log_end.to_le_bytes());
+        out[8..16].copy_from_slice(&self.vote_term.to_le_bytes());
+        let crc = crc32c::crc32c(&out[..16]);
+        out[16..].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Mark, String> {
+        if bytes.len() != Mark::BYTES {
+            return Err(format!("is {} bytes long, not {}", bytes.len(), Mark::BYTES));
+        }
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let mut crc = [0u8; 4];
+        crc.copy_from_slice(&bytes[16..]);
+        if u32::from_le_bytes(crc) != crc32c::crc32c(&bytes[..16]) {
+            return Err("checksum mismatch".into());
+        }
+        Ok(Mark { log_end: word(0), vote_term: word(8) })
+    }
 }
 
 impl Shared {
@@ -136,6 +184,8 @@ impl Shared {
         if let Err(reason) = &result {
             tracing::error!(path = %self.path.display(), "coord log write failed: {reason}");
             self.failed.lock().get_or_insert_with(|| reason.clone());
+        } else {
+            self.advance_mark(&jobs);
         }
         for job in jobs {
             match job {
@@ -154,6 +204,36 @@ impl Shared {
                     let _ = done.send(result.clone());
                 }
             }
+        }
+    }
+
+    /// Records what `jobs` made durable in the side file.
+    fn advance_mark(&self, jobs: &[Job]) {
+        use std::os::unix::fs::FileExt;
+        let mut mark = self.mark.lock();
+        let before = *mark;
+        for job in jobs {
+            match job {
+                Job::Append { entries, .. } => {
+                    if let Some((index, _, _)) = entries.last() {
+                        mark.log_end = index.saturating_add(1);
+                    }
+                }
+                Job::Truncate { since, .. } => mark.log_end = *since,
+                Job::Purge { .. } => {}
+                Job::Meta { key, value, .. } => {
+                    if *key == KEY_VOTE
+                        && let Ok(vote) = decode::<Vote<NodeId>>(value)
+                    {
+                        mark.vote_term = vote.leader_id.term;
+                    }
+                }
+            }
+        }
+        if *mark != before
+            && let Err(e) = self.mark_file.write_all_at(&mark.encode(), 0)
+        {
+            tracing::warn!("cannot update {}.mark: {e}", self.path.display());
         }
     }
 
@@ -270,8 +350,26 @@ impl Shared {
 /// half and the state-machine half for `openraft::Raft::new`.
 pub fn open(dir: &Path, mode: FlushMode) -> Result<(LogStore, StateMachineStore), OpenError> {
     let path = dir.join("raft.redb");
-    let db = redb::Database::create(&path)
-        .map_err(|e| OpenError::Database { path: path.clone(), source: Box::new(e) })?;
+    // redb repairs a file that was not closed cleanly. When its newest commit fails its checksum it
+    // would roll that commit back, silently: refuse instead (the callback sees progress 0.3 exactly
+    // then, before anything is written).
+    let db = redb::Builder::new()
+        .set_repair_callback(|session| {
+            if session.progress() < 0.5 {
+                session.abort();
+            }
+        })
+        .create(&path)
+        .map_err(|e| match e {
+            redb::DatabaseError::RepairAborted => OpenError::Corrupt {
+                path: path.clone(),
+                what: "its newest commit fails its checksum (the file is damaged, or power was lost \
+                       during a commit) and redb would roll it back; to recover, remove this member's \
+                       data directory and add the member back: it catches up from the others"
+                    .to_owned(),
+            },
+            e => OpenError::Database { path: path.clone(), source: Box::new(e) },
+        })?;
     let corrupt = |what: String| OpenError::Corrupt { path: path.clone(), what };
     let io = |e: redb::Error| OpenError::Io { path: path.clone(), source: Box::new(e) };
 
@@ -330,6 +428,60 @@ pub fn open(dir: &Path, mode: FlushMode) -> Result<(LogStore, StateMachineStore)
         }
     }
 
+    // Compare with the side file: the log must reach as far, and the vote as high, as recorded.
+    let mark_path = path.with_extension("mark");
+    let mark_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&mark_path)
+        .map_err(|e| corrupt(format!("cannot open {}: {e}", mark_path.display())))?;
+    let mark_bytes = std::fs::read(&mark_path)
+        .map_err(|e| corrupt(format!("cannot read {}: {e}", mark_path.display())))?;
+    let (log_end, vote_term) = {
+        let txn = db.begin_read().map_err(|e| io(e.into()))?;
+        let log = txn.open_table(LOG).map_err(|e| io(e.into()))?;
+        let meta = txn.open_table(META).map_err(|e| io(e.into()))?;
+        let last = log.last().map_err(|e| io(e.into()))?.map(|(k, _)| k.value().saturating_add(1));
+        let purged: Option<Option<LogId<NodeId>>> = match meta.get(KEY_PURGED).map_err(|e| io(e.into()))? {
+            Some(v) => Some(decode(v.value()).map_err(|e| corrupt(format!("{KEY_PURGED}: {e}")))?),
+            None => None,
+        };
+        let purged_end = purged.flatten().map(|l| l.index.saturating_add(1)).unwrap_or(0);
+        let vote: Option<Vote<NodeId>> = match meta.get(KEY_VOTE).map_err(|e| io(e.into()))? {
+            Some(v) => Some(decode(v.value()).map_err(|e| corrupt(format!("{KEY_VOTE}: {e}")))?),
+            None => None,
+        };
+        (last.unwrap_or(0).max(purged_end), vote.map(|v| v.leader_id.term).unwrap_or(0))
+    };
+    let mark = if mark_bytes.is_empty() {
+        Mark { log_end, vote_term }
+    } else {
+        let mark = Mark::decode(&mark_bytes).map_err(|e| corrupt(format!("{}: {e}", mark_path.display())))?;
+        if log_end < mark.log_end {
+            return Err(corrupt(format!(
+                "the log ends before index {} but entries up to {} were made durable: acknowledged \
+                 entries are missing",
+                log_end,
+                mark.log_end.saturating_sub(1)
+            )));
+        }
+        if vote_term < mark.vote_term {
+            return Err(corrupt(format!(
+                "the saved vote is for term {vote_term} but a vote for term {} was made durable",
+                mark.vote_term
+            )));
+        }
+        mark
+    };
+    {
+        use std::os::unix::fs::FileExt;
+        mark_file
+            .write_all_at(&mark.encode(), 0)
+            .map_err(|e| corrupt(format!("cannot write {}: {e}", mark_path.display())))?;
+    }
+
     let (tx, rx) = match mode {
         FlushMode::Background => {
             let (tx, rx) = std::sync::mpsc::channel::<Job>();
@@ -344,6 +496,8 @@ pub fn open(dir: &Path, mode: FlushMode) -> Result<(LogStore, StateMachineStore)
         last_purged: Mutex::new(None),
         flusher: tx,
         failed: Mutex::new(None),
+        mark_file,
+        mark: Mutex::new(mark),
     });
     let last_purged: Option<LogId<NodeId>> = shared.read_meta(KEY_PURGED).map_err(&corrupt)?;
     *shared.last_purged.lock() = last_purged;

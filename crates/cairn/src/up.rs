@@ -141,7 +141,10 @@ impl CoordMembers {
             for (id, _, child) in &mut self.members {
                 if let Some(status) = child.try_wait().context("cannot check a coord member")? {
                     let log = data_dir.join("coord").join(id.to_string()).join("member.log");
-                    bail!("coord member {id} exited ({status}); see {}", log.display());
+                    let text = fs::read_to_string(&log).unwrap_or_default();
+                    let tail: Vec<&str> =
+                        text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+                    bail!("coord member {id} exited ({status}); {}:\n{}", log.display(), tail.join("\n"));
                 }
             }
             for address in self.addresses() {

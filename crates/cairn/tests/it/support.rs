@@ -239,6 +239,9 @@ pub struct ServerConfig {
     pub exports: Option<PathBuf>,
     /// Run the portmapper on port 111 (else `--no-portmap`).
     pub portmap: bool,
+    /// `--coord-port`: where the node's one-member coord quorum listens (default 5181, fine inside
+    /// a namespace of its own; on the shared loopback each server needs its own).
+    pub coord_port: Option<u16>,
 }
 
 impl ServerConfig {
@@ -251,6 +254,7 @@ impl ServerConfig {
             nfs_port: 2049,
             exports: None,
             portmap: false,
+            coord_port: None,
         }
     }
 }
@@ -290,6 +294,7 @@ impl CairnServer {
                 nfs_port: free_port(),
                 exports: exports.clone(),
                 portmap: false,
+                coord_port: Some(free_port()),
             };
             match CairnServer::try_start(config) {
                 Ok(server) => return server,
@@ -319,6 +324,9 @@ impl CairnServer {
         }
         if let Some(exports) = &config.exports {
             command.arg("--exports").arg(exports);
+        }
+        if let Some(port) = config.coord_port {
+            command.arg("--coord-port").arg(port.to_string());
         }
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr_file);
         let mut child = command.spawn().map_err(|error| format!("cannot start {CAIRN}: {error}"))?;
