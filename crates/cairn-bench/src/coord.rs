@@ -259,27 +259,42 @@ async fn measure(args: &CoordArgs, cluster: &mut Cluster, report: &mut CoordRepo
     check_interrupted()?;
 
     let mut blocked = Vec::new();
-    let mut connected = Vec::new();
+    let mut placements = Vec::new();
     for run in 0..args.runs {
         let outcome =
             blocked_by_leader_kill(cluster, run).await.with_context(|| format!("leader kill {}", run + 1))?;
+        let member =
+            |index: Option<usize>| index.map_or_else(|| "?".to_owned(), |i| cluster.id(i).to_string());
+        let role = |index: Option<usize>, leader: usize| match index {
+            Some(i) if i == leader => "leader",
+            Some(_) => "follower",
+            None => "unknown",
+        };
         say(format!(
-            "leader kill {} of {}: member {} killed, writes blocked {:.3} s ({} failed attempts; client was on \
-             the {}); quorum settled again {:.1} s after the restart",
+            "leader kill {} of {}: member {} killed; writes blocked {:.3} s ({} failed attempts); client on member {} \
+             before the kill, on member {} after; member {} leads now; quorum settled again {:.1} s after the \
+             restart",
             run + 1,
             args.runs,
-            outcome.killed_id,
+            cluster.id(outcome.killed),
             outcome.blocked.as_secs_f64(),
             outcome.failed_attempts,
-            outcome.client_on,
+            member(outcome.client_before),
+            member(outcome.client_after),
+            cluster.id(outcome.new_leader),
             outcome.resettled.as_secs_f64()
         ));
         blocked.push(outcome.blocked.as_secs_f64());
-        connected.push(outcome.client_on);
+        placements.push(format!(
+            "{:.2} s with the client on the {} then the {}",
+            outcome.blocked.as_secs_f64(),
+            role(outcome.client_before, outcome.killed),
+            role(outcome.client_after, outcome.new_leader)
+        ));
         check_interrupted()?;
     }
     figures.insert(report::BLOCKED, blocked);
-    report.add_note(format!("{name}: the failover client was on the {} at each kill", connected.join(", ")));
+    report.add_note(format!("{name} leader kills: {}", placements.join("; ")));
     Ok(figures)
 }
 
@@ -437,11 +452,15 @@ struct Attempt {
 }
 
 struct FailoverOutcome {
-    killed_id: u64,
+    /// The member killed (the leader before).
+    killed: usize,
     blocked: Duration,
     failed_attempts: usize,
-    /// "leader", "follower" or "unknown member".
-    client_on: &'static str,
+    /// The member the client was connected to just before the kill, and after the recovery.
+    client_before: Option<usize>,
+    client_after: Option<usize>,
+    /// The leader once the killed member was back.
+    new_leader: usize,
     /// From the restart of the killed member until the quorum settled again.
     resettled: Duration,
 }
@@ -459,8 +478,6 @@ fn blocked_time(attempts: &[Attempt], killed_at: Instant) -> Option<Duration> {
 async fn blocked_by_leader_kill(cluster: &mut Cluster, run: usize) -> Result<FailoverOutcome> {
     let system = cluster.system;
     let leader = cluster.wait_settled().await?;
-    let leader_address = cluster.address(leader).to_owned();
-    let killed_id = cluster.id(leader);
     // Cairn's client tries the list in order (ZooKeeper's shuffles it): start elsewhere each run.
     let mut members = cluster.addresses();
     members.rotate_left(run % MEMBERS);
@@ -490,19 +507,7 @@ async fn blocked_by_leader_kill(cluster: &mut Cluster, run: usize) -> Result<Fai
         let _ = writer.await;
         bail!("the failover client's writes did not all succeed before the kill");
     }
-    let client_on = match &client {
-        Client::Cairn(_) => match client.connected_to() {
-            Some(address) if address == leader_address => "leader",
-            Some(_) => "follower",
-            None => "unknown member",
-        },
-        Client::ZooKeeper(_) => match cluster.zookeeper_members_with_sessions().await[..] {
-            [member] if member == leader => "leader",
-            [_] => "follower",
-            _ => "unknown member",
-        },
-    };
-
+    let client_before = connected_member(cluster, &client).await;
     let killed_at = Instant::now();
     cluster.kill_member(leader)?;
     loop {
@@ -522,6 +527,7 @@ async fn blocked_by_leader_kill(cluster: &mut Cluster, run: usize) -> Result<Fai
     tokio::time::sleep(FAILOVER_AFTER).await;
     stop_writer();
     writer.await.context("the failover writer failed")?;
+    let client_after = connected_member(cluster, &client).await;
     client.close().await;
     let attempts = attempts.snapshot();
     let blocked = blocked_time(&attempts, killed_at).context("no successful write before the kill")?;
@@ -529,8 +535,31 @@ async fn blocked_by_leader_kill(cluster: &mut Cluster, run: usize) -> Result<Fai
 
     let restarted_at = Instant::now();
     cluster.start_member(leader)?;
-    cluster.wait_settled().await?;
-    Ok(FailoverOutcome { killed_id, blocked, failed_attempts, client_on, resettled: restarted_at.elapsed() })
+    let new_leader = cluster.wait_settled().await?;
+    Ok(FailoverOutcome {
+        killed: leader,
+        blocked,
+        failed_attempts,
+        client_before,
+        client_after,
+        new_leader,
+        resettled: restarted_at.elapsed(),
+    })
+}
+
+/// The member `client` is connected to: Cairn's client says; for ZooKeeper, the one member whose
+/// `cons` lists a session (only this client has one at the time).
+async fn connected_member(cluster: &Cluster, client: &Client) -> Option<usize> {
+    match client {
+        Client::Cairn(_) => {
+            let address = client.connected_to()?;
+            cluster.addresses().iter().position(|a| *a == address)
+        }
+        Client::ZooKeeper(_) => match cluster.zookeeper_members_with_sessions().await[..] {
+            [member] => Some(member),
+            _ => None,
+        },
+    }
 }
 
 /// The failover client's attempts, shared between its task and the test (a std mutex, never held

@@ -61,6 +61,9 @@ pub struct MemberConfig {
     pub initial_members: BTreeMap<NodeId, String>,
     pub cluster_name: String,
     pub flush: FlushMode,
+    /// Build a snapshot (and purge the log before it) after this many entries; see
+    /// [`crate::raft::SNAPSHOT_EVERY_ENTRIES`].
+    pub snapshot_every_entries: u64,
 }
 
 /// Why a member could not start.
@@ -684,7 +687,8 @@ impl Member {
             .map_err(|e| StartError::Raft(format!("cannot create {}: {e}", config.data_dir.display())))?;
         let (log, machine_store) = store::open(&config.data_dir, config.flush)?;
         let machine = machine_store.machine();
-        let raft_config = raft_config(&config.cluster_name).map_err(|e| StartError::Config(e.to_string()))?;
+        let raft_config = raft_config(&config.cluster_name, config.snapshot_every_entries)
+            .map_err(|e| StartError::Config(e.to_string()))?;
         let peers = Arc::new(Peers { dialer, clients: Mutex::new(HashMap::new()) });
         let network = Network { peers: peers.clone() };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, machine_store)

@@ -37,20 +37,22 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// this long starts an election; it bounds how long writes stall after a leader dies.
 pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(300);
 pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(600);
-/// A snapshot is built after this many entries since the last one; the log before it is purged,
-/// keeping this many entries for followers slightly behind.
+/// By default a snapshot is built after this many entries since the last one; the log before it is
+/// purged, keeping a quarter of that for followers slightly behind.
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 20_000;
-pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 5_000;
 
 /// The openraft configuration every member uses.
-pub fn raft_config(cluster_name: &str) -> Result<openraft::Config, Box<openraft::ConfigError>> {
+pub fn raft_config(
+    cluster_name: &str,
+    snapshot_every_entries: u64,
+) -> Result<openraft::Config, Box<openraft::ConfigError>> {
     let config = openraft::Config {
         cluster_name: cluster_name.to_owned(),
         heartbeat_interval: HEARTBEAT_INTERVAL.as_millis() as u64,
         election_timeout_min: ELECTION_TIMEOUT_MIN.as_millis() as u64,
         election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
-        max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every_entries.max(1)),
+        max_in_snapshot_log_to_keep: snapshot_every_entries / 4,
         enable_tick: true,
         enable_heartbeat: true,
         enable_elect: true,

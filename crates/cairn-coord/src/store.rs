@@ -61,9 +61,9 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 /// Why a member's store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("cannot open coord store {path}: {source}; refusing to start (the file is left as it was)")]
+    #[error("cannot open coord store {path}: {source}; refusing to start")]
     Database { path: PathBuf, source: Box<redb::DatabaseError> },
-    #[error("coord store {path} is corrupt: {what}; refusing to start (the file is left untouched)")]
+    #[error("coord store {path} is corrupt: {what}; refusing to start")]
     Corrupt { path: PathBuf, what: String },
     #[error("coord store {path}: {source}")]
     Io { path: PathBuf, source: Box<redb::Error> },
@@ -351,25 +351,31 @@ impl Shared {
 pub fn open(dir: &Path, mode: FlushMode) -> Result<(LogStore, StateMachineStore), OpenError> {
     let path = dir.join("raft.redb");
     // redb repairs a file that was not closed cleanly. When its newest commit fails its checksum it
-    // would roll that commit back, silently: refuse instead (the callback sees progress 0.3 exactly
-    // then, before anything is written).
-    let db = redb::Builder::new()
-        .set_repair_callback(|session| {
-            if session.progress() < 0.5 {
-                session.abort();
+    // rolls that commit back. After a crash in the middle of a commit that is right (the commit was
+    // never acknowledged), but after damage to the file it would drop acknowledged entries. The
+    // callback sees progress 0.3 exactly then, before anything is written: keep a copy of the file as
+    // found; the mark check below tells the two cases apart, and the copy is dropped if all is well.
+    let preserved = dir.join("raft.redb.as-found");
+    let rolled_back = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut builder = redb::Builder::new();
+    {
+        let (path, preserved, rolled_back) = (path.clone(), preserved.clone(), rolled_back.clone());
+        builder.set_repair_callback(move |session| {
+            if session.progress() < 0.5 && !rolled_back.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                tracing::warn!(
+                    "{}: the newest commit fails its checksum; redb rolls it back",
+                    path.display()
+                );
+                if let Err(e) = std::fs::copy(&path, &preserved) {
+                    tracing::error!("cannot keep a copy of {} as found: {e}; not repairing", path.display());
+                    session.abort();
+                }
             }
-        })
-        .create(&path)
-        .map_err(|e| match e {
-            redb::DatabaseError::RepairAborted => OpenError::Corrupt {
-                path: path.clone(),
-                what: "its newest commit fails its checksum (the file is damaged, or power was lost \
-                       during a commit) and redb would roll it back; to recover, remove this member's \
-                       data directory and add the member back: it catches up from the others"
-                    .to_owned(),
-            },
-            e => OpenError::Database { path: path.clone(), source: Box::new(e) },
-        })?;
+        });
+    }
+    let db =
+        builder.create(&path).map_err(|e| OpenError::Database { path: path.clone(), source: Box::new(e) })?;
+    let rolled_back = rolled_back.load(std::sync::atomic::Ordering::SeqCst);
     let corrupt = |what: String| OpenError::Corrupt { path: path.clone(), what };
     let io = |e: redb::Error| OpenError::Io { path: path.clone(), source: Box::new(e) };
 
@@ -459,22 +465,32 @@ pub fn open(dir: &Path, mode: FlushMode) -> Result<(LogStore, StateMachineStore)
         Mark { log_end, vote_term }
     } else {
         let mark = Mark::decode(&mark_bytes).map_err(|e| corrupt(format!("{}: {e}", mark_path.display())))?;
+        let kept = if rolled_back {
+            format!(" (the file as found is kept at {})", preserved.display())
+        } else {
+            String::new()
+        };
         if log_end < mark.log_end {
             return Err(corrupt(format!(
                 "the log ends before index {} but entries up to {} were made durable: acknowledged \
-                 entries are missing",
+                 entries are missing{kept}; to recover, remove this member's data directory and add \
+                 the member back: it catches up from the others",
                 log_end,
                 mark.log_end.saturating_sub(1)
             )));
         }
         if vote_term < mark.vote_term {
             return Err(corrupt(format!(
-                "the saved vote is for term {vote_term} but a vote for term {} was made durable",
+                "the saved vote is for term {vote_term} but a vote for term {} was made durable{kept}",
                 mark.vote_term
             )));
         }
         mark
     };
+    if rolled_back {
+        // A torn commit that was never acknowledged: nothing was lost.
+        let _ = std::fs::remove_file(&preserved);
+    }
     {
         use std::os::unix::fs::FileExt;
         mark_file

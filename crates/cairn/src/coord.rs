@@ -117,6 +117,9 @@ pub struct ServeArgs {
     members: Vec<String>,
     #[arg(long, default_value = "cairn")]
     cluster_name: String,
+    /// Snapshot the tree and purge the log after this many entries.
+    #[arg(long, default_value_t = cairn_coord::raft::SNAPSHOT_EVERY_ENTRIES)]
+    snapshot_every: u64,
 }
 
 pub fn run(args: CoordArgs) -> anyhow::Result<()> {
@@ -167,6 +170,7 @@ async fn serve_member(args: ServeArgs) -> anyhow::Result<()> {
         initial_members: members,
         cluster_name: args.cluster_name,
         flush: FlushMode::Background,
+        snapshot_every_entries: args.snapshot_every,
     };
     let member = Member::start(config, Arc::new(TcpDialer))
         .await

@@ -42,6 +42,8 @@ pub struct Checker {
     records: usize,
     trace: Vec<String>,
     pub crashes: usize,
+    /// (member, index) of every snapshot seen, built or installed.
+    snapshots: BTreeSet<(u64, Zxid)>,
 }
 
 fn ms(t: Duration) -> u128 {
@@ -102,6 +104,7 @@ impl Checker {
             records: 0,
             trace: Vec::new(),
             crashes: 0,
+            snapshots: BTreeSet::new(),
         }
     }
 
@@ -162,11 +165,14 @@ impl Checker {
     pub fn observe(&mut self, now: Duration, board: &Board) -> Result<(), String> {
         self.take_records(now, &board.writes)?;
         for (&id, member) in &board.members {
-            let (state, term, leader, raft_applied) = {
+            let (state, term, leader, raft_applied, snapshot) = {
                 let metrics = member.raft.metrics();
                 let m = metrics.borrow();
-                (m.state, m.current_term, m.current_leader, m.last_applied.map(|l| l.index))
+                (m.state, m.current_term, m.current_leader, m.last_applied.map(|l| l.index), m.snapshot)
             };
+            if let Some(snapshot) = snapshot {
+                self.snapshots.insert((id, snapshot.index));
+            }
             if state == ServerState::Leader {
                 self.claim_leader(term, id, id)?;
             }
@@ -244,8 +250,9 @@ impl Checker {
             }
 
             let line = format!(
-                "m{id} g{} {state:?} term {term} leader {leader:?} applied {applied}",
-                member.generation
+                "m{id} g{} {state:?} term {term} leader {leader:?} applied {applied} snapshot {:?}",
+                member.generation,
+                snapshot.map(|s| s.index)
             );
             if line != seen.line {
                 self.trace.push(format!("{} {line}", ms(now)));
@@ -392,6 +399,7 @@ impl Checker {
             acked: acked_writes.len(),
             leaders: self.leaders.len(),
             crashes: self.crashes,
+            snapshots: self.snapshots.len(),
             final_index,
         })
     }

@@ -92,7 +92,13 @@ fn now() -> Duration {
 }
 
 /// A member process: listens, opens its store (which outlives crashes), serves.
-async fn member_main(id: u64, seed: u64, data_dir: PathBuf, board: Shared) -> turmoil::Result {
+async fn member_main(
+    id: u64,
+    seed: u64,
+    snapshot_every_entries: u64,
+    data_dir: PathBuf,
+    board: Shared,
+) -> turmoil::Result {
     seed_thread_rng(seed ^ id);
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     let config = MemberConfig {
@@ -102,6 +108,7 @@ async fn member_main(id: u64, seed: u64, data_dir: PathBuf, board: Shared) -> tu
         initial_members: MEMBERS.iter().map(|m| (*m, address(*m))).collect(),
         cluster_name: "sim".to_owned(),
         flush: FlushMode::Inline,
+        snapshot_every_entries,
     };
     let member = Member::start(config, Arc::new(SimDialer))
         .await
@@ -178,6 +185,8 @@ pub struct Outcome {
     /// Terms that had a leader.
     pub leaders: usize,
     pub crashes: usize,
+    /// Snapshots seen (built or installed), over all members.
+    pub snapshots: usize,
     pub final_index: Zxid,
 }
 
@@ -270,12 +279,19 @@ pub fn run_seed(seed: u64) -> Result<Outcome, String> {
     for id in MEMBERS {
         let dir = root.path().join(host_name(id));
         let board = board.clone();
-        sim.host(host_name(id), move || member_main(id, seed, dir.clone(), board.clone()));
+        let snapshot_every = plan.snapshot_every;
+        sim.host(host_name(id), move || member_main(id, seed, snapshot_every, dir.clone(), board.clone()));
     }
     sim.client(CLIENT, client_main(board.clone()));
 
     let mut checker = Checker::new(plan.cut);
-    checker.note(Duration::ZERO, format!("plan: {:?}, cut: {:?}", plan.actions, plan.cut_kind));
+    checker.note(
+        Duration::ZERO,
+        format!(
+            "plan: {:?}, cut: {:?}, snapshot every {} entries",
+            plan.actions, plan.cut_kind, plan.snapshot_every
+        ),
+    );
     let mut pending = plan.actions.iter().peekable();
     loop {
         let now = sim.elapsed();

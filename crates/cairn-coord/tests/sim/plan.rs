@@ -53,6 +53,9 @@ pub struct Plan {
     /// When no majority exists: `[start, end)`.
     pub cut: (Duration, Duration),
     pub cut_kind: Cut,
+    /// The members' snapshot threshold: small in most runs, so that snapshots are built, the log is
+    /// purged, restarts load a snapshot and lagging members are sent one.
+    pub snapshot_every: u64,
 }
 
 fn millis(rng: &mut StdRng, low: u64, high: u64) -> Duration {
@@ -61,6 +64,11 @@ fn millis(rng: &mut StdRng, low: u64, high: u64) -> Duration {
 
 pub fn plan(seed: u64) -> Plan {
     let mut rng = StdRng::seed_from_u64(seed);
+    let snapshot_every = if rng.random_bool(0.75) {
+        rng.random_range(40..250)
+    } else {
+        cairn_coord::raft::SNAPSHOT_EVERY_ENTRIES
+    };
     let mut actions = Vec::new();
     let mut t = FAULTS_START + millis(&mut rng, 0, 1000);
     while t < FAULTS_END {
@@ -128,5 +136,5 @@ pub fn plan(seed: u64) -> Plan {
     }
     // Stable: actions at the same time keep their order.
     actions.sort_by_key(|(at, _)| *at);
-    Plan { actions, cut: (CUT_START, CUT_END), cut_kind }
+    Plan { actions, cut: (CUT_START, CUT_END), cut_kind, snapshot_every }
 }

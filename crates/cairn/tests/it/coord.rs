@@ -21,6 +21,8 @@ struct Quorum {
     root: PathBuf,
     members: BTreeMap<u64, Member>,
     initial: String,
+    /// Extra arguments for every member.
+    extra: Vec<String>,
 }
 
 struct Member {
@@ -32,12 +34,22 @@ struct Member {
 
 impl Quorum {
     fn start(tag: &str, size: u64) -> Quorum {
+        Quorum::start_with(tag, size, &[])
+    }
+
+    fn start_with(tag: &str, size: u64, extra: &[&str]) -> Quorum {
         let dir = test_dir(tag);
         let root = dir.path().to_owned();
         let addresses: BTreeMap<u64, String> =
             (1..=size).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
         let initial: Vec<String> = addresses.iter().map(|(id, a)| format!("{id}={a}")).collect();
-        let mut quorum = Quorum { _dir: dir, root, members: BTreeMap::new(), initial: initial.join(",") };
+        let mut quorum = Quorum {
+            _dir: dir,
+            root,
+            members: BTreeMap::new(),
+            initial: initial.join(","),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
         for (id, address) in addresses {
             quorum.add_process(id, &address, true);
         }
@@ -50,7 +62,7 @@ impl Quorum {
         let data_dir = self.root.join(format!("m{id}"));
         let log = self.root.join(format!("m{id}.log"));
         let mut member = Member { address: address.to_owned(), child: None, data_dir, log };
-        member.child = Some(spawn_member(id, &member, initial.then_some(self.initial.as_str())));
+        member.child = Some(spawn_member(id, &member, initial.then_some(self.initial.as_str()), &self.extra));
         self.members.insert(id, member);
     }
 
@@ -83,8 +95,9 @@ impl Quorum {
     fn restart(&mut self, id: u64) {
         self.kill9(id);
         let initial = self.initial.clone();
+        let extra = self.extra.clone();
         let member = self.members.get_mut(&id).expect("known member");
-        member.child = Some(spawn_member(id, member, Some(&initial)));
+        member.child = Some(spawn_member(id, member, Some(&initial), &extra));
     }
 
     fn logs(&self) -> String {
@@ -159,7 +172,7 @@ impl Drop for Quorum {
     }
 }
 
-fn spawn_member(id: u64, member: &Member, initial: Option<&str>) -> Child {
+fn spawn_member(id: u64, member: &Member, initial: Option<&str>, extra: &[String]) -> Child {
     let log =
         std::fs::OpenOptions::new().create(true).append(true).open(&member.log).expect("open member log");
     let mut command = Command::new(CAIRN);
@@ -174,6 +187,7 @@ fn spawn_member(id: u64, member: &Member, initial: Option<&str>) -> Child {
     if let Some(initial) = initial {
         command.args(["--members", initial]);
     }
+    command.args(extra);
     command.spawn().expect("start cairn coord serve")
 }
 
@@ -434,6 +448,38 @@ fn restarting_every_member_keeps_the_tree() {
 }
 
 #[test]
+fn a_member_far_behind_catches_up_from_a_snapshot() {
+    runtime().block_on(async {
+        // Snapshots every 100 entries, keeping 25: a member down for 600 entries finds the log it
+        // needs purged, and must install a snapshot.
+        let mut quorum = Quorum::start_with("coord-snapshot", 3, &["--snapshot-every", "100"]);
+        let leader = quorum.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+        let lagging = if leader == 3 { 2 } else { 3 };
+        quorum.kill9(lagging);
+        let up: Vec<String> =
+            [1, 2, 3].into_iter().filter(|id| *id != lagging).map(|id| quorum.address(id)).collect();
+        let client = quorum.client_to(&up, None).await;
+        client.create("/s", b"", CreateMode::Persistent).await.expect("create");
+        for i in 0..600u32 {
+            client
+                .create(&format!("/s/n{i}"), format!("{i}").as_bytes(), CreateMode::Persistent)
+                .await
+                .expect("create");
+        }
+        let log = std::fs::read_to_string(&quorum.members[&leader].log).unwrap_or_default();
+        assert!(log.contains("snapshot"), "the leader built no snapshot:\n{}", quorum.logs());
+        quorum.restart(lagging);
+        quorum.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+        let only = quorum.client_to(&[quorum.address(lagging)], None).await;
+        only.sync().await.expect("sync on the lagging member");
+        assert_eq!(only.children("/s").await.expect("children").len(), 600);
+        assert_eq!(only.get("/s/n599").await.expect("get").0, b"599");
+        let status = member_status(&quorum.address(lagging), Duration::from_secs(2)).await.expect("status");
+        assert!(status.last_applied >= Some(601), "the member did not catch up: {status:?}");
+    });
+}
+
+#[test]
 fn concurrent_compare_and_set_reaches_the_exact_total() {
     runtime().block_on(async {
         let quorum = Quorum::start("coord-cas", 3);
@@ -505,7 +551,7 @@ fn members_are_added_and_removed_at_runtime() {
         let voters: Vec<u64> = status.voters.iter().map(|(id, _)| *id).collect();
         assert_eq!(voters, vec![1, 2, 3, 4]);
         // The new member caught up and serves reads.
-        let only_new = quorum.client_to(&[address.clone()], None).await;
+        let only_new = quorum.client_to(std::slice::from_ref(&address), None).await;
         only_new.sync().await.expect("sync on the new member");
         assert_eq!(only_new.get("/m49").await.expect("get on the new member").0, b"x");
 
@@ -582,7 +628,34 @@ fn a_member_with_a_corrupted_log_refuses_to_start_and_keeps_the_file() {
         assert!(!out.status.success(), "a corrupted member started: {stderr}");
         assert!(stderr.contains("corrupt"), "unclear message: {stderr}");
         assert!(stderr.contains("raft.redb"), "the message does not name the file: {stderr}");
-        assert!(std::fs::read(&file).expect("read") == before, "the corrupted file was modified");
+        // redb may have rolled its newest commit back; the file as found is then kept beside it.
+        let preserved = member.data_dir.join("raft.redb.as-found");
+        let current = std::fs::read(&file).expect("read");
+        if current != before {
+            assert!(std::fs::read(&preserved).expect("the file as found was not kept") == before);
+            assert!(stderr.contains("raft.redb.as-found"), "the message does not say where: {stderr}");
+        }
+        // And it keeps refusing: the loss is not forgotten on the next start.
+        let again = Command::new(CAIRN)
+            .args(["coord", "serve", "--id", "1", "--listen", &member.address, "--members", &quorum.initial])
+            .arg("--data-dir")
+            .arg(&member.data_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run cairn coord serve");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut again = again;
+        while again.try_wait().expect("try_wait").is_none() {
+            if Instant::now() >= deadline {
+                again.kill().expect("kill");
+                panic!("the member started on its second attempt");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let out = again.wait_with_output().expect("output");
+        assert!(!out.status.success());
+        eprintln!("refused: {stderr}");
     });
 }
 
