@@ -110,14 +110,15 @@ pub fn run(args: &CoordArgs) -> Result<()> {
         let busy = crate::system::busy_cpus_elsewhere();
         progress(&format!("[{}] starting 3 members; CPUs busy elsewhere: {busy:.2}", system.name()));
         report.add_busy_cpus(busy);
-        match bench_system(args, &launchers, system, &dir.path().join(system.name()), &runtime, &mut report) {
-            Ok(figures) => report.add_system(system, figures),
-            Err(error) => {
-                check_interrupted()?;
-                let message = format!("{}: {error:#}", system.name());
-                progress(&format!("FAILED {message}"));
-                report.add_failure(message);
-            }
+        let dir = dir.path().join(system.name());
+        let (figures, result) = bench_system(args, &launchers, system, &dir, &runtime, &mut report);
+        // What was measured before a failure still counts; the failure is reported with it.
+        report.add_system(system, figures);
+        if let Err(error) = result {
+            check_interrupted()?;
+            let message = format!("{}: {error:#}", system.name());
+            progress(&format!("FAILED {message}"));
+            report.add_failure(message);
         }
     }
     let command = crate::command_line();
@@ -170,13 +171,17 @@ fn bench_system(
     dir: &Path,
     runtime: &tokio::runtime::Runtime,
     report: &mut CoordReport,
-) -> Result<Figures> {
-    let mut cluster = Cluster::start(system, launchers, dir)?;
+) -> (Figures, Result<()>) {
+    let mut figures = Figures::new();
+    let mut cluster = match Cluster::start(system, launchers, dir) {
+        Ok(cluster) => cluster,
+        Err(error) => return (figures, Err(error)),
+    };
     // block_on runs the future on this (the main) thread, so members restarted by it are started
     // from the main thread (see Cluster::start_member).
-    let result = runtime.block_on(measure(args, &mut cluster, report));
+    let result = runtime.block_on(measure(args, &mut cluster, report, &mut figures));
     drop(cluster);
-    result
+    (figures, result)
 }
 
 /// Which member each of `count` throughput clients connects to: round robin from the member
@@ -196,7 +201,13 @@ fn write_path(client: usize) -> String {
 const READ_PATH: &str = "/bench/r";
 const FAILOVER_PATH: &str = "/bench/failover";
 
-async fn measure(args: &CoordArgs, cluster: &mut Cluster, report: &mut CoordReport) -> Result<Figures> {
+/// Runs every test on `cluster`, adding to `figures` as it goes.
+async fn measure(
+    args: &CoordArgs,
+    cluster: &mut Cluster,
+    report: &mut CoordReport,
+    figures: &mut Figures,
+) -> Result<()> {
     let system = cluster.system;
     let name = system.name();
     let say = |message: String| progress(&format!("[{name}] {message}"));
@@ -228,7 +239,6 @@ async fn measure(args: &CoordArgs, cluster: &mut Cluster, report: &mut CoordRepo
         say(format!("warmed up ({} s of writes, then reads, {} clients)", args.warmup_seconds, args.clients));
     }
 
-    let mut figures = Figures::new();
     let set_1 = throughput(system, &pids, &one, Op::Set, seconds).await.context("set, 1 client")?;
     say(format!("set 1 KiB, 1 client: {}", set_1.describe()));
     figures.insert(report::SET_1, vec![set_1.rate()]);
@@ -258,23 +268,38 @@ async fn measure(args: &CoordArgs, cluster: &mut Cluster, report: &mut CoordRepo
     figures.insert(report::GET_1, vec![get_1.rate()]);
     check_interrupted()?;
 
-    let mut blocked = Vec::new();
     let mut placements = Vec::new();
+    let result = leader_kills(args, cluster, figures, &mut placements).await;
+    if !placements.is_empty() {
+        report.add_note(format!("{name} leader kills: {}", placements.join("; ")));
+    }
+    result
+}
+
+/// The `--runs` leader kills, each followed by a restart of the killed member; adds each blocked
+/// time to `figures` as soon as it is measured, and a description of each to `placements`.
+async fn leader_kills(
+    args: &CoordArgs,
+    cluster: &mut Cluster,
+    figures: &mut Figures,
+    placements: &mut Vec<String>,
+) -> Result<()> {
+    let name = cluster.system.name();
+    let say = |message: String| progress(&format!("[{name}] {message}"));
     for run in 0..args.runs {
+        let kill = run + 1;
         let outcome =
-            blocked_by_leader_kill(cluster, run).await.with_context(|| format!("leader kill {}", run + 1))?;
+            blocked_by_leader_kill(cluster, run).await.with_context(|| format!("leader kill {kill}"))?;
         let member =
             |index: Option<usize>| index.map_or_else(|| "?".to_owned(), |i| cluster.id(i).to_string());
         let role = |index: Option<usize>, leader: usize| match index {
             Some(i) if i == leader => "leader",
             Some(_) => "follower",
-            None => "unknown",
+            None => "unknown member",
         };
         say(format!(
-            "leader kill {} of {}: member {} killed; writes blocked {:.3} s ({} failed attempts); client on member {} \
-             before the kill, on member {} after; member {} leads now; quorum settled again {:.1} s after the \
-             restart",
-            run + 1,
+            "leader kill {kill} of {}: member {} killed; writes blocked {:.3} s ({} failed attempts); client on \
+             member {} before the kill, on member {} after; member {} leads now",
             args.runs,
             cluster.id(outcome.killed),
             outcome.blocked.as_secs_f64(),
@@ -282,20 +307,27 @@ async fn measure(args: &CoordArgs, cluster: &mut Cluster, report: &mut CoordRepo
             member(outcome.client_before),
             member(outcome.client_after),
             cluster.id(outcome.new_leader),
-            outcome.resettled.as_secs_f64()
         ));
-        blocked.push(outcome.blocked.as_secs_f64());
+        figures.entry(report::BLOCKED).or_default().push(outcome.blocked.as_secs_f64());
         placements.push(format!(
             "{:.2} s with the client on the {} then the {}",
             outcome.blocked.as_secs_f64(),
             role(outcome.client_before, outcome.killed),
             role(outcome.client_after, outcome.new_leader)
         ));
+        let restarted_at = Instant::now();
+        cluster.start_member(outcome.killed)?;
+        cluster.wait_settled().await.with_context(|| {
+            format!("restarting member {} after leader kill {kill}", cluster.id(outcome.killed))
+        })?;
+        say(format!(
+            "member {} restarted; quorum settled again {:.1} s after the restart",
+            cluster.id(outcome.killed),
+            restarted_at.elapsed().as_secs_f64()
+        ));
         check_interrupted()?;
     }
-    figures.insert(report::BLOCKED, blocked);
-    report.add_note(format!("{name} leader kills: {}", placements.join("; ")));
-    Ok(figures)
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -459,10 +491,8 @@ struct FailoverOutcome {
     /// The member the client was connected to just before the kill, and after the recovery.
     client_before: Option<usize>,
     client_after: Option<usize>,
-    /// The leader once the killed member was back.
+    /// The leader elected after the kill.
     new_leader: usize,
-    /// From the restart of the killed member until the quorum settled again.
-    resettled: Duration,
 }
 
 /// The time between the last write that succeeded before the kill and the first write sent after
@@ -474,7 +504,7 @@ fn blocked_time(attempts: &[Attempt], killed_at: Instant) -> Option<Duration> {
 }
 
 /// A client with the whole member list writes every 10 ms; the leader is killed with SIGKILL;
-/// returns how long the writes were blocked. Restarts the member and waits for the quorum after.
+/// returns how long the writes were blocked. The killed member is left down.
 async fn blocked_by_leader_kill(cluster: &mut Cluster, run: usize) -> Result<FailoverOutcome> {
     let system = cluster.system;
     let leader = cluster.wait_settled().await?;
@@ -529,22 +559,11 @@ async fn blocked_by_leader_kill(cluster: &mut Cluster, run: usize) -> Result<Fai
     writer.await.context("the failover writer failed")?;
     let client_after = connected_member(cluster, &client).await;
     client.close().await;
+    let new_leader = cluster.wait_settled().await.context("the two members left did not settle")?;
     let attempts = attempts.snapshot();
     let blocked = blocked_time(&attempts, killed_at).context("no successful write before the kill")?;
     let failed_attempts = attempts.iter().filter(|a| !a.ok).count();
-
-    let restarted_at = Instant::now();
-    cluster.start_member(leader)?;
-    let new_leader = cluster.wait_settled().await?;
-    Ok(FailoverOutcome {
-        killed: leader,
-        blocked,
-        failed_attempts,
-        client_before,
-        client_after,
-        new_leader,
-        resettled: restarted_at.elapsed(),
-    })
+    Ok(FailoverOutcome { killed: leader, blocked, failed_attempts, client_before, client_after, new_leader })
 }
 
 /// The member `client` is connected to: Cairn's client says; for ZooKeeper, the one member whose

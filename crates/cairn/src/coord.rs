@@ -8,15 +8,18 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use cairn_coord::api::{CoordError, CreateMode, Stat};
 use cairn_coord::client::{ClientOptions, CoordClient, member_status};
-use cairn_coord::member::{Member, MemberConfig};
+use cairn_coord::member::{Member, MemberConfig, StartError};
 use cairn_coord::proto::TcpDialer;
 use cairn_coord::store::FlushMode;
+use cairn_coord::store::OpenError;
 use clap::{Args, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The port the first coord member listens on by default (MapR's ZooKeeper port).
 pub const COORD_PORT_DEFAULT: u16 = 5181;
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a starting member waits for its port and store to be released by a dying predecessor.
+const START_RETRY_TIME: Duration = Duration::from_secs(10);
 
 #[derive(Args)]
 pub struct CoordArgs {
@@ -160,9 +163,18 @@ async fn serve_member(args: ServeArgs) -> anyhow::Result<()> {
     if !members.is_empty() && members.get(&args.id) != Some(&address) {
         bail!("--members must list this member as {}={address}", args.id);
     }
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    // A member that just died (its `cairn up` was killed, say) may hold the port and the store for
+    // a moment longer: wait for them rather than fail.
+    let deadline = tokio::time::Instant::now() + START_RETRY_TIME;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(&args.listen).await {
+            Ok(listener) => break listener,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", args.listen)),
+        }
+    };
     let config = MemberConfig {
         id: args.id,
         data_dir: args.data_dir.clone(),
@@ -172,9 +184,18 @@ async fn serve_member(args: ServeArgs) -> anyhow::Result<()> {
         flush: FlushMode::Background,
         snapshot_every_entries: args.snapshot_every,
     };
-    let member = Member::start(config, Arc::new(TcpDialer))
-        .await
-        .with_context(|| format!("coord member {} cannot start", args.id))?;
+    let member = loop {
+        match Member::start(config.clone(), Arc::new(TcpDialer)).await {
+            Ok(member) => break member,
+            Err(StartError::Store(OpenError::Database { source, .. }))
+                if matches!(*source, redb::DatabaseError::DatabaseAlreadyOpen)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("coord member {} cannot start", args.id)),
+        }
+    };
     println!("coord member {} serving on {address} (data in {})", args.id, args.data_dir.display());
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;

@@ -277,7 +277,8 @@ async fn serve(config: UpConfig, exports_file: PathBuf) -> anyhow::Result<()> {
         .context("cannot sync the store at shutdown")?;
     let _ = fs::remove_file(&pid_file);
     drop(coord);
-    println!("Cairn stopped.");
+    // stdout may be gone (a closed pipe): that must not turn a clean stop into a panic.
+    let _ = writeln!(std::io::stdout(), "Cairn stopped.");
     Ok(())
 }
 

@@ -547,9 +547,21 @@ fn members_are_added_and_removed_at_runtime() {
             String::from_utf8_lossy(&out.stderr),
             quorum.logs()
         );
-        let status = member_status(&address, Duration::from_secs(2)).await.expect("status of member 4");
+        // Committed on the quorum as soon as add-member returns; the new member learns it shortly.
+        let leader = quorum.wait_for_leader(&[1, 2, 3], Duration::from_secs(10)).await;
+        let status = member_status(&quorum.address(leader), Duration::from_secs(2)).await.expect("status");
         let voters: Vec<u64> = status.voters.iter().map(|(id, _)| *id).collect();
         assert_eq!(voters, vec![1, 2, 3, 4]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = member_status(&address, Duration::from_secs(2)).await.expect("status of member 4");
+            let voters: Vec<u64> = status.voters.iter().map(|(id, _)| *id).collect();
+            if voters == vec![1, 2, 3, 4] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "member 4 never learnt it is a voter: {status:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // The new member caught up and serves reads.
         let only_new = quorum.client_to(std::slice::from_ref(&address), None).await;
         only_new.sync().await.expect("sync on the new member");
@@ -685,4 +697,126 @@ fn a_lock_epoch_fences_a_deposed_holder() {
         let stale = fence.admit(held_a.epoch);
         assert!(stale.is_err(), "the deposed holder's order was admitted");
     });
+}
+
+#[test]
+fn a_multi_applies_all_or_nothing() {
+    runtime().block_on(async {
+        let quorum = Quorum::start("coord-multi", 3);
+        quorum.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+        let client = quorum.client(None).await;
+        client.create("/cfg", b"v0", CreateMode::Persistent).await.expect("create");
+        use cairn_coord::api::Op;
+        // The check fails (version 0 is current, 5 is asked): neither the create nor the set happens.
+        let failed = client
+            .multi(vec![
+                Op::Create { path: "/cfg/a".into(), data: b"a".to_vec(), mode: CreateMode::Persistent },
+                Op::SetData { path: "/cfg".into(), data: b"v1".to_vec(), version: Some(0) },
+                Op::Check { path: "/cfg".into(), version: 5 },
+            ])
+            .await;
+        match failed {
+            Err(CoordError::MultiFailed { index: 2, error }) => {
+                assert!(matches!(*error, CoordError::BadVersion { .. }), "{error:?}")
+            }
+            other => panic!("expected the third op to fail: {other:?}"),
+        }
+        assert!(client.exists("/cfg/a").await.expect("exists").is_none(), "a failed multi left a create");
+        assert_eq!(client.get("/cfg").await.expect("get").0, b"v0");
+        let results = client
+            .multi(vec![
+                Op::Create { path: "/cfg/a".into(), data: b"a".to_vec(), mode: CreateMode::Persistent },
+                Op::SetData { path: "/cfg".into(), data: b"v1".to_vec(), version: Some(0) },
+                Op::Check { path: "/cfg".into(), version: 1 },
+            ])
+            .await
+            .expect("multi");
+        assert_eq!(results.len(), 3);
+        // Every member applied it: read from each.
+        for id in [1, 2, 3] {
+            let only = quorum.client_to(&[quorum.address(id)], None).await;
+            only.sync().await.expect("sync");
+            assert_eq!(only.get("/cfg").await.expect("get").0, b"v1", "member {id}");
+            assert_eq!(only.get("/cfg/a").await.expect("get").0, b"a", "member {id}");
+        }
+        // Clear errors for bad input.
+        assert!(matches!(client.get("/nope").await, Err(CoordError::NoNode { .. })));
+        assert!(matches!(client.get("no-slash").await, Err(CoordError::BadPath { .. })));
+        assert!(matches!(client.delete("/cfg", Some(7)).await, Err(CoordError::BadVersion { .. })));
+        assert!(matches!(
+            client.create("/e", b"", CreateMode::Ephemeral).await,
+            Err(CoordError::EphemeralWithoutSession)
+        ));
+    });
+}
+
+#[test]
+fn cairn_up_nodes_3_runs_a_three_member_quorum() {
+    let dir = test_dir("coord-up3");
+    let data_dir = dir.path().join("data");
+    // Three consecutive ports for the members; retry on a clash.
+    for attempt in 0..5 {
+        let base = 20_000 + (free_port() % 20_000);
+        let mut up = Command::new(CAIRN)
+            .args(["up", "--no-portmap", "--nodes", "3"])
+            .args(["--nfs-port", &free_port().to_string(), "--coord-port", &base.to_string()])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cairn up");
+        let stdout = up.stdout.take().expect("stdout");
+        let ready = std::thread::spawn(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .find(|l| l.starts_with("Cairn is ready"))
+        });
+        let ready = ready.join().expect("reader");
+        let Some(ready) = ready else {
+            let out = up.wait_with_output().expect("output");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("in use") && attempt < 4 {
+                continue;
+            }
+            panic!("cairn up --nodes 3 did not become ready: {stderr}");
+        };
+        assert!(ready.contains("coord=") && ready.contains("coord_leader="), "{ready}");
+        let cluster: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(data_dir.join("cluster.json")).expect("cluster.json"),
+        )
+        .expect("cluster.json is JSON");
+        let members = cluster["coord"].as_array().expect("coord list");
+        assert_eq!(members.len(), 3, "{cluster}");
+        let addresses: Vec<String> =
+            members.iter().map(|m| m["address"].as_str().expect("address").to_owned()).collect();
+        let out = Command::new(CAIRN)
+            .args(["coord", "--coord", &addresses.join(","), "status", "--json"])
+            .output()
+            .expect("cairn coord status");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status is JSON");
+        let listed = status["members"].as_array().expect("members");
+        assert_eq!(listed.len(), 3, "{status}");
+        assert!(listed.iter().all(|m| m["reachable"] == true), "{status}");
+        assert_eq!(listed.iter().filter(|m| m["state"] == "Leader").count(), 1, "{status}");
+        assert_eq!(listed[0]["voters"].as_array().map(|v| v.len()), Some(3), "{status}");
+        // SIGTERM stops the node and its members.
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
+        let status = up.wait().expect("wait");
+        assert!(status.success(), "cairn up did not stop cleanly: {status}");
+        for m in members {
+            let pid = m["pid"].as_i64().expect("pid") as i32;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            // SAFETY: signal 0 only checks that the process exists.
+            while unsafe { libc::kill(pid, 0) } == 0 {
+                assert!(Instant::now() < deadline, "coord member {pid} outlived cairn up");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        return;
+    }
 }
