@@ -301,9 +301,12 @@ impl Core {
                 match self.peers.get(&address).await {
                     Ok(client) => {
                         let ttl = deadline.saturating_duration_since(Instant::now());
+                        // Sent: if no answer comes, the request may or may not have been handled.
                         return client.call(req(), ttl).await.map_err(|e| {
                             self.peers.forget(&address);
-                            unavailable(format!("leader {leader} at {address} did not answer: {e}"))
+                            CoordError::ConnectionLoss {
+                                reason: format!("leader {leader} at {address} did not answer: {e}"),
+                            }
                         });
                     }
                     Err(e) => tracing::debug!("cannot reach leader {leader}: {e}"),

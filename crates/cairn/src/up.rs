@@ -12,6 +12,14 @@ use cairn_nfs::{Gateway, GatewayConfig};
 use cairn_store::{Store, StoreConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
+/// Prints a line to stdout, ignoring a closed pipe: a server must not die because whoever started it
+/// stopped reading its output.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// The exports file `cairn up` writes when there is none: everything, to everyone who can reach
 /// the bind address (which is loopback unless the operator chose otherwise).
 pub const DEFAULT_EXPORTS: &str = "/ *(rw,no_root_squash)\n";
@@ -53,9 +61,9 @@ pub fn run(config: UpConfig) -> anyhow::Result<()> {
     };
     let exports_text = fs::read_to_string(&exports_file)
         .with_context(|| format!("cannot read exports file {}", exports_file.display()))?;
-    println!("Exports ({}):", exports_file.display());
+    say!("Exports ({}):", exports_file.display());
     for line in exports_text.lines() {
-        println!("    {line}");
+        say!("    {line}");
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -245,13 +253,13 @@ async fn serve(config: UpConfig, exports_file: PathBuf) -> anyhow::Result<()> {
         ready.push_str(&format!(" portmap={portmap}"));
     }
     ready.push_str(&format!(" coord={} coord_leader={leader}", coord.addresses().join(",")));
-    println!("{ready}");
+    say!("{ready}");
     // Bound to every address: any of this host's addresses will do.
     let host = if nfs.ip().is_unspecified() { "THIS-HOST".to_owned() } else { nfs.ip().to_string() };
     if gateway.portmap_address().is_some_and(|address| address.port() == 111) && nfs.port() == 2049 {
-        println!("Mount with: mount -t nfs -o vers=3,nolock {host}:/ /mnt");
+        say!("Mount with: mount -t nfs -o vers=3,nolock {host}:/ /mnt");
     } else {
-        println!(
+        say!(
             "Mount with: mount -t nfs -o vers=3,proto=tcp,port={port},mountport={port},nolock {host}:/ /mnt",
             port = nfs.port()
         );
@@ -277,8 +285,7 @@ async fn serve(config: UpConfig, exports_file: PathBuf) -> anyhow::Result<()> {
         .context("cannot sync the store at shutdown")?;
     let _ = fs::remove_file(&pid_file);
     drop(coord);
-    // stdout may be gone (a closed pipe): that must not turn a clean stop into a panic.
-    let _ = writeln!(std::io::stdout(), "Cairn stopped.");
+    say!("Cairn stopped.");
     Ok(())
 }
 
@@ -313,6 +320,6 @@ pub fn signal_reload(data_dir: &Path) -> anyhow::Result<()> {
     if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
         bail!("cannot signal cairn process {pid}: {}", std::io::Error::last_os_error());
     }
-    println!("Asked cairn (pid {pid}) to reload its exports.");
+    say!("Asked cairn (pid {pid}) to reload its exports.");
     Ok(())
 }
