@@ -10,9 +10,25 @@ use serde::{Deserialize, Serialize};
 pub type SessionId = u64;
 pub const NO_SESSION: SessionId = 0;
 
-/// A transaction id: the Raft log index of the entry that made a change (ZooKeeper's zxid). It is
-/// strictly increasing cluster-wide, which is what makes a lock znode's `czxid` a fencing epoch.
+/// A transaction id (ZooKeeper's zxid): `log index * ZXIDS_PER_ENTRY + position`, where position is
+/// the write's place in its log entry (the leader batches concurrent writes into one entry). It is
+/// unique and strictly increasing cluster-wide, which is what makes a lock znode's `czxid` a
+/// fencing epoch.
 pub type Zxid = u64;
+
+/// Room for this many writes in one log entry.
+pub const ZXIDS_PER_ENTRY: u64 = 1 << 16;
+
+/// The zxid of the write at `position` in the log entry at `index`.
+pub fn zxid_of(index: u64, position: usize) -> Zxid {
+    index.saturating_mul(ZXIDS_PER_ENTRY).saturating_add(position as u64)
+}
+
+/// The last zxid of the entry at `index`: a member that applied the entry has applied every zxid
+/// up to this one.
+pub fn zxid_entry_end(index: u64) -> Zxid {
+    index.saturating_add(1).saturating_mul(ZXIDS_PER_ENTRY).saturating_sub(1)
+}
 
 /// Longest path accepted, in bytes.
 pub const PATH_BYTES_MAX: usize = 4096;
@@ -69,6 +85,7 @@ pub struct Stat {
 pub enum Op {
     Create {
         path: String,
+        #[serde(with = "bytes")]
         data: Vec<u8>,
         mode: CreateMode,
     },
@@ -78,6 +95,7 @@ pub enum Op {
     },
     SetData {
         path: String,
+        #[serde(with = "bytes")]
         data: Vec<u8>,
         version: Option<i32>,
     },
@@ -127,6 +145,30 @@ pub enum Command {
     Write { session: SessionId, op: Op, time_ms: u64 },
     /// Several writes, all applied or none.
     Multi { session: SessionId, ops: Vec<Op>, time_ms: u64 },
+    /// Independent commands from different clients, proposed together; each has its own result
+    /// and zxid. Never nested.
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// A rough size in bytes, to keep batches within the frame limit.
+    pub fn approx_bytes(&self) -> usize {
+        let op_bytes = |op: &Op| {
+            op.path().len()
+                + match op {
+                    Op::Create { data, .. } | Op::SetData { data, .. } => data.len(),
+                    Op::Delete { .. } | Op::Check { .. } => 0,
+                }
+                + 32
+        };
+        match self {
+            Command::Write { op, .. } => op_bytes(op),
+            Command::Multi { ops, .. } => ops.iter().map(op_bytes).sum(),
+            Command::ExpireSessions { sessions } => sessions.len() * 9 + 16,
+            Command::Batch(commands) => commands.iter().map(Command::approx_bytes).sum(),
+            Command::CreateSession { .. } | Command::CloseSession { .. } => 32,
+        }
+    }
 }
 
 /// What `apply` returns for a command.
@@ -145,6 +187,8 @@ pub enum CommandOk {
     Multi(Vec<OpResult>),
     /// The result of a Raft-internal entry (blank or membership), which changes no znode.
     Internal,
+    /// One result per command of a `Command::Batch`, in order.
+    Batch(Vec<CommandResult>),
 }
 
 pub type CommandResult = Result<CommandOk, CoordError>;
@@ -275,6 +319,47 @@ pub fn split_path(path: &str) -> Option<(&str, &str)> {
 /// Joins a parent path and a child name.
 pub fn join_path(parent: &str, name: &str) -> String {
     if parent == "/" { format!("/{name}") } else { format!("{parent}/{name}") }
+}
+
+/// Znode values as MessagePack binary (one header, then the bytes) instead of an array of
+/// integers; arrays are still accepted when reading.
+pub(crate) mod bytes {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::ser::Serializer;
+
+    pub fn serialize<S: Serializer>(data: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(data)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_byte_buf(BytesVisitor)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(byte) = seq.next_element::<u8>()? {
+                out.push(byte);
+            }
+            Ok(out)
+        }
+    }
 }
 
 #[cfg(test)]

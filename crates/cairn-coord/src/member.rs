@@ -28,10 +28,13 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory, ServerState};
 use parking_lot::Mutex;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::api::{Command, CoordError, EventType, SessionId, WatchEvent, WatchKind, Zxid};
+use crate::api::{
+    Command, CommandOk, CoordError, EventType, SessionId, WatchEvent, WatchKind, Zxid, zxid_entry_end, zxid_of,
+};
 use crate::proto::{Client, Dialer, MemberStatus, ReadOk, ReadOp, Request, Response, WatchFired, WatchSpec};
 use crate::raft::{NodeId, Raft, TypeConfig, raft_config};
 use crate::store::{self, FlushMode, Machine};
@@ -47,6 +50,11 @@ const TOUCH_INTERVAL: Duration = Duration::from_millis(100);
 const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Most sessions expired by one log entry.
 const EXPIRE_BATCH_MAX: usize = 1024;
+/// Proposals waiting for their commit at once; more commands wait and go together in the next.
+const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
+/// Most commands, and about the most bytes, in one batched log entry.
+const BATCH_COMMANDS_MAX: usize = 1024;
+const BATCH_BYTES_MAX: usize = 4 << 20;
 
 /// Everything a member needs to start.
 #[derive(Clone, Debug)]
@@ -237,6 +245,44 @@ struct SessionDeadlines {
     deadlines: HashMap<SessionId, Instant>,
 }
 
+/// A command waiting for the batcher, and where its outcome goes.
+type Pending = (Command, oneshot::Sender<Result<(crate::api::CommandResult, Zxid), Proposal>>);
+
+/// Why a proposal did not produce a result.
+#[derive(Clone, Debug)]
+enum Proposal {
+    /// This member is not the leader (nothing was appended).
+    NotLeader { leader_id: Option<NodeId> },
+    Failed(CoordError),
+}
+
+/// Commands waiting to be proposed.
+#[derive(Default)]
+struct Batcher {
+    queue: Mutex<std::collections::VecDeque<Pending>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Batcher {
+    /// Takes queued commands, up to [`BATCH_COMMANDS_MAX`] and about [`BATCH_BYTES_MAX`].
+    fn take(&self) -> Vec<Pending> {
+        let mut queue = self.queue.lock();
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some((command, _)) = queue.front() {
+            let size = command.approx_bytes();
+            if !batch.is_empty() && (batch.len() >= BATCH_COMMANDS_MAX || bytes + size > BATCH_BYTES_MAX) {
+                break;
+            }
+            bytes += size;
+            if let Some(pending) = queue.pop_front() {
+                batch.push(pending);
+            }
+        }
+        batch
+    }
+}
+
 /// What the request handler and the background tasks share.
 pub struct Core {
     id: NodeId,
@@ -248,6 +294,7 @@ pub struct Core {
     sessions: Mutex<SessionDeadlines>,
     /// Sessions pinged on this follower, to pass on to the leader.
     touched: Mutex<BTreeSet<SessionId>>,
+    batcher: Batcher,
 }
 
 fn now_ms() -> u64 {
@@ -295,9 +342,11 @@ impl Core {
     /// no leader. Only retries when the request surely was not handled (no leader, no connection).
     async fn to_leader(&self, req: impl Fn() -> Request, deadline: Instant) -> Result<Response, CoordError> {
         loop {
-            if let Some((leader, address)) = self.leader()
-                && leader != self.id
-            {
+            if let Some((leader, address)) = self.leader() {
+                if leader == self.id {
+                    // Elected meanwhile: the caller handles the request here.
+                    return Ok(Response::Failed(unavailable(format!("member {} is now the leader", self.id))));
+                }
                 match self.peers.get(&address).await {
                     Ok(client) => {
                         let ttl = deadline.saturating_duration_since(Instant::now());
@@ -328,16 +377,16 @@ impl Core {
         }
         let deadline = Instant::now() + WRITE_TIMEOUT;
         loop {
-            match self.raft.client_write(command.clone()).await {
-                Ok(resp) => return Response::Written { result: resp.data, zxid: resp.log_id.index },
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            match self.propose(command.clone()).await {
+                Ok((result, zxid)) => return Response::Written { result, zxid },
+                Err(Proposal::NotLeader { leader_id }) => {
                     if forwarded {
                         return Response::Failed(unavailable(format!(
-                            "member {} is not the leader (leader: {:?})",
-                            self.id, f.leader_id
+                            "member {} is not the leader (leader: {leader_id:?})",
+                            self.id
                         )));
                     }
-                    if f.leader_id.is_some_and(|l| l != self.id) {
+                    if leader_id.is_some_and(|l| l != self.id) {
                         let command = command.clone();
                         match self
                             .to_leader(move || Request::Forward { command: command.clone() }, deadline)
@@ -354,12 +403,7 @@ impl Core {
                         }
                     }
                 }
-                Err(RaftError::APIError(e)) => {
-                    return Response::Failed(CoordError::Membership { reason: e.to_string() });
-                }
-                Err(RaftError::Fatal(e)) => {
-                    return Response::Failed(unavailable(format!("Raft stopped: {e}")));
-                }
+                Err(Proposal::Failed(e)) => return Response::Failed(e),
             }
             if Instant::now() >= deadline {
                 return Response::Failed(unavailable("no leader elected in time"));
@@ -368,11 +412,87 @@ impl Core {
         }
     }
 
+    /// Proposes `command` through the batcher: alone when the log is idle, together with the other
+    /// commands that arrived meanwhile when [`PROPOSALS_IN_FLIGHT_MAX`] proposals are already
+    /// waiting for their commit. Returns its result and zxid.
+    async fn propose(&self, command: Command) -> Result<(crate::api::CommandResult, Zxid), Proposal> {
+        let (tx, rx) = oneshot::channel();
+        self.batcher.queue.lock().push_back((command, tx));
+        self.batcher.wake.notify_one();
+        rx.await.unwrap_or_else(|_| Err(Proposal::Failed(unavailable("member is shutting down"))))
+    }
+
+    /// The batcher's loop: takes whatever is queued (up to the limits) whenever a proposal slot is
+    /// free, and proposes it as one log entry.
+    async fn run_batcher(self: Arc<Self>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            let batch = loop {
+                let batch = self.batcher.take();
+                if !batch.is_empty() {
+                    break batch;
+                }
+                self.batcher.wake.notified().await;
+            };
+            let core = self.clone();
+            tokio::spawn(async move {
+                core.commit_batch(batch).await;
+                drop(slot);
+            });
+        }
+    }
+
+    async fn commit_batch(&self, mut batch: Vec<Pending>) {
+        let single = batch.len() == 1;
+        let command = if single {
+            batch[0].0.clone()
+        } else {
+            Command::Batch(batch.iter().map(|(c, _)| c.clone()).collect())
+        };
+        match self.raft.client_write(command).await {
+            Ok(resp) => {
+                let index = resp.log_id.index;
+                if single {
+                    if let Some((_, tx)) = batch.pop() {
+                        let _ = tx.send(Ok((resp.data, zxid_of(index, 0))));
+                    }
+                    return;
+                }
+                let results = match resp.data {
+                    Ok(CommandOk::Batch(results)) if results.len() == batch.len() => results,
+                    other => {
+                        let e = unavailable(format!("unexpected result of a batch: {other:?}"));
+                        for (_, tx) in batch {
+                            let _ = tx.send(Err(Proposal::Failed(e.clone())));
+                        }
+                        return;
+                    }
+                };
+                for (position, ((_, tx), result)) in batch.into_iter().zip(results).enumerate() {
+                    let _ = tx.send(Ok((result, zxid_of(index, position))));
+                }
+            }
+            Err(e) => {
+                let outcome = match e {
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                        Proposal::NotLeader { leader_id: f.leader_id }
+                    }
+                    RaftError::APIError(e) => Proposal::Failed(CoordError::Membership { reason: e.to_string() }),
+                    RaftError::Fatal(e) => Proposal::Failed(unavailable(format!("Raft stopped: {e}"))),
+                };
+                for (_, tx) in batch {
+                    let _ = tx.send(Err(outcome.clone()));
+                }
+            }
+        }
+    }
+
     /// A read point every later read must reach to be linearizable.
     async fn read_index(&self) -> Result<Zxid, CoordError> {
         if self.is_leader() {
             return match self.raft.ensure_linearizable().await {
-                Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
+                Ok(log_id) => Ok(log_id.map(|l| zxid_entry_end(l.index)).unwrap_or(0)),
                 Err(e) => Err(unavailable(format!("leadership not confirmed: {e}"))),
             };
         }
@@ -681,6 +801,7 @@ impl cairn_rpc::Handler for Handler {
 pub struct Member {
     core: Arc<Core>,
     ticker: JoinHandle<()>,
+    batcher: JoinHandle<()>,
 }
 
 impl Member {
@@ -717,7 +838,9 @@ impl Member {
             watches: Watches::default(),
             sessions: Mutex::new(SessionDeadlines::default()),
             touched: Mutex::new(BTreeSet::new()),
+            batcher: Batcher::default(),
         });
+        let batcher = tokio::spawn(core.clone().run_batcher());
         let weak = Arc::downgrade(&core);
         machine.set_listener(Box::new(move |_zxid, events| {
             if let Some(core) = weak.upgrade() {
@@ -733,7 +856,7 @@ impl Member {
                 ticking.tick().await;
             }
         });
-        Ok(Member { core, ticker })
+        Ok(Member { core, ticker, batcher })
     }
 
     /// The handler to serve connections with (`cairn_rpc::serve_tcp` or `serve_connection`).
@@ -766,6 +889,8 @@ impl Member {
     pub async fn shutdown(self) {
         self.ticker.abort();
         let _ = self.ticker.await;
+        self.batcher.abort();
+        let _ = self.batcher.await;
         if let Err(e) = self.core.raft.shutdown().await {
             tracing::warn!("Raft did not stop cleanly: {e}");
         }

@@ -26,7 +26,11 @@ pub enum ReadOp {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum ReadOk {
-    Data { data: Vec<u8>, stat: Stat },
+    Data {
+        #[serde(with = "crate::api::bytes")]
+        data: Vec<u8>,
+        stat: Stat,
+    },
     Exists { stat: Option<Stat> },
     Children { names: Vec<String>, stat: Stat },
 }

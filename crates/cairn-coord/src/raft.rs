@@ -32,11 +32,11 @@ openraft::declare_raft_types!(
 pub type Raft = openraft::Raft<TypeConfig>;
 
 /// Leader heartbeat interval.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(80);
 /// Election timeouts are drawn from this range. A follower that hears nothing from a leader for
 /// this long starts an election; it bounds how long writes stall after a leader dies.
-pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(300);
-pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(600);
+pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(250);
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(500);
 /// By default a snapshot is built after this many entries since the last one; the log before it is
 /// purged, keeping a quarter of that for followers slightly behind.
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 20_000;

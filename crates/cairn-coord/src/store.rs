@@ -38,7 +38,7 @@ use parking_lot::{Mutex, RwLock};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{CommandOk, WatchEvent, Zxid};
+use crate::api::{CommandOk, WatchEvent, Zxid, zxid_entry_end, zxid_of};
 use crate::raft::{NodeId, TypeConfig};
 use crate::tree::Tree;
 
@@ -53,6 +53,10 @@ const KEY_FORMAT: &str = "format";
 
 /// Version of the layout of this file; see docs/format.md.
 const FORMAT_VERSION: u32 = 1;
+/// Durable log entries kept in memory for replication.
+const CACHED_ENTRIES_MAX: usize = 4096;
+/// How long the flusher waits for more jobs when several are already queued.
+const FLUSH_LINGER: std::time::Duration = std::time::Duration::from_micros(300);
 /// Most jobs folded into one transaction by the flusher.
 const FLUSH_JOBS_MAX: usize = 4096;
 
@@ -125,7 +129,12 @@ struct Shared {
     db: redb::Database,
     path: PathBuf,
     /// Entries handed to `append` and not yet durable, by index. Readers see them.
+    /// Also the most recent durable ones (up to `CACHED_ENTRIES_MAX`), so that replication to
+    /// followers reads memory, not redb.
     pending: Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
+    /// The latest `committed` openraft handed over, written with the next transaction: it is only
+    /// a hint for replay at start, not worth a commit of its own.
+    committed: Mutex<Option<Vec<u8>>>,
     last_purged: Mutex<Option<LogId<NodeId>>>,
     flusher: Option<std::sync::mpsc::Sender<Job>>,
     /// Set when a write failed: the member must stop, never retry (fsyncgate).
@@ -176,11 +185,13 @@ impl Mark {
 impl Shared {
     /// Writes `jobs` in one transaction, fsyncs, then reports to every waiter.
     fn run_jobs(&self, jobs: Vec<Job>) {
+        let started = std::time::Instant::now();
         let result = if let Some(reason) = self.failed.lock().clone() {
             Err(format!("an earlier write failed: {reason}"))
         } else {
             self.write_jobs(&jobs)
         };
+        tracing::trace!(jobs = jobs.len(), micros = started.elapsed().as_micros() as u64, "coord log commit");
         if let Err(reason) = &result {
             tracing::error!(path = %self.path.display(), "coord log write failed: {reason}");
             self.failed.lock().get_or_insert_with(|| reason.clone());
@@ -189,12 +200,17 @@ impl Shared {
         }
         for job in jobs {
             match job {
-                Job::Append { entries, callback } => {
+                Job::Append { callback, .. } => {
                     if result.is_ok() {
+                        // Keep recent durable entries cached; never drop one not yet durable.
+                        let durable_end = self.mark.lock().log_end;
                         let mut pending = self.pending.lock();
-                        for (index, log_id, _) in &entries {
-                            if pending.get(index).map(|e| e.log_id) == Some(*log_id) {
-                                pending.remove(index);
+                        while pending.len() > CACHED_ENTRIES_MAX {
+                            match pending.first_key_value() {
+                                Some((index, _)) if *index < durable_end => {
+                                    pending.pop_first();
+                                }
+                                _ => break,
                             }
                         }
                     }
@@ -242,6 +258,9 @@ impl Shared {
         {
             let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
             let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+            if let Some(committed) = self.committed.lock().take() {
+                meta.insert(KEY_COMMITTED, committed.as_slice()).map_err(|e| e.to_string())?;
+            }
             for job in jobs {
                 match job {
                     Job::Append { entries, .. } => {
@@ -300,8 +319,15 @@ impl Shared {
         }
     }
 
-    /// Entries in `range` from the file, then overlaid with the pending ones.
+    /// Entries in `range`: from the cache when it holds the start of the range, else from the
+    /// file overlaid with the cache.
     fn entries(&self, start: u64, end_exclusive: u64) -> Result<Vec<Entry<TypeConfig>>, String> {
+        {
+            let pending = self.pending.lock();
+            if pending.first_key_value().is_some_and(|(first, _)| *first <= start) {
+                return Ok(pending.range(start..end_exclusive).map(|(_, e)| e.clone()).collect());
+            }
+        }
         let mut out: BTreeMap<u64, Entry<TypeConfig>> = BTreeMap::new();
         if start < end_exclusive {
             let txn = self.db.begin_read().map_err(|e| e.to_string())?;
@@ -509,6 +535,7 @@ pub fn open(dir: &Path, mode: FlushMode) -> Result<(LogStore, StateMachineStore)
         db,
         path: path.clone(),
         pending: Mutex::new(BTreeMap::new()),
+        committed: Mutex::new(None),
         last_purged: Mutex::new(None),
         flusher: tx,
         failed: Mutex::new(None),
@@ -539,7 +566,7 @@ pub fn open(dir: &Path, mode: FlushMode) -> Result<(LogStore, StateMachineStore)
         ),
         None => (Tree::new(), None, StoredMembership::default()),
     };
-    let (applied_tx, _) = tokio::sync::watch::channel(last_applied.map(|l| l.index).unwrap_or(0));
+    let (applied_tx, _) = tokio::sync::watch::channel(last_applied.map(|l| zxid_entry_end(l.index)).unwrap_or(0));
     let machine = Arc::new(Machine {
         tree: RwLock::new(tree),
         state: Mutex::new(MachineState { last_applied, membership, snapshot, snapshot_count: 0 }),
@@ -556,6 +583,19 @@ fn flusher_loop(rx: std::sync::mpsc::Receiver<Job>, shared: std::sync::Weak<Shar
             match rx.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
+            }
+        }
+        // Several jobs already waiting means many writers: wait a moment for more, so that one
+        // commit (one fsync, one rewrite of redb's pages) serves them all. A lone writer does not
+        // wait.
+        if jobs.len() > 1 {
+            let until = std::time::Instant::now() + FLUSH_LINGER;
+            while jobs.len() < FLUSH_JOBS_MAX {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
             }
         }
         let Some(shared) = shared.upgrade() else { return };
@@ -617,10 +657,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        // Not waited for: a lost `committed` only means replaying a little more at start.
+        // Rides with the next transaction: a lost `committed` only means replaying a little more
+        // at start.
         let value = encode(&committed).map_err(|e| StorageIOError::write(AnyError::error(e)))?;
-        let (done, _ignored) = tokio::sync::oneshot::channel();
-        self.shared.submit(Job::Meta { key: KEY_COMMITTED, value, done });
+        *self.shared.committed.lock() = Some(value);
         Ok(())
     }
 
@@ -666,6 +706,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
             .map_err(|e| StorageError::from(StorageIOError::write_logs(AnyError::error(e))))?;
         *self.shared.last_purged.lock() = Some(log_id);
+        self.shared.pending.lock().retain(|index, _| *index > log_id.index);
         Ok(())
     }
 }
@@ -701,7 +742,8 @@ impl Machine {
     pub fn read<T>(&self, f: impl FnOnce(&Tree) -> T) -> T {
         f(&self.tree.read())
     }
-    /// The index of the last applied entry, and a way to wait for a later one.
+    /// The last zxid applied (the end of the last applied entry), and a way to wait for a later
+    /// one.
     pub fn applied(&self) -> tokio::sync::watch::Receiver<Zxid> {
         self.applied.subscribe()
     }
@@ -790,11 +832,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         Ok(CommandOk::Internal)
                     }
                     EntryPayload::Normal(command) => {
-                        let (result, events) = tree.apply(index, command);
+                        let (result, events) = tree.apply(zxid_of(index, 0), command);
                         if let Some(listener) = listener.as_ref()
                             && !events.is_empty()
                         {
-                            listener(index, &events);
+                            listener(zxid_of(index, 0), &events);
                         }
                         result
                     }
@@ -804,7 +846,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         if let Some(index) = last {
-            self.machine.applied.send_replace(index);
+            self.machine.applied.send_replace(zxid_entry_end(index));
         }
         Ok(results)
     }
@@ -837,7 +879,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             state.snapshot = Some(stored);
         }
         if let Some(l) = meta.last_log_id {
-            self.machine.applied.send_replace(l.index);
+            self.machine.applied.send_replace(zxid_entry_end(l.index));
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ const ROOT: &str = "/";
 /// One znode: its value, its metadata and the names (not paths) of its children.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 struct Znode {
-    #[serde(with = "bytes")]
+    #[serde(with = "crate::api::bytes")]
     data: Vec<u8>,
     stat: Stat,
     children: BTreeSet<String>,
@@ -113,7 +113,8 @@ impl Tree {
         Tree { nodes, sessions: BTreeMap::new() }
     }
 
-    /// Applies one committed log entry at log index `zxid`. Returns the result for the client and
+    /// Applies one committed log entry's command at `zxid` (a batch's commands at `zxid`,
+    /// `zxid + 1`, ...). Returns the result for the client and
     /// the watch events it caused, in order. Never panics; a failed command changes nothing and
     /// causes no event.
     pub fn apply(&mut self, zxid: Zxid, cmd: &Command) -> (CommandResult, Vec<WatchEvent>) {
@@ -139,6 +140,26 @@ impl Tree {
             Command::Write { session, op, time_ms } => self.write(zxid, *session, *time_ms, op, &mut events),
             Command::Multi { session, ops, time_ms } => {
                 self.multi(zxid, *session, *time_ms, ops, &mut events)
+            }
+            Command::Batch(commands) => {
+                if commands.len() as u64 > crate::api::ZXIDS_PER_ENTRY {
+                    Err(CoordError::BadRequest { reason: format!("batch of {} commands", commands.len()) })
+                } else {
+                    // Each command gets the next zxid and stands alone: one failing changes
+                    // nothing for the others.
+                    let mut results = Vec::with_capacity(commands.len());
+                    for (position, command) in commands.iter().enumerate() {
+                        let result = if matches!(command, Command::Batch(_)) {
+                            Err(CoordError::BadRequest { reason: "nested batch".into() })
+                        } else {
+                            let (result, more) = self.apply(zxid.saturating_add(position as u64), command);
+                            events.extend(more);
+                            result
+                        };
+                        results.push(result);
+                    }
+                    Ok(CommandOk::Batch(results))
+                }
             }
         };
         if result.is_err() {
@@ -580,45 +601,6 @@ impl Tree {
     }
 }
 
-/// Znode values as MessagePack `bin` (not an array of integers); arrays are still accepted.
-mod bytes {
-    use serde::de::{Deserializer, SeqAccess, Visitor};
-    use serde::ser::Serializer;
-
-    pub fn serialize<S: Serializer>(data: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(data)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-        deserializer.deserialize_byte_buf(BytesVisitor)
-    }
-
-    struct BytesVisitor;
-
-    impl<'de> Visitor<'de> for BytesVisitor {
-        type Value = Vec<u8>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a byte string")
-        }
-
-        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-            Ok(v.to_vec())
-        }
-
-        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-            Ok(v)
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-            while let Some(byte) = seq.next_element::<u8>()? {
-                out.push(byte);
-            }
-            Ok(out)
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
