@@ -64,12 +64,8 @@ pub struct CoordArgs {
     /// Print the results as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     json: bool,
-    /// The cairn binary [default: `cairn` next to this program, built first].
-    #[arg(long)]
-    cairn_bin: Option<PathBuf>,
-    /// Do not run `cargo build --release -p cairn` first.
-    #[arg(long)]
-    no_build: bool,
+    #[command(flatten)]
+    cairn: crate::CairnBinary,
     /// Where the members' data folders go (one temporary folder for both systems).
     #[arg(long, default_value = "/var/tmp")]
     work_dir: PathBuf,
@@ -144,21 +140,7 @@ fn prepare(args: &CoordArgs, systems: &[System]) -> Result<Launchers> {
         launchers.zookeeper_classpath = classpath;
     }
     if systems.contains(&System::Cairn) {
-        launchers.cairn_binary = match &args.cairn_bin {
-            Some(path) => path.clone(),
-            None => {
-                let exe = std::env::current_exe()?;
-                exe.parent().context("no folder for the current executable")?.join("cairn")
-            }
-        };
-        if args.cairn_bin.is_none() && !args.no_build {
-            crate::build_cairn()?;
-        }
-        ensure!(
-            launchers.cairn_binary.exists(),
-            "{} not found (build it: cargo build --release -p cairn)",
-            launchers.cairn_binary.display()
-        );
+        launchers.cairn_binary = args.cairn.resolve()?;
     }
     Ok(launchers)
 }

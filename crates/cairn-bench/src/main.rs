@@ -76,12 +76,8 @@ struct Args {
     /// Print the results as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     json: bool,
-    /// The cairn binary [default: `cairn` next to this program, built first].
-    #[arg(long)]
-    cairn_bin: Option<PathBuf>,
-    /// Do not run `cargo build --release -p cairn` first.
-    #[arg(long)]
-    no_build: bool,
+    #[command(flatten)]
+    cairn: CairnBinary,
     /// fio with the `nfs` ioengine (built by `nfsvm --setup` when missing).
     #[arg(long, default_value = "/var/cache/nfsvm/bin/fio")]
     fio: PathBuf,
@@ -213,24 +209,37 @@ fn prepare_tools(args: &Args, sides: &[Side]) -> Result<Tools> {
     if sides.contains(&Side::Ganesha) {
         ensure!(ganesha_script.exists(), "{} not found", ganesha_script.display());
     }
-    let cairn_binary = match &args.cairn_bin {
-        Some(path) => path.clone(),
-        None => {
-            let exe = std::env::current_exe()?;
-            exe.parent().context("no folder for the current executable")?.join("cairn")
-        }
-    };
-    if sides.contains(&Side::Cairn) {
-        if args.cairn_bin.is_none() && !args.no_build {
+    let cairn_binary = if sides.contains(&Side::Cairn) { args.cairn.resolve()? } else { PathBuf::new() };
+    Ok(Tools { ganesha_script, cairn_binary })
+}
+
+/// Which cairn binary a benchmark runs.
+#[derive(clap::Args, Debug)]
+pub struct CairnBinary {
+    /// The cairn binary [default: `cairn` next to this program, built first].
+    #[arg(long)]
+    cairn_bin: Option<PathBuf>,
+    /// Do not run `cargo build --release -p cairn` first.
+    #[arg(long)]
+    no_build: bool,
+}
+
+impl CairnBinary {
+    /// The binary's path, after building it unless told not to; fails when it does not exist.
+    pub fn resolve(&self) -> Result<PathBuf> {
+        let binary = match &self.cairn_bin {
+            Some(path) => path.clone(),
+            None => {
+                let exe = std::env::current_exe()?;
+                exe.parent().context("no folder for the current executable")?.join("cairn")
+            }
+        };
+        if self.cairn_bin.is_none() && !self.no_build {
             build_cairn()?;
         }
-        ensure!(
-            cairn_binary.exists(),
-            "{} not found (build it: cargo build --release -p cairn)",
-            cairn_binary.display()
-        );
+        ensure!(binary.exists(), "{} not found (build it: cargo build --release -p cairn)", binary.display());
+        Ok(binary)
     }
-    Ok(Tools { ganesha_script, cairn_binary })
 }
 
 /// `cargo build --release -p cairn` in this workspace, so the benchmark never measures a stale

@@ -33,7 +33,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::api::{
-    Command, CommandOk, CoordError, EventType, SessionId, WatchEvent, WatchKind, Zxid, zxid_entry_end, zxid_of,
+    Command, CommandOk, CoordError, EventType, SessionId, WatchEvent, WatchKind, Zxid, zxid_entry_end,
+    zxid_of,
 };
 use crate::proto::{Client, Dialer, MemberStatus, ReadOk, ReadOp, Request, Response, WatchFired, WatchSpec};
 use crate::raft::{NodeId, Raft, TypeConfig, raft_config};
@@ -50,6 +51,8 @@ const TOUCH_INTERVAL: Duration = Duration::from_millis(100);
 const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Most sessions expired by one log entry.
 const EXPIRE_BATCH_MAX: usize = 1024;
+/// How long a probe of a leader whose connection closed may take before it counts as alive.
+const LEADER_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 /// Proposals waiting for their commit at once; more commands wait and go together in the next.
 const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
 /// Most commands, and about the most bytes, in one batched log entry.
@@ -252,7 +255,9 @@ type Pending = (Command, oneshot::Sender<Result<(crate::api::CommandResult, Zxid
 #[derive(Clone, Debug)]
 enum Proposal {
     /// This member is not the leader (nothing was appended).
-    NotLeader { leader_id: Option<NodeId> },
+    NotLeader {
+        leader_id: Option<NodeId>,
+    },
     Failed(CoordError),
 }
 
@@ -295,6 +300,8 @@ pub struct Core {
     /// Sessions pinged on this follower, to pass on to the leader.
     touched: Mutex<BTreeSet<SessionId>>,
     batcher: Batcher,
+    /// Connections over which a leader sent AppendEntries, by connection id.
+    leader_connections: Mutex<HashMap<u64, NodeId>>,
 }
 
 fn now_ms() -> u64 {
@@ -345,7 +352,10 @@ impl Core {
             if let Some((leader, address)) = self.leader() {
                 if leader == self.id {
                     // Elected meanwhile: the caller handles the request here.
-                    return Ok(Response::Failed(unavailable(format!("member {} is now the leader", self.id))));
+                    return Ok(Response::Failed(unavailable(format!(
+                        "member {} is now the leader",
+                        self.id
+                    ))));
                 }
                 match self.peers.get(&address).await {
                     Ok(client) => {
@@ -478,7 +488,9 @@ impl Core {
                     RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
                         Proposal::NotLeader { leader_id: f.leader_id }
                     }
-                    RaftError::APIError(e) => Proposal::Failed(CoordError::Membership { reason: e.to_string() }),
+                    RaftError::APIError(e) => {
+                        Proposal::Failed(CoordError::Membership { reason: e.to_string() })
+                    }
                     RaftError::Fatal(e) => Proposal::Failed(unavailable(format!("Raft stopped: {e}"))),
                 };
                 for (_, tx) in batch {
@@ -608,6 +620,22 @@ impl Core {
             self.touched.lock().insert(session);
         }
         Response::Pong(Ok(()))
+    }
+
+    /// Called when the connection the leader replicated over closed: elects at once if the leader
+    /// is still the one we follow and refuses connections.
+    async fn check_leader_alive(&self, leader: NodeId) {
+        let Some((current, address)) = self.leader() else { return };
+        if current != leader || leader == self.id {
+            return;
+        }
+        let dial = tokio::time::timeout(LEADER_PROBE_TIMEOUT, self.peers.dialer.dial(&address)).await;
+        if let Ok(Err(e)) = dial {
+            tracing::info!("leader {leader} at {address} is gone ({e}): starting an election");
+            if let Err(e) = self.raft.trigger().elect().await {
+                tracing::warn!("cannot start an election: {e}");
+            }
+        }
     }
 
     /// On the leader: pushes the sessions' deadlines to a full timeout from now.
@@ -760,7 +788,12 @@ impl cairn_rpc::Handler for Handler {
     async fn call(&self, conn: &cairn_rpc::Connection<WatchFired>, req: Request) -> Response {
         let core = &self.core;
         match req {
-            Request::RaftAppend(rpc) => Response::RaftAppend(core.raft.append_entries(rpc).await),
+            Request::RaftAppend(rpc) => {
+                if let Some(leader) = rpc.vote.leader_id().voted_for() {
+                    core.leader_connections.lock().insert(conn.id(), leader);
+                }
+                Response::RaftAppend(core.raft.append_entries(rpc).await)
+            }
             Request::RaftVote(rpc) => Response::RaftVote(core.raft.vote(rpc).await),
             Request::RaftSnapshot(rpc) => Response::RaftSnapshot(core.raft.install_snapshot(rpc).await),
             Request::Forward { command } => core.write(command, true).await,
@@ -794,6 +827,14 @@ impl cairn_rpc::Handler for Handler {
 
     fn disconnected(&self, conn: &cairn_rpc::Connection<WatchFired>) {
         self.core.watches.drop_connection(conn.id());
+        // The leader's connection closed. A killed process closes its sockets at once, so this is
+        // usually the first sign of a dead leader: if it no longer accepts connections, start an
+        // election now instead of waiting out the election timeout (ZooKeeper does the same).
+        let leader = self.core.leader_connections.lock().remove(&conn.id());
+        if let Some(leader) = leader {
+            let core = self.core.clone();
+            tokio::spawn(async move { core.check_leader_alive(leader).await });
+        }
     }
 }
 
@@ -839,6 +880,7 @@ impl Member {
             sessions: Mutex::new(SessionDeadlines::default()),
             touched: Mutex::new(BTreeSet::new()),
             batcher: Batcher::default(),
+            leader_connections: Mutex::new(HashMap::new()),
         });
         let batcher = tokio::spawn(core.clone().run_batcher());
         let weak = Arc::downgrade(&core);

@@ -31,8 +31,13 @@ pub enum ReadOk {
         data: Vec<u8>,
         stat: Stat,
     },
-    Exists { stat: Option<Stat> },
-    Children { names: Vec<String>, stat: Stat },
+    Exists {
+        stat: Option<Stat>,
+    },
+    Children {
+        names: Vec<String>,
+        stat: Stat,
+    },
 }
 
 /// A watch a client re-registers after reconnecting. `existed` says whether the znode existed when

@@ -566,7 +566,8 @@ pub fn open(dir: &Path, mode: FlushMode) -> Result<(LogStore, StateMachineStore)
         ),
         None => (Tree::new(), None, StoredMembership::default()),
     };
-    let (applied_tx, _) = tokio::sync::watch::channel(last_applied.map(|l| zxid_entry_end(l.index)).unwrap_or(0));
+    let (applied_tx, _) =
+        tokio::sync::watch::channel(last_applied.map(|l| zxid_entry_end(l.index)).unwrap_or(0));
     let machine = Arc::new(Machine {
         tree: RwLock::new(tree),
         state: Mutex::new(MachineState { last_applied, membership, snapshot, snapshot_count: 0 }),

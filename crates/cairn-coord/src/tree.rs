@@ -601,7 +601,6 @@ impl Tree {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
