@@ -53,6 +53,8 @@ const KEY_FORMAT: &str = "format";
 
 /// Version of the layout of this file; see docs/format.md.
 const FORMAT_VERSION: u32 = 1;
+/// How often the `committed` hint is written.
+const COMMITTED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Durable log entries kept in memory for replication.
 const CACHED_ENTRIES_MAX: usize = 4096;
 /// How long the flusher waits for more jobs when several are already queued.
@@ -135,6 +137,7 @@ struct Shared {
     /// The latest `committed` openraft handed over, written with the next transaction: it is only
     /// a hint for replay at start, not worth a commit of its own.
     committed: Mutex<Option<Vec<u8>>>,
+    committed_written: Mutex<Option<std::time::Instant>>,
     last_purged: Mutex<Option<LogId<NodeId>>>,
     flusher: Option<std::sync::mpsc::Sender<Job>>,
     /// Set when a write failed: the member must stop, never retry (fsyncgate).
@@ -258,8 +261,12 @@ impl Shared {
         {
             let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
             let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-            if let Some(committed) = self.committed.lock().take() {
+            // At most once a second: writing it touches a second B-tree, which costs every commit
+            // more pages than the entries themselves.
+            let due = self.committed_written.lock().is_none_or(|at| at.elapsed() >= COMMITTED_EVERY);
+            if due && let Some(committed) = self.committed.lock().take() {
                 meta.insert(KEY_COMMITTED, committed.as_slice()).map_err(|e| e.to_string())?;
+                *self.committed_written.lock() = Some(std::time::Instant::now());
             }
             for job in jobs {
                 match job {
@@ -536,6 +543,7 @@ pub fn open(dir: &Path, mode: FlushMode) -> Result<(LogStore, StateMachineStore)
         path: path.clone(),
         pending: Mutex::new(BTreeMap::new()),
         committed: Mutex::new(None),
+        committed_written: Mutex::new(None),
         last_purged: Mutex::new(None),
         flusher: tx,
         failed: Mutex::new(None),
