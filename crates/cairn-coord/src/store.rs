@@ -1,26 +1,32 @@
-//! The Raft log, vote and snapshot of one coord member, kept in a redb file, and the state machine
-//! that applies committed entries to the znode [`Tree`].
+//! The Raft log, vote and snapshot of one coord member, kept in a fjall database (`raft/`), and
+//! the state machine that applies committed entries to the znode [`Tree`].
+//!
+//! Why fjall: its write path is a journal append and an fdatasync, as ZooKeeper's transaction log
+//! is; redb's copy-on-write B-tree cost about 0.4 ms of extra work per commit here (measured:
+//! 677 us against 267 us per 1.2 KiB durable write), which every write pays on the leader and a
+//! follower.
 //!
 //! Durability: `append` returns at once and hands the entries to a flusher; the flusher writes every
-//! queued job in one redb transaction committed with `Durability::Immediate` (fsync) and only then
+//! queued job in one atomic write batch, then persists the journal with fdatasync, and only then
 //! calls openraft's `LogFlushed` callbacks. That is group commit: 64 concurrent writers cost one
-//! fsync, not 64. Votes, truncations and purges go through the same queue, so the file always sees
+//! fsync, not 64. Votes, truncations and purges go through the same queue, so the store always sees
 //! the operations in the order openraft issued them, and their callers wait for the fsync.
 //!
 //! Integrity: every value carries a CRC32C of its bytes. Opening the store reads every entry back
 //! and checks it, and that the indexes are contiguous; any mismatch refuses to start with the path
 //! and index in the message. Nothing is ever truncated to "repair" a file.
 //!
-//! redb, on finding its newest commit damaged, silently falls back to the one before: that would
-//! drop acknowledged entries without a word. So after every commit the store also records, in a
-//! small side file (`raft.mark`), the last log index and vote term it made durable. At start, a log
-//! that ends before the mark, or a vote older than it, means committed data went missing, and the
-//! member refuses to start. The mark is written without its own fsync (one fsync per commit is the
-//! budget); it catches any loss seen after a process crash or a clean stop.
+//! fjall, on finding the newest batch of its journal damaged, drops it without an error: right
+//! after a crash in the middle of a write (it was never acknowledged), wrong after damage to a
+//! batch that was. So after every persist the store also records, in a small side file
+//! (`raft.mark`), the last log index and vote term it made durable. At start, a log that ends before
+//! the mark, or a vote older than it, means acknowledged data went missing, and the member refuses
+//! to start (and keeps refusing). The mark is written without its own fsync (one fsync per commit
+//! is the budget); it catches any loss seen after a process crash or a clean stop.
 //!
-//! The state machine lives in memory; a snapshot (the whole tree) is written to the same file when
-//! openraft builds or installs one. At start the tree is the last snapshot, and openraft replays the
-//! log entries after it.
+//! The state machine lives in memory; a snapshot (the whole tree) is written to the same database
+//! when openraft builds or installs one. At start the tree is the last snapshot, and openraft
+//! replays the log entries after it.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -35,15 +41,14 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership, Vote,
 };
 use parking_lot::{Mutex, RwLock};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{CommandOk, WatchEvent, Zxid, zxid_entry_end, zxid_of};
 use crate::raft::{NodeId, TypeConfig};
 use crate::tree::Tree;
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const LOG: &str = "raft_log";
+const META: &str = "raft_meta";
 
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
@@ -67,12 +72,19 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 /// Why a member's store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("cannot open coord store {path}: {source}; refusing to start")]
-    Database { path: PathBuf, source: Box<redb::DatabaseError> },
-    #[error("coord store {path} is corrupt: {what}; refusing to start")]
+    #[error("coord store {path} is damaged or unreadable: {source}; refusing to start")]
+    Database { path: PathBuf, source: Box<fjall::Error> },
+    #[error("coord store {path} is damaged: {what}; refusing to start")]
     Corrupt { path: PathBuf, what: String },
     #[error("coord store {path}: {source}")]
-    Io { path: PathBuf, source: Box<redb::Error> },
+    Io { path: PathBuf, source: Box<fjall::Error> },
+}
+
+impl OpenError {
+    /// Another process (a dying predecessor, say) still holds the database.
+    pub fn is_in_use(&self) -> bool {
+        matches!(self, OpenError::Database { source, .. } if matches!(**source, fjall::Error::Locked))
+    }
 }
 
 /// How the log is made durable. `Background` folds concurrent appends into one fsync on a flusher
@@ -126,13 +138,15 @@ enum Job {
     Meta { key: &'static str, value: Vec<u8>, done: tokio::sync::oneshot::Sender<Result<(), String>> },
 }
 
-/// The redb file and what both halves (log and state machine) share.
+/// The database and what both halves (log and state machine) share.
 struct Shared {
-    db: redb::Database,
+    db: fjall::Database,
+    log: fjall::Keyspace,
+    meta: fjall::Keyspace,
     path: PathBuf,
     /// Entries handed to `append` and not yet durable, by index. Readers see them.
     /// Also the most recent durable ones (up to `CACHED_ENTRIES_MAX`), so that replication to
-    /// followers reads memory, not redb.
+    /// followers reads memory, not the database.
     pending: Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
     /// The latest `committed` openraft handed over, written with the next transaction: it is only
     /// a hint for replay at start, not worth a commit of its own.
@@ -257,38 +271,69 @@ impl Shared {
     }
 
     fn write_jobs(&self, jobs: &[Job]) -> Result<(), String> {
-        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
-        {
-            let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
-            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-            // At most once a second: writing it touches a second B-tree, which costs every commit
-            // more pages than the entries themselves.
-            let due = self.committed_written.lock().is_none_or(|at| at.elapsed() >= COMMITTED_EVERY);
-            if due && let Some(committed) = self.committed.lock().take() {
-                meta.insert(KEY_COMMITTED, committed.as_slice()).map_err(|e| e.to_string())?;
-                *self.committed_written.lock() = Some(std::time::Instant::now());
-            }
-            for job in jobs {
-                match job {
-                    Job::Append { entries, .. } => {
-                        for (index, _, bytes) in entries {
-                            log.insert(*index, bytes.as_slice()).map_err(|e| e.to_string())?;
-                        }
+        let mut batch = self.db.batch();
+        // At most once a second: a hint for replay at start, not worth the bytes on every commit.
+        let due = self.committed_written.lock().is_none_or(|at| at.elapsed() >= COMMITTED_EVERY);
+        if due && let Some(committed) = self.committed.lock().take() {
+            batch.insert(&self.meta, KEY_COMMITTED, committed);
+            *self.committed_written.lock() = Some(std::time::Instant::now());
+        }
+        // Indexes appended earlier in this same batch (not yet visible to reads of the keyspace).
+        let mut appended: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
+        for job in jobs {
+            match job {
+                Job::Append { entries, .. } => {
+                    for (index, _, bytes) in entries {
+                        batch.insert(&self.log, index.to_be_bytes(), bytes.as_slice());
+                        appended.insert(*index);
                     }
-                    Job::Truncate { since, .. } => {
-                        log.retain_in(*since.., |_, _| false).map_err(|e| e.to_string())?;
+                }
+                Job::Truncate { since, .. } => {
+                    for index in self.stored_indexes(*since..)? {
+                        batch.remove(&self.log, index.to_be_bytes());
                     }
-                    Job::Purge { upto, value, .. } => {
-                        log.retain_in(..=*upto, |_, _| false).map_err(|e| e.to_string())?;
-                        meta.insert(KEY_PURGED, value.as_slice()).map_err(|e| e.to_string())?;
+                    for index in appended.split_off(since) {
+                        batch.remove(&self.log, index.to_be_bytes());
                     }
-                    Job::Meta { key, value, .. } => {
-                        meta.insert(*key, value.as_slice()).map_err(|e| e.to_string())?;
+                }
+                Job::Purge { upto, value, .. } => {
+                    for index in self.stored_indexes(..=*upto)? {
+                        batch.remove(&self.log, index.to_be_bytes());
                     }
+                    let kept = appended.split_off(&upto.saturating_add(1));
+                    for index in std::mem::replace(&mut appended, kept) {
+                        batch.remove(&self.log, index.to_be_bytes());
+                    }
+                    batch.insert(&self.meta, KEY_PURGED, value.as_slice());
+                }
+                Job::Meta { key, value, .. } => {
+                    batch.insert(&self.meta, *key, value.as_slice());
                 }
             }
         }
-        txn.commit().map_err(|e| e.to_string())
+        batch.commit().map_err(|e| e.to_string())?;
+        self.db.persist(fjall::PersistMode::SyncData).map_err(|e| e.to_string())
+    }
+
+    /// The indexes stored in the log keyspace within `range`.
+    fn stored_indexes(&self, range: impl RangeBounds<u64>) -> Result<Vec<u64>, String> {
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(e) => Some(*e),
+            Bound::Excluded(e) => e.checked_sub(1),
+            Bound::Unbounded => Some(u64::MAX),
+        };
+        let Some(end) = end else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for item in self.log.range(start.to_be_bytes()..=end.to_be_bytes()) {
+            let key = item.key().map_err(|e| e.to_string())?;
+            out.push(index_of(&key)?);
+        }
+        Ok(out)
     }
 
     fn submit(&self, job: Job) {
@@ -314,14 +359,8 @@ impl Shared {
     }
 
     fn read_meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, String> {
-        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
-        let table = match txn.open_table(META) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.to_string()),
-        };
-        match table.get(key).map_err(|e| e.to_string())? {
-            Some(v) => decode(v.value()).map(Some).map_err(|e| format!("{key}: {e}")),
+        match self.meta.get(key).map_err(|e| e.to_string())? {
+            Some(v) => decode(&v).map(Some).map_err(|e| format!("{key}: {e}")),
             None => Ok(None),
         }
     }
@@ -337,18 +376,11 @@ impl Shared {
         }
         let mut out: BTreeMap<u64, Entry<TypeConfig>> = BTreeMap::new();
         if start < end_exclusive {
-            let txn = self.db.begin_read().map_err(|e| e.to_string())?;
-            match txn.open_table(LOG) {
-                Ok(table) => {
-                    for item in table.range(start..end_exclusive).map_err(|e| e.to_string())? {
-                        let (k, v) = item.map_err(|e| e.to_string())?;
-                        let entry: Entry<TypeConfig> =
-                            decode(v.value()).map_err(|e| format!("log entry {}: {e}", k.value()))?;
-                        out.insert(k.value(), entry);
-                    }
-                }
-                Err(redb::TableError::TableDoesNotExist(_)) => {}
-                Err(e) => return Err(e.to_string()),
+            for item in self.log.range(start.to_be_bytes()..end_exclusive.to_be_bytes()) {
+                let (k, v) = item.into_inner().map_err(|e| e.to_string())?;
+                let index = index_of(&k)?;
+                let entry: Entry<TypeConfig> = decode(&v).map_err(|e| format!("log entry {index}: {e}"))?;
+                out.insert(index, entry);
             }
             let pending = self.pending.lock();
             for (index, entry) in pending.range(start..end_exclusive) {
@@ -362,16 +394,11 @@ impl Shared {
         if let Some((_, e)) = self.pending.lock().last_key_value() {
             return Ok(Some(e.log_id));
         }
-        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
-        let table = match txn.open_table(LOG) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.to_string()),
-        };
-        match table.last().map_err(|e| e.to_string())? {
-            Some((k, v)) => {
-                let entry: Entry<TypeConfig> =
-                    decode(v.value()).map_err(|e| format!("log entry {}: {e}", k.value()))?;
+        match self.log.last_key_value() {
+            Some(item) => {
+                let (k, v) = item.into_inner().map_err(|e| e.to_string())?;
+                let index = index_of(&k)?;
+                let entry: Entry<TypeConfig> = decode(&v).map_err(|e| format!("log entry {index}: {e}"))?;
                 Ok(Some(entry.log_id))
             }
             None => Ok(None),
@@ -379,96 +406,64 @@ impl Shared {
     }
 }
 
-/// Opens (or creates) a member's store at `dir/raft.redb`, checking every value. Returns the log
-/// half and the state-machine half for `openraft::Raft::new`.
-pub fn open(dir: &Path, mode: FlushMode) -> Result<(LogStore, StateMachineStore), OpenError> {
-    let path = dir.join("raft.redb");
-    // redb repairs a file that was not closed cleanly. When its newest commit fails its checksum it
-    // rolls that commit back. After a crash in the middle of a commit that is right (the commit was
-    // never acknowledged), but after damage to the file it would drop acknowledged entries. The
-    // callback sees progress 0.3 exactly then, before anything is written: keep a copy of the file as
-    // found; the mark check below tells the two cases apart, and the copy is dropped if all is well.
-    let preserved = dir.join("raft.redb.as-found");
-    let rolled_back = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut builder = redb::Builder::new();
-    {
-        let (path, preserved, rolled_back) = (path.clone(), preserved.clone(), rolled_back.clone());
-        builder.set_repair_callback(move |session| {
-            if session.progress() < 0.5 && !rolled_back.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                tracing::warn!(
-                    "{}: the newest commit fails its checksum; redb rolls it back",
-                    path.display()
-                );
-                if let Err(e) = std::fs::copy(&path, &preserved) {
-                    tracing::error!("cannot keep a copy of {} as found: {e}; not repairing", path.display());
-                    session.abort();
-                }
-            }
-        });
-    }
-    let db =
-        builder.create(&path).map_err(|e| OpenError::Database { path: path.clone(), source: Box::new(e) })?;
-    let rolled_back = rolled_back.load(std::sync::atomic::Ordering::SeqCst);
-    let corrupt = |what: String| OpenError::Corrupt { path: path.clone(), what };
-    let io = |e: redb::Error| OpenError::Io { path: path.clone(), source: Box::new(e) };
+/// A log key back to its index.
+fn index_of(key: &[u8]) -> Result<u64, String> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| format!("log key of {} bytes", key.len()))?;
+    Ok(u64::from_be_bytes(bytes))
+}
 
-    // Create the tables (and stamp the format) on first open; check the format otherwise.
-    {
-        let txn = db.begin_write().map_err(|e| io(e.into()))?;
-        {
-            txn.open_table(LOG).map_err(|e| io(e.into()))?;
-            let mut meta = txn.open_table(META).map_err(|e| io(e.into()))?;
-            let existing = meta.get(KEY_FORMAT).map_err(|e| io(e.into()))?.map(|v| v.value().to_vec());
-            match existing {
-                None => {
-                    let value = encode(&FORMAT_VERSION).map_err(&corrupt)?;
-                    meta.insert(KEY_FORMAT, value.as_slice()).map_err(|e| io(e.into()))?;
-                }
-                Some(bytes) => {
-                    let version: u32 = decode(&bytes).map_err(|e| corrupt(format!("format marker: {e}")))?;
-                    if version != FORMAT_VERSION {
-                        return Err(corrupt(format!(
-                            "format version {version}, this binary reads version {FORMAT_VERSION}"
-                        )));
-                    }
-                }
+/// Opens (or creates) a member's store at `dir/raft/`, checking every value. Returns the log half
+/// and the state-machine half for `openraft::Raft::new`.
+pub fn open(dir: &Path, mode: FlushMode) -> Result<(LogStore, StateMachineStore), OpenError> {
+    let path = dir.join("raft");
+    let db = fjall::Database::builder(&path)
+        .open()
+        .map_err(|e| OpenError::Database { path: path.clone(), source: Box::new(e) })?;
+    let corrupt = |what: String| OpenError::Corrupt { path: path.clone(), what };
+    let io = |e: fjall::Error| OpenError::Io { path: path.clone(), source: Box::new(e) };
+    let log = db.keyspace(LOG, fjall::KeyspaceCreateOptions::default).map_err(io)?;
+    let meta = db.keyspace(META, fjall::KeyspaceCreateOptions::default).map_err(io)?;
+
+    // Stamp the format on first open; check it otherwise.
+    match meta.get(KEY_FORMAT).map_err(io)? {
+        None => {
+            let value = encode(&FORMAT_VERSION).map_err(&corrupt)?;
+            meta.insert(KEY_FORMAT, value).map_err(io)?;
+            db.persist(fjall::PersistMode::SyncData).map_err(io)?;
+        }
+        Some(bytes) => {
+            let version: u32 = decode(&bytes).map_err(|e| corrupt(format!("format marker: {e}")))?;
+            if version != FORMAT_VERSION {
+                return Err(corrupt(format!(
+                    "format version {version}, this binary reads version {FORMAT_VERSION}"
+                )));
             }
         }
-        txn.commit().map_err(|e| io(e.into()))?;
     }
 
     // Check every log entry: checksum, decodability, index matches key, contiguous.
-    {
-        let txn = db.begin_read().map_err(|e| io(e.into()))?;
-        let log = txn.open_table(LOG).map_err(|e| io(e.into()))?;
-        let mut previous: Option<u64> = None;
-        for item in log.iter().map_err(|e| io(e.into()))? {
-            let (k, v) = item.map_err(|e| io(e.into()))?;
-            let index = k.value();
-            let entry: Entry<TypeConfig> =
-                decode(v.value()).map_err(|e| corrupt(format!("log entry {index}: {e}")))?;
-            if entry.log_id.index != index {
-                return Err(corrupt(format!(
-                    "log entry stored at {index} says it is {}",
-                    entry.log_id.index
-                )));
-            }
-            if let Some(p) = previous
-                && p + 1 != index
-            {
-                return Err(corrupt(format!("log has a hole between entries {p} and {index}")));
-            }
-            previous = Some(index);
+    let mut previous: Option<u64> = None;
+    for item in log.iter() {
+        let (k, v) = item.into_inner().map_err(io)?;
+        let index = index_of(&k).map_err(&corrupt)?;
+        let entry: Entry<TypeConfig> = decode(&v).map_err(|e| corrupt(format!("log entry {index}: {e}")))?;
+        if entry.log_id.index != index {
+            return Err(corrupt(format!("log entry stored at {index} says it is {}", entry.log_id.index)));
         }
-        let meta = txn.open_table(META).map_err(|e| io(e.into()))?;
-        for item in meta.iter().map_err(|e| io(e.into()))? {
-            let (k, v) = item.map_err(|e| io(e.into()))?;
-            unseal(v.value()).map_err(|e| corrupt(format!("{}: {e}", k.value())))?;
+        if let Some(p) = previous
+            && p + 1 != index
+        {
+            return Err(corrupt(format!("log has a hole between entries {p} and {index}")));
         }
+        previous = Some(index);
+    }
+    for item in meta.iter() {
+        let (k, v) = item.into_inner().map_err(io)?;
+        unseal(&v).map_err(|e| corrupt(format!("{}: {e}", String::from_utf8_lossy(&k))))?;
     }
 
     // Compare with the side file: the log must reach as far, and the vote as high, as recorded.
-    let mark_path = path.with_extension("mark");
+    let mark_path = dir.join("raft.mark");
     let mark_file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -479,17 +474,14 @@ pub fn open(dir: &Path, mode: FlushMode) -> Result<(LogStore, StateMachineStore)
     let mark_bytes = std::fs::read(&mark_path)
         .map_err(|e| corrupt(format!("cannot read {}: {e}", mark_path.display())))?;
     let (log_end, vote_term) = {
-        let txn = db.begin_read().map_err(|e| io(e.into()))?;
-        let log = txn.open_table(LOG).map_err(|e| io(e.into()))?;
-        let meta = txn.open_table(META).map_err(|e| io(e.into()))?;
-        let last = log.last().map_err(|e| io(e.into()))?.map(|(k, _)| k.value().saturating_add(1));
-        let purged: Option<Option<LogId<NodeId>>> = match meta.get(KEY_PURGED).map_err(|e| io(e.into()))? {
-            Some(v) => Some(decode(v.value()).map_err(|e| corrupt(format!("{KEY_PURGED}: {e}")))?),
+        let last = previous.map(|p| p.saturating_add(1));
+        let purged: Option<Option<LogId<NodeId>>> = match meta.get(KEY_PURGED).map_err(io)? {
+            Some(v) => Some(decode(&v).map_err(|e| corrupt(format!("{KEY_PURGED}: {e}")))?),
             None => None,
         };
         let purged_end = purged.flatten().map(|l| l.index.saturating_add(1)).unwrap_or(0);
-        let vote: Option<Vote<NodeId>> = match meta.get(KEY_VOTE).map_err(|e| io(e.into()))? {
-            Some(v) => Some(decode(v.value()).map_err(|e| corrupt(format!("{KEY_VOTE}: {e}")))?),
+        let vote: Option<Vote<NodeId>> = match meta.get(KEY_VOTE).map_err(io)? {
+            Some(v) => Some(decode(&v).map_err(|e| corrupt(format!("{KEY_VOTE}: {e}")))?),
             None => None,
         };
         (last.unwrap_or(0).max(purged_end), vote.map(|v| v.leader_id.term).unwrap_or(0))
@@ -498,11 +490,7 @@ pub fn open(dir: &Path, mode: FlushMode) -> Result<(LogStore, StateMachineStore)
         Mark { log_end, vote_term }
     } else {
         let mark = Mark::decode(&mark_bytes).map_err(|e| corrupt(format!("{}: {e}", mark_path.display())))?;
-        let kept = if rolled_back {
-            format!(" (the file as found is kept at {})", preserved.display())
-        } else {
-            String::new()
-        };
+        let kept = "";
         if log_end < mark.log_end {
             return Err(corrupt(format!(
                 "the log ends before index {} but entries up to {} were made durable: acknowledged \
@@ -520,10 +508,6 @@ pub fn open(dir: &Path, mode: FlushMode) -> Result<(LogStore, StateMachineStore)
         }
         mark
     };
-    if rolled_back {
-        // A torn commit that was never acknowledged: nothing was lost.
-        let _ = std::fs::remove_file(&preserved);
-    }
     {
         use std::os::unix::fs::FileExt;
         mark_file
@@ -540,6 +524,8 @@ pub fn open(dir: &Path, mode: FlushMode) -> Result<(LogStore, StateMachineStore)
     };
     let shared = Arc::new(Shared {
         db,
+        log,
+        meta,
         path: path.clone(),
         pending: Mutex::new(BTreeMap::new()),
         committed: Mutex::new(None),
@@ -595,7 +581,7 @@ fn flusher_loop(rx: std::sync::mpsc::Receiver<Job>, shared: std::sync::Weak<Shar
             }
         }
         // Several jobs already waiting means many writers: wait a moment for more, so that one
-        // commit (one fsync, one rewrite of redb's pages) serves them all. A lone writer does not
+        // commit (one fsync, one journal append) serves them all. A lone writer does not
         // wait.
         if jobs.len() > 1 {
             let until = std::time::Instant::now() + FLUSH_LINGER;
@@ -895,5 +881,82 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
         Ok(self.machine.state.lock().snapshot.as_ref().map(Self::snapshot_of))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn blank(index: u64) -> Entry<TypeConfig> {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }
+    }
+
+    /// Writes entries straight into the log keyspace and advances the mark, as a flush would.
+    fn write_entries(log: &LogStore, indexes: std::ops::Range<u64>) {
+        let shared = &log.shared;
+        for index in indexes.clone() {
+            let bytes = encode(&blank(index)).expect("encode");
+            shared.log.insert(index.to_be_bytes(), bytes).expect("insert");
+        }
+        shared.db.persist(fjall::PersistMode::SyncData).expect("persist");
+        let mut mark = shared.mark.lock();
+        mark.log_end = indexes.end;
+        use std::os::unix::fs::FileExt;
+        shared.mark_file.write_all_at(&mark.encode(), 0).expect("write mark");
+    }
+
+    #[test]
+    fn entries_lost_behind_the_stores_back_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (log, _machine) = open(dir.path(), FlushMode::Inline).expect("open");
+            write_entries(&log, 0..10);
+        }
+        // Reopens fine and sees every entry.
+        {
+            let (log, _machine) = open(dir.path(), FlushMode::Inline).expect("reopen");
+            assert_eq!(log.shared.entries(0, 10).expect("read").len(), 10);
+            // The database silently loses its last entries (as a dropped journal tail would).
+            for index in 7..10u64 {
+                log.shared.log.remove(index.to_be_bytes()).expect("remove");
+            }
+            log.shared.db.persist(fjall::PersistMode::SyncData).expect("persist");
+        }
+        for _ in 0..2 {
+            let error = open(dir.path(), FlushMode::Inline).err().expect("a store missing entries opened");
+            let message = error.to_string();
+            assert!(message.contains("acknowledged entries are missing"), "{message}");
+            assert!(message.contains("up to 9"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_value_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (log, _machine) = open(dir.path(), FlushMode::Inline).expect("open");
+            write_entries(&log, 0..3);
+            let mut bytes = encode(&blank(1)).expect("encode");
+            bytes[2] ^= 0x40;
+            log.shared.log.insert(1u64.to_be_bytes(), bytes).expect("insert");
+            log.shared.db.persist(fjall::PersistMode::SyncData).expect("persist");
+        }
+        let message = open(dir.path(), FlushMode::Inline).err().expect("opened").to_string();
+        assert!(message.contains("log entry 1") && message.contains("checksum"), "{message}");
+    }
+
+    #[test]
+    fn a_hole_in_the_log_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (log, _machine) = open(dir.path(), FlushMode::Inline).expect("open");
+            write_entries(&log, 0..5);
+            log.shared.log.remove(2u64.to_be_bytes()).expect("remove");
+            log.shared.db.persist(fjall::PersistMode::SyncData).expect("persist");
+        }
+        let message = open(dir.path(), FlushMode::Inline).err().expect("opened").to_string();
+        assert!(message.contains("hole between entries 1 and 3"), "{message}");
     }
 }

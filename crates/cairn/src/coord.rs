@@ -11,7 +11,6 @@ use cairn_coord::client::{ClientOptions, CoordClient, member_status};
 use cairn_coord::member::{Member, MemberConfig, StartError};
 use cairn_coord::proto::TcpDialer;
 use cairn_coord::store::FlushMode;
-use cairn_coord::store::OpenError;
 use clap::{Args, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -187,10 +186,7 @@ async fn serve_member(args: ServeArgs) -> anyhow::Result<()> {
     let member = loop {
         match Member::start(config.clone(), Arc::new(TcpDialer)).await {
             Ok(member) => break member,
-            Err(StartError::Store(OpenError::Database { source, .. }))
-                if matches!(*source, redb::DatabaseError::DatabaseAlreadyOpen)
-                    && tokio::time::Instant::now() < deadline =>
-            {
+            Err(StartError::Store(e)) if e.is_in_use() && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => return Err(e).with_context(|| format!("coord member {} cannot start", args.id)),
