@@ -63,6 +63,7 @@ impl Watch {
 }
 
 struct Waiter {
+    id: u64,
     existed: bool,
     tx: oneshot::Sender<WatchEvent>,
 }
@@ -79,6 +80,7 @@ struct Inner {
     /// Serializes reconnection.
     reconnecting: tokio::sync::Mutex<()>,
     watchers: Mutex<HashMap<(String, WatchKind), Vec<Waiter>>>,
+    next_waiter: AtomicU64,
     closed: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -272,6 +274,7 @@ impl CoordClient {
             connection: Mutex::new(None),
             reconnecting: tokio::sync::Mutex::new(()),
             watchers: Mutex::new(HashMap::new()),
+            next_waiter: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
         });
@@ -375,8 +378,23 @@ impl CoordClient {
             ReadOp::Children => WatchKind::Children,
             ReadOp::Get | ReadOp::Exists => WatchKind::Data,
         };
-        // Register the waiter first, so an event racing with the answer is not lost.
+        // Register the waiter before asking: the event may be pushed right behind the answer and
+        // be dispatched before this task runs again.
         let (tx, rx) = oneshot::channel();
+        let key = (path.to_owned(), kind);
+        let waiter_id = self.inner.next_waiter.fetch_add(1, Ordering::SeqCst);
+        if watch {
+            self.inner.watchers.lock().entry(key.clone()).or_default().push(Waiter {
+                id: waiter_id,
+                existed: true,
+                tx,
+            });
+        }
+        let forget = || {
+            if let Some(waiters) = self.inner.watchers.lock().get_mut(&key) {
+                waiters.retain(|w| w.id != waiter_id);
+            }
+        };
         let resp = self
             .inner
             .call_idempotent(|| Request::Read {
@@ -386,25 +404,31 @@ impl CoordClient {
                 min_zxid: self.last_zxid(),
                 linearizable,
             })
-            .await?;
-        match resp {
-            Response::Read { result, zxid } => {
+            .await;
+        let result = match resp {
+            Ok(Response::Read { result, zxid }) => {
                 self.inner.saw(zxid);
-                let ok = result?;
-                if !watch {
-                    return Ok((ok, None));
-                }
+                result
+            }
+            Ok(Response::Failed(e)) => Err(e),
+            Ok(other) => Err(CoordError::BadRequest { reason: format!("unexpected answer: {other:?}") }),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(ok) if watch => {
                 let existed = !matches!(ok, ReadOk::Exists { stat: None });
-                self.inner
-                    .watchers
-                    .lock()
-                    .entry((path.to_owned(), kind))
-                    .or_default()
-                    .push(Waiter { existed, tx });
+                if let Some(waiters) = self.inner.watchers.lock().get_mut(&key)
+                    && let Some(waiter) = waiters.iter_mut().find(|w| w.id == waiter_id)
+                {
+                    waiter.existed = existed;
+                }
                 Ok((ok, Some(Watch { rx })))
             }
-            Response::Failed(e) => Err(e),
-            other => Err(CoordError::BadRequest { reason: format!("unexpected answer: {other:?}") }),
+            Ok(ok) => Ok((ok, None)),
+            Err(e) => {
+                forget();
+                Err(e)
+            }
         }
     }
 

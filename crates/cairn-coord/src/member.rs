@@ -500,17 +500,39 @@ impl Core {
         }
     }
 
-    /// A read point every later read must reach to be linearizable.
-    async fn read_index(&self) -> Result<Zxid, CoordError> {
-        if self.is_leader() {
-            return match self.raft.ensure_linearizable().await {
-                Ok(log_id) => Ok(log_id.map(|l| zxid_entry_end(l.index)).unwrap_or(0)),
-                Err(e) => Err(unavailable(format!("leadership not confirmed: {e}"))),
-            };
+    /// On the leader: confirms leadership with a quorum and returns the read point.
+    async fn local_read_index(&self) -> Result<Zxid, CoordError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map(|l| zxid_entry_end(l.index)).unwrap_or(0)),
+            Err(e) => Err(unavailable(format!("leadership not confirmed: {e}"))),
         }
-        match self.to_leader(|| Request::ReadIndex, Instant::now() + WRITE_TIMEOUT).await? {
-            Response::ReadIndex(r) => r,
-            other => Err(unavailable(format!("unexpected answer to ReadIndex: {other:?}"))),
+    }
+
+    /// A read point every later read must reach to be linearizable. Retries through leader
+    /// changes until the write timeout.
+    async fn read_index(&self) -> Result<Zxid, CoordError> {
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        loop {
+            let attempt = if self.is_leader() {
+                match self.local_read_index().await {
+                    Ok(zxid) => return Ok(zxid),
+                    Err(e) => e,
+                }
+            } else {
+                match self.to_leader(|| Request::ReadIndex, deadline).await {
+                    Ok(Response::ReadIndex(Ok(zxid))) => return Ok(zxid),
+                    Ok(Response::ReadIndex(Err(e))) => e,
+                    Ok(Response::Failed(e)) => e,
+                    Ok(other) => {
+                        return Err(unavailable(format!("unexpected answer to ReadIndex: {other:?}")));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            if Instant::now() >= deadline {
+                return Err(attempt);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -807,7 +829,7 @@ impl cairn_rpc::Handler for Handler {
             }
             Request::ReadIndex => {
                 if core.is_leader() {
-                    Response::ReadIndex(core.read_index().await)
+                    Response::ReadIndex(core.local_read_index().await)
                 } else {
                     Response::ReadIndex(Err(unavailable("not the leader")))
                 }
