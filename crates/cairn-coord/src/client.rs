@@ -168,7 +168,11 @@ impl Inner {
                 }
             }
         });
-        self.tasks.lock().push(dispatch);
+        {
+            let mut tasks = self.tasks.lock();
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(dispatch);
+        }
 
         let watches: Vec<WatchSpec> = {
             let watchers = self.watchers.lock();

@@ -51,6 +51,10 @@ const TOUCH_INTERVAL: Duration = Duration::from_millis(100);
 const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Most sessions expired by one log entry.
 const EXPIRE_BATCH_MAX: usize = 1024;
+/// Most connections watching one path and kind on a member.
+const WATCHERS_PER_PATH_MAX: usize = 65_536;
+/// Most writes waiting for the batcher; more are refused (nothing appended) until it drains.
+const QUEUED_WRITES_MAX: usize = 65_536;
 /// How long a probe of a leader whose connection closed may take before it counts as alive.
 const LEADER_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 /// Proposals waiting for their commit at once; more commands wait and go together in the next.
@@ -207,7 +211,15 @@ struct Watches {
 
 impl Watches {
     fn add(&self, path: &str, kind: WatchKind, conn: &cairn_rpc::Connection<WatchFired>) {
-        self.map.lock().entry((path.to_owned(), kind)).or_default().insert(conn.id(), conn.clone());
+        let mut map = self.map.lock();
+        // A connection that closed while its request waited: `disconnected` already ran.
+        if conn.is_closed() {
+            return;
+        }
+        let watchers = map.entry((path.to_owned(), kind)).or_default();
+        if watchers.len() < WATCHERS_PER_PATH_MAX {
+            watchers.insert(conn.id(), conn.clone());
+        }
     }
 
     fn fire(&self, events: &[WatchEvent]) {
@@ -249,7 +261,7 @@ struct SessionDeadlines {
 }
 
 /// A command waiting for the batcher, and where its outcome goes.
-type Pending = (Command, oneshot::Sender<Result<(crate::api::CommandResult, Zxid), Proposal>>);
+type Pending = (Command, oneshot::Sender<Result<(crate::api::CommandResult, Zxid), Proposal>>, Instant);
 
 /// Why a proposal did not produce a result.
 #[derive(Clone, Debug)]
@@ -274,7 +286,15 @@ impl Batcher {
         let mut queue = self.queue.lock();
         let mut batch = Vec::new();
         let mut bytes = 0;
-        while let Some((command, _)) = queue.front() {
+        let now = Instant::now();
+        while let Some((command, _, deadline)) = queue.front() {
+            if *deadline <= now {
+                // Its caller has given up: never propose it late, over newer writes.
+                if let Some((_, tx, _)) = queue.pop_front() {
+                    let _ = tx.send(Err(Proposal::Failed(unavailable("timed out before it was proposed"))));
+                }
+                continue;
+            }
             let size = command.approx_bytes();
             if !batch.is_empty() && (batch.len() >= BATCH_COMMANDS_MAX || bytes + size > BATCH_BYTES_MAX) {
                 break;
@@ -308,8 +328,14 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Nothing was done: safe to retry. (Forwarding members retry on exactly this.)
 fn unavailable(reason: impl Into<String>) -> CoordError {
     CoordError::Unavailable { reason: reason.into() }
+}
+
+/// The request may or may not have taken effect.
+fn outcome_unknown(reason: impl Into<String>) -> CoordError {
+    CoordError::ConnectionLoss { reason: reason.into() }
 }
 
 impl Core {
@@ -360,6 +386,9 @@ impl Core {
                 match self.peers.get(&address).await {
                     Ok(client) => {
                         let ttl = deadline.saturating_duration_since(Instant::now());
+                        if ttl.is_zero() {
+                            return Err(unavailable("timed out before reaching the leader"));
+                        }
                         // Sent: if no answer comes, the request may or may not have been handled.
                         return client.call(req(), ttl).await.map_err(|e| {
                             self.peers.forget(&address);
@@ -387,7 +416,7 @@ impl Core {
         }
         let deadline = Instant::now() + WRITE_TIMEOUT;
         loop {
-            match self.propose(command.clone()).await {
+            match self.propose(command.clone(), deadline).await {
                 Ok((result, zxid)) => return Response::Written { result, zxid },
                 Err(Proposal::NotLeader { leader_id }) => {
                     if forwarded {
@@ -425,11 +454,21 @@ impl Core {
     /// Proposes `command` through the batcher: alone when the log is idle, together with the other
     /// commands that arrived meanwhile when [`PROPOSALS_IN_FLIGHT_MAX`] proposals are already
     /// waiting for their commit. Returns its result and zxid.
-    async fn propose(&self, command: Command) -> Result<(crate::api::CommandResult, Zxid), Proposal> {
+    async fn propose(
+        &self,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<(crate::api::CommandResult, Zxid), Proposal> {
         let (tx, rx) = oneshot::channel();
-        self.batcher.queue.lock().push_back((command, tx));
+        {
+            let mut queue = self.batcher.queue.lock();
+            if queue.len() >= QUEUED_WRITES_MAX {
+                return Err(Proposal::Failed(unavailable("too many writes waiting")));
+            }
+            queue.push_back((command, tx, deadline));
+        }
         self.batcher.wake.notify_one();
-        rx.await.unwrap_or_else(|_| Err(Proposal::Failed(unavailable("member is shutting down"))))
+        rx.await.unwrap_or_else(|_| Err(Proposal::Failed(outcome_unknown("member is shutting down"))))
     }
 
     /// The batcher's loop: takes whatever is queued (up to the limits) whenever a proposal slot is
@@ -458,13 +497,13 @@ impl Core {
         let command = if single {
             batch[0].0.clone()
         } else {
-            Command::Batch(batch.iter().map(|(c, _)| c.clone()).collect())
+            Command::Batch(batch.iter().map(|(c, _, _)| c.clone()).collect())
         };
         match self.raft.client_write(command).await {
             Ok(resp) => {
                 let index = resp.log_id.index;
                 if single {
-                    if let Some((_, tx)) = batch.pop() {
+                    if let Some((_, tx, _)) = batch.pop() {
                         let _ = tx.send(Ok((resp.data, zxid_of(index, 0))));
                     }
                     return;
@@ -472,14 +511,14 @@ impl Core {
                 let results = match resp.data {
                     Ok(CommandOk::Batch(results)) if results.len() == batch.len() => results,
                     other => {
-                        let e = unavailable(format!("unexpected result of a batch: {other:?}"));
-                        for (_, tx) in batch {
+                        let e = outcome_unknown(format!("unexpected result of a batch: {other:?}"));
+                        for (_, tx, _) in batch {
                             let _ = tx.send(Err(Proposal::Failed(e.clone())));
                         }
                         return;
                     }
                 };
-                for (position, ((_, tx), result)) in batch.into_iter().zip(results).enumerate() {
+                for (position, ((_, tx, _), result)) in batch.into_iter().zip(results).enumerate() {
                     let _ = tx.send(Ok((result, zxid_of(index, position))));
                 }
             }
@@ -491,9 +530,9 @@ impl Core {
                     RaftError::APIError(e) => {
                         Proposal::Failed(CoordError::Membership { reason: e.to_string() })
                     }
-                    RaftError::Fatal(e) => Proposal::Failed(unavailable(format!("Raft stopped: {e}"))),
+                    RaftError::Fatal(e) => Proposal::Failed(outcome_unknown(format!("Raft stopped: {e}"))),
                 };
-                for (_, tx) in batch {
+                for (_, tx, _) in batch {
                     let _ = tx.send(Err(outcome.clone()));
                 }
             }
@@ -955,6 +994,9 @@ impl Member {
         let _ = self.ticker.await;
         self.batcher.abort();
         let _ = self.batcher.await;
+        for (_, tx, _) in self.core.batcher.queue.lock().drain(..) {
+            let _ = tx.send(Err(Proposal::Failed(unavailable("member is shutting down"))));
+        }
         if let Err(e) = self.core.raft.shutdown().await {
             tracing::warn!("Raft did not stop cleanly: {e}");
         }

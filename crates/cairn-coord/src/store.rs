@@ -150,7 +150,8 @@ struct Shared {
     pending: Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
     /// The latest `committed` openraft handed over, written with the next transaction: it is only
     /// a hint for replay at start, not worth a commit of its own.
-    committed: Mutex<Option<Vec<u8>>>,
+    /// (one past the committed index, encoded value).
+    committed: Mutex<Option<(u64, Vec<u8>)>>,
     committed_written: Mutex<Option<std::time::Instant>>,
     last_purged: Mutex<Option<LogId<NodeId>>>,
     flusher: Option<std::sync::mpsc::Sender<Job>>,
@@ -273,10 +274,27 @@ impl Shared {
     fn write_jobs(&self, jobs: &[Job]) -> Result<(), String> {
         let mut batch = self.db.batch();
         // At most once a second: a hint for replay at start, not worth the bytes on every commit.
+        // And never ahead of the log this batch leaves durable: at start openraft replays up to
+        // it, and fails if entries are missing.
+        let mut log_end = self.mark.lock().log_end;
+        for job in jobs {
+            match job {
+                Job::Append { entries, .. } => {
+                    if let Some((index, _, _)) = entries.last() {
+                        log_end = index.saturating_add(1);
+                    }
+                }
+                Job::Truncate { since, .. } => log_end = log_end.min(*since),
+                Job::Purge { .. } | Job::Meta { .. } => {}
+            }
+        }
         let due = self.committed_written.lock().is_none_or(|at| at.elapsed() >= COMMITTED_EVERY);
-        if due && let Some(committed) = self.committed.lock().take() {
-            batch.insert(&self.meta, KEY_COMMITTED, committed);
-            *self.committed_written.lock() = Some(std::time::Instant::now());
+        if due {
+            let mut pending = self.committed.lock();
+            if let Some((_, committed)) = pending.take_if(|(end, _)| *end <= log_end) {
+                batch.insert(&self.meta, KEY_COMMITTED, committed);
+                *self.committed_written.lock() = Some(std::time::Instant::now());
+            }
         }
         // Indexes appended earlier in this same batch (not yet visible to reads of the keyspace).
         let mut appended: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
@@ -655,7 +673,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Rides with the next transaction: a lost `committed` only means replaying a little more
         // at start.
         let value = encode(&committed).map_err(|e| StorageIOError::write(AnyError::error(e)))?;
-        *self.shared.committed.lock() = Some(value);
+        let end = committed.map(|c| c.index.saturating_add(1)).unwrap_or(0);
+        *self.shared.committed.lock() = Some((end, value));
         Ok(())
     }
 
