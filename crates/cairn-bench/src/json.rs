@@ -218,6 +218,26 @@ pub fn number(value: f64) -> String {
     if value.is_finite() { format!("{value:.3}") } else { "null".to_owned() }
 }
 
+/// A JSON array of numbers.
+pub fn list(values: &[f64]) -> String {
+    format!("[{}]", values.iter().map(|v| number(*v)).collect::<Vec<_>>().join(","))
+}
+
+/// A number, or `null`.
+pub fn optional(value: Option<f64>) -> String {
+    value.map_or_else(|| "null".to_owned(), number)
+}
+
+/// Opens a benchmark report object: `{`, then the date, the command and the parameters (an
+/// already-encoded JSON object), each on its own line.
+pub fn report_header(command: &str, parameters: &str) -> String {
+    format!(
+        "{{\n  \"date\": {},\n  \"command\": {},\n  \"parameters\": {parameters},\n",
+        quote(&crate::report::now_utc()),
+        quote(command)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

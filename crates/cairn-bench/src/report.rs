@@ -284,18 +284,15 @@ impl Report {
     }
 
     pub fn to_json(&self, command: &str) -> String {
-        let list = |values: &[f64]| {
-            format!("[{}]", values.iter().map(|v| json::number(*v)).collect::<Vec<_>>().join(","))
-        };
-        let optional = |value: Option<f64>| value.map_or_else(|| "null".to_owned(), json::number);
-        let mut out = String::from("{\n");
-        let _ = writeln!(out, "  \"date\": {},", json::quote(&now_utc()));
-        let _ = writeln!(out, "  \"command\": {},", json::quote(command));
-        let _ = writeln!(
-            out,
-            "  \"parameters\": {{\"size_bytes\": {}, \"files\": {}, \"dir_entries\": {}, \"random_seconds\": {}, \
-             \"fio_iodepth\": 16, \"runs\": {}}},",
-            self.size, self.files, self.dir_entries, self.random_seconds, self.runs
+        let list = json::list;
+        let optional = json::optional;
+        let mut out = json::report_header(
+            command,
+            &format!(
+                "{{\"size_bytes\": {}, \"files\": {}, \"dir_entries\": {}, \"random_seconds\": {}, \
+                 \"fio_iodepth\": 16, \"runs\": {}}}",
+                self.size, self.files, self.dir_entries, self.random_seconds, self.runs
+            ),
         );
         let machine: Vec<String> = MACHINE_ROWS
             .iter()

@@ -262,17 +262,14 @@ impl CoordReport {
     }
 
     pub fn to_json(&self, command: &str) -> String {
-        let list = |values: &[f64]| {
-            format!("[{}]", values.iter().map(|v| json::number(*v)).collect::<Vec<_>>().join(","))
-        };
-        let optional = |value: Option<f64>| value.map_or_else(|| "null".to_owned(), json::number);
-        let mut out = String::from("{\n");
-        let _ = writeln!(out, "  \"date\": {},", json::quote(&now_utc()));
-        let _ = writeln!(out, "  \"command\": {},", json::quote(command));
-        let _ = writeln!(
-            out,
-            "  \"parameters\": {{\"seconds\": {}, \"clients\": {}, \"runs\": {}, \"value_bytes\": 1024}},",
-            self.seconds, self.clients, self.runs
+        let list = json::list;
+        let optional = json::optional;
+        let mut out = json::report_header(
+            command,
+            &format!(
+                "{{\"seconds\": {}, \"clients\": {}, \"runs\": {}, \"value_bytes\": 1024}}",
+                self.seconds, self.clients, self.runs
+            ),
         );
         let _ = writeln!(out, "  \"cpus_busy_elsewhere\": {},", list(&self.busy_cpus));
         let notes: Vec<String> = self.notes.iter().map(|n| json::quote(n)).collect();

@@ -583,6 +583,35 @@ fn members_are_added_and_removed_at_runtime() {
     });
 }
 
+/// Starts member 1 on its data and expects it to exit with an error; returns its stderr.
+async fn start_expecting_refusal(member: &Member, initial: &str) -> String {
+    let mut child = Command::new(CAIRN)
+        .args(["coord", "serve", "--id", "1", "--listen", &member.address, "--members", initial])
+        .arg("--data-dir")
+        .arg(&member.data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cairn coord serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() >= deadline {
+            child.kill().expect("kill");
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "a member with a damaged store kept running: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "a member with a damaged store started: {stderr}");
+    stderr
+}
+
 /// Every file below `dir`.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -634,59 +663,19 @@ fn a_member_with_a_corrupted_log_refuses_to_start_and_keeps_refusing() {
         assert!(found > 0, "the marker is not under {}", store.display());
 
         let member = &quorum.members[&1];
-        let mut child = Command::new(CAIRN)
-            .args(["coord", "serve", "--id", "1", "--listen", &member.address, "--members", &quorum.initial])
-            .arg("--data-dir")
-            .arg(&member.data_dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run cairn coord serve");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while child.try_wait().expect("try_wait").is_none() {
-            if Instant::now() >= deadline {
-                child.kill().expect("kill");
-                let out = child.wait_with_output().expect("output");
-                panic!(
-                    "a member with a corrupted log kept running: {}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        for attempt in 1..=2 {
+            // The second start must refuse too: the loss is not forgotten.
+            let stderr = start_expecting_refusal(member, &quorum.initial).await;
+            assert!(
+                stderr.contains("damaged") && stderr.contains("refusing to start"),
+                "attempt {attempt}: unclear message: {stderr}"
+            );
+            assert!(
+                stderr.contains(&store.display().to_string()),
+                "attempt {attempt}: the message does not name the store: {stderr}"
+            );
+            eprintln!("refused: {stderr}");
         }
-        let out = child.wait_with_output().expect("output");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "a corrupted member started: {stderr}");
-        assert!(
-            stderr.contains("damaged") && stderr.contains("refusing to start"),
-            "unclear message: {stderr}"
-        );
-        assert!(
-            stderr.contains(&store.display().to_string()),
-            "the message does not name the store: {stderr}"
-        );
-        // And it keeps refusing: the loss is not forgotten on the next start.
-        let again = Command::new(CAIRN)
-            .args(["coord", "serve", "--id", "1", "--listen", &member.address, "--members", &quorum.initial])
-            .arg("--data-dir")
-            .arg(&member.data_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run cairn coord serve");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut again = again;
-        while again.try_wait().expect("try_wait").is_none() {
-            if Instant::now() >= deadline {
-                again.kill().expect("kill");
-                panic!("the member started on its second attempt");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let out = again.wait_with_output().expect("output");
-        assert!(!out.status.success());
-        eprintln!("refused: {stderr}");
     });
 }
 
