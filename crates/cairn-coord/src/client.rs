@@ -547,6 +547,14 @@ async fn ping_loop(inner: Weak<Inner>) {
                 inner.expire();
                 return;
             }
+            Ok(Response::Pong(Err(e))) => {
+                // The member cannot vouch for the session (cut off from the leader, or behind):
+                // try another one.
+                tracing::debug!("ping: {e}; moving to another member");
+                if let Some(rpc) = inner.connection.lock().clone() {
+                    inner.drop_connection(&rpc);
+                }
+            }
             Ok(other) => tracing::debug!("ping: {other:?}"),
             Err(e) => tracing::debug!("ping failed: {e}"),
         }

@@ -51,6 +51,10 @@ const TOUCH_INTERVAL: Duration = Duration::from_millis(100);
 const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Most sessions expired by one log entry.
 const EXPIRE_BATCH_MAX: usize = 1024;
+/// A member that has not heard from the leader (a leader: from a quorum) for this long stops
+/// vouching for its clients' sessions; twice the longest election timeout, so an ordinary election
+/// does not trigger it.
+const OUT_OF_TOUCH: Duration = Duration::from_millis(1_000);
 /// Most connections watching one path and kind on a member.
 const WATCHERS_PER_PATH_MAX: usize = 65_536;
 /// Most writes waiting for the batcher; more are refused (nothing appended) until it drains.
@@ -322,6 +326,8 @@ pub struct Core {
     batcher: Batcher,
     /// Connections over which a leader sent AppendEntries, by connection id.
     leader_connections: Mutex<HashMap<u64, NodeId>>,
+    /// When a leader's AppendEntries (or heartbeat) last succeeded here.
+    leader_contact: Mutex<Option<Instant>>,
 }
 
 fn now_ms() -> u64 {
@@ -675,9 +681,19 @@ impl Core {
         if !self.machine.read(|t| t.session_exists(session)) {
             return Response::Pong(Err(CoordError::SessionExpired { session }));
         }
+        // Only vouch for a session while in touch with a majority: a member cut off from it must
+        // not keep its clients believing in sessions the majority may be expiring.
         if self.is_leader() {
+            let since_quorum = self.raft.metrics().borrow().millis_since_quorum_ack;
+            if since_quorum.is_none_or(|ms| ms > OUT_OF_TOUCH.as_millis() as u64) {
+                return Response::Pong(Err(unavailable("the leader has lost touch with its quorum")));
+            }
             self.touch(&[session]);
         } else {
+            let contact = *self.leader_contact.lock();
+            if contact.is_none_or(|at| at.elapsed() > OUT_OF_TOUCH) {
+                return Response::Pong(Err(unavailable("this member has lost touch with the leader")));
+            }
             self.touched.lock().insert(session);
         }
         Response::Pong(Ok(()))
@@ -853,7 +869,11 @@ impl cairn_rpc::Handler for Handler {
                 if let Some(leader) = rpc.vote.leader_id().voted_for() {
                     core.leader_connections.lock().insert(conn.id(), leader);
                 }
-                Response::RaftAppend(core.raft.append_entries(rpc).await)
+                let result = core.raft.append_entries(rpc).await;
+                if matches!(result, Ok(AppendEntriesResponse::Success)) {
+                    *core.leader_contact.lock() = Some(Instant::now());
+                }
+                Response::RaftAppend(result)
             }
             Request::RaftVote(rpc) => Response::RaftVote(core.raft.vote(rpc).await),
             Request::RaftSnapshot(rpc) => Response::RaftSnapshot(core.raft.install_snapshot(rpc).await),
@@ -942,6 +962,7 @@ impl Member {
             touched: Mutex::new(BTreeSet::new()),
             batcher: Batcher::default(),
             leader_connections: Mutex::new(HashMap::new()),
+            leader_contact: Mutex::new(None),
         });
         let batcher = tokio::spawn(core.clone().run_batcher());
         let weak = Arc::downgrade(&core);

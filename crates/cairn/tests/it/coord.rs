@@ -828,3 +828,42 @@ fn cairn_up_nodes_3_runs_a_three_member_quorum() {
         return;
     }
 }
+
+#[test]
+fn a_member_cut_off_from_the_leader_stops_vouching_for_sessions() {
+    use cairn_coord::proto::{Client as Rpc, Request, Response};
+    runtime().block_on(async {
+        let quorum = Quorum::start("coord-vouch", 3);
+        let leader = quorum.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+        let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+        let (lonely, frozen) = (others[0], others[1]);
+        let client = quorum.client_to(&[quorum.address(lonely)], Some(Duration::from_secs(10))).await;
+        let session = client.session();
+        let rpc: Rpc =
+            Rpc::connect_tcp(quorum.address(lonely), Duration::from_secs(2), None).await.expect("connect");
+        let ping = || rpc.call(Request::Ping { session }, Duration::from_secs(10));
+        assert!(matches!(ping().await, Ok(Response::Pong(Ok(())))), "a healthy member refused a ping");
+
+        // The leader and the other follower freeze: `lonely` hears from no leader any more.
+        quorum.signal(leader, libc::SIGSTOP);
+        quorum.signal(frozen, libc::SIGSTOP);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let answer = ping().await;
+        quorum.signal(leader, libc::SIGCONT);
+        quorum.signal(frozen, libc::SIGCONT);
+        assert!(
+            matches!(answer, Ok(Response::Pong(Err(CoordError::Unavailable { .. })))),
+            "a member cut off from the leader still vouched for a session: {answer:?}"
+        );
+        // Back in touch: it vouches again, and the session survived.
+        quorum.wait_for_leader(&[1, 2, 3], Duration::from_secs(20)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match ping().await {
+                Ok(Response::Pong(Ok(()))) => break,
+                other => assert!(Instant::now() < deadline, "no vouching after the thaw: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
