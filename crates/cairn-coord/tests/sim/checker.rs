@@ -62,6 +62,24 @@ fn digest(tree: &Tree) -> String {
 }
 
 /// Whether `tree` holds the acknowledged write `a`.
+/// Checks, in order from `*verified`, every acknowledged write the member has applied (`zxid <=
+/// applied`) against its tree.
+fn verify_acked(
+    tree: &Tree,
+    acked: &[Acked],
+    verified: &mut usize,
+    applied: Zxid,
+    id: u64,
+) -> Result<(), String> {
+    while let Some(a) = acked.get(*verified)
+        && a.zxid <= applied
+    {
+        holds(tree, a).map_err(|e| format!("member {id} applied up to {applied}, but {e}"))?;
+        *verified += 1;
+    }
+    Ok(())
+}
+
 fn holds(tree: &Tree, a: &Acked) -> Result<(), String> {
     match a.kind {
         WriteKind::Create => match tree.get(&a.path) {
@@ -223,29 +241,13 @@ impl Checker {
                              member {id} has {d}"
                         ));
                     }
-                    while let Some(a) = acked.get(seen.verified)
-                        && a.zxid <= applied
-                    {
-                        holds(tree, a)
-                            .map_err(|e| format!("member {id} applied up to {applied}, but {e}"))?;
-                        seen.verified += 1;
-                    }
-                    Ok(())
+                    verify_acked(tree, acked, &mut seen.verified, applied, id)
                 })?;
             } else {
                 // Writes acknowledged since this member last moved.
                 let acked = &self.acked;
                 if acked.get(seen.verified).is_some_and(|a| a.zxid <= applied) {
-                    member.machine.read(|tree| -> Result<(), String> {
-                        while let Some(a) = acked.get(seen.verified)
-                            && a.zxid <= applied
-                        {
-                            holds(tree, a)
-                                .map_err(|e| format!("member {id} applied up to {applied}, but {e}"))?;
-                            seen.verified += 1;
-                        }
-                        Ok(())
-                    })?;
+                    member.machine.read(|tree| verify_acked(tree, acked, &mut seen.verified, applied, id))?;
                 }
             }
 
