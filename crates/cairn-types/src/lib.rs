@@ -10,30 +10,30 @@ mod handle;
 pub use handle::{FILE_HANDLE_LEN, FILE_HANDLE_VERSION, FileHandle, HandleError};
 
 /// The id of one Cairn cluster, chosen at random when the cluster is created.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct ClusterId(pub u64);
 
 /// The id of a volume, unique within its cluster and never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct VolumeId(pub u32);
 
 /// The id of a container (the unit of replication), unique within its cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct ContainerId(pub u32);
 
 /// A container's epoch: increases whenever its replica set or master changes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
 pub struct Epoch(pub u64);
 
 /// A transaction id, ordered within one container and one epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
 pub struct TxnId(pub u64);
 
 /// A file id: `<name container>.<inode>.<uniquifier>`.
 ///
 /// The uniquifier is drawn when the inode number is (re)used, so a handle to a deleted file never
 /// resolves to a newer file that got the same inode number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Fid {
     pub container: ContainerId,
     pub inode: u64,
