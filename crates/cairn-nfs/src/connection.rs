@@ -262,7 +262,7 @@ impl Connection {
             };
             match self.decide(&record) {
                 Action::Reply(bytes) => ready.push(Outgoing { reply: Reply::new(bytes), _permit: permit }),
-                Action::Execute(job) if runs_inline(&job.header) => {
+                Action::Execute(job) if self.shared.store.calls_are_cheap() && runs_inline(&job.header) => {
                     let reply = run_job(&self.shared, self.peer, &job, &record);
                     ready.push(Outgoing { reply, _permit: permit });
                 }

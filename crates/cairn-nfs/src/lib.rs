@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cairn_store::Store;
+use cairn_store::FileSystem;
 use cairn_types::{ClusterId, Fid, VolumeId};
 use parking_lot::{Mutex, RwLock};
 use tokio::net::{TcpListener, UdpSocket};
@@ -87,7 +87,7 @@ pub enum GatewayError {
 
 /// State shared by every connection.
 pub(crate) struct Shared {
-    pub(crate) store: Arc<Store>,
+    pub(crate) store: Arc<dyn FileSystem>,
     pub(crate) cluster: ClusterId,
     pub(crate) volume: VolumeId,
     pub(crate) root: Fid,
@@ -114,7 +114,7 @@ pub struct Gateway {
 impl Gateway {
     /// Loads the exports, binds the listeners, and serves until [`Gateway::shutdown`]. Returns
     /// once the listeners are bound.
-    pub async fn start(store: Arc<Store>, config: GatewayConfig) -> Result<Gateway, GatewayError> {
+    pub async fn start(store: Arc<dyn FileSystem>, config: GatewayConfig) -> Result<Gateway, GatewayError> {
         let exports = Exports::load(&config.exports_file)?;
         let nfs_address = SocketAddr::new(config.bind_address, config.nfs_port);
         let nfs_listener = TcpListener::bind(nfs_address).await.map_err(|source| GatewayError::Bind {

@@ -230,8 +230,8 @@ impl Request<'_> {
         None
     }
 
-    fn store(&self) -> &cairn_store::Store {
-        &self.shared.store
+    fn store(&self) -> &dyn cairn_store::FileSystem {
+        &*self.shared.store
     }
 
     /// Resolves a handle from the wire: BADHANDLE when it does not decode, STALE when it names
@@ -383,7 +383,7 @@ impl Request<'_> {
         &mut self,
         directory: &[u8],
         name: &[u8],
-        operation: impl FnOnce(&cairn_store::Store, &Caller, Fid) -> Result<cairn_store::Created, StoreError>,
+        operation: impl FnOnce(&dyn cairn_store::FileSystem, &Caller, Fid) -> Result<cairn_store::Created, StoreError>,
     ) {
         let directory = match self.fid(directory) {
             Ok(fid) => fid,

@@ -45,6 +45,7 @@ mod api;
 mod data;
 mod faults;
 mod format;
+mod fs;
 mod group;
 mod hot;
 mod journal;
@@ -60,6 +61,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use api::*;
+pub use fs::FileSystem;
 use cairn_types::{ClusterId, ContainerId, Epoch, Fid, TxnId, VolumeId};
 #[doc(hidden)]
 pub use faults::FailPoint;

@@ -222,7 +222,7 @@ async fn serve(config: UpConfig, exports_file: PathBuf) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
 
     let gateway = Gateway::start(
-        Arc::clone(&store),
+        Arc::clone(&store) as Arc<dyn cairn_store::FileSystem>,
         GatewayConfig {
             bind_address: config.bind_address,
             nfs_port: config.nfs_port,

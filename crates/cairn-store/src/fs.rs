@@ -1,0 +1,200 @@
+//! [`FileSystem`]: the operations of one volume, as the NFS gateway calls them.
+//!
+//! [`Store`] implements it on local disk (a one-node cluster); the cluster client implements it by
+//! calling the volume's master file server over the network. The gateway only knows this trait.
+
+use cairn_types::{ClusterId, Fid, VolumeId};
+
+use crate::{
+    Attributes, Caller, CommitResult, CreateHow, Created, DirectoryPage, FsStat, Linked, Lookup, ReadResult,
+    Renamed, SetAttributes, SpecialKind, Stability, Store, StoreResult, Timestamp, WccData, WriteResult,
+};
+
+/// One volume's file system operations. Every method may block (on disk or network I/O); call
+/// them from blocking threads unless [`FileSystem::calls_are_cheap`] says otherwise.
+pub trait FileSystem: Send + Sync + 'static {
+    fn cluster_id(&self) -> ClusterId;
+    fn volume_id(&self) -> VolumeId;
+    /// The root directory of the volume.
+    fn root(&self) -> Fid;
+    /// Whether attribute reads (GETATTR, ACCESS, LOOKUP, READLINK) are quick enough to answer on
+    /// an async task: true for a local store, false when they cross the network.
+    fn calls_are_cheap(&self) -> bool;
+
+    fn getattr(&self, fid: Fid) -> StoreResult<Attributes>;
+    fn setattr(
+        &self,
+        caller: &Caller,
+        fid: Fid,
+        changes: SetAttributes,
+        guard_ctime: Option<Timestamp>,
+    ) -> StoreResult<WccData>;
+    fn lookup(&self, caller: &Caller, directory: Fid, name: &[u8]) -> StoreResult<Lookup>;
+    fn access(&self, caller: &Caller, fid: Fid, requested: u32) -> StoreResult<(u32, Attributes)>;
+    fn readlink(&self, caller: &Caller, fid: Fid) -> StoreResult<(Vec<u8>, Attributes)>;
+    fn read(&self, caller: &Caller, fid: Fid, offset: u64, count: u32) -> StoreResult<ReadResult>;
+    fn write(
+        &self,
+        caller: &Caller,
+        fid: Fid,
+        offset: u64,
+        data: &[u8],
+        stability: Stability,
+    ) -> StoreResult<WriteResult>;
+    fn commit(&self, fid: Fid, offset: u64, count_bytes: u32) -> StoreResult<CommitResult>;
+    fn create(&self, caller: &Caller, directory: Fid, name: &[u8], how: CreateHow) -> StoreResult<Created>;
+    fn mkdir(&self, caller: &Caller, directory: Fid, name: &[u8], attributes: SetAttributes)
+    -> StoreResult<Created>;
+    fn symlink(
+        &self,
+        caller: &Caller,
+        directory: Fid,
+        name: &[u8],
+        target: &[u8],
+        attributes: SetAttributes,
+    ) -> StoreResult<Created>;
+    fn mknod(
+        &self,
+        caller: &Caller,
+        directory: Fid,
+        name: &[u8],
+        kind: SpecialKind,
+        attributes: SetAttributes,
+    ) -> StoreResult<Created>;
+    fn remove(&self, caller: &Caller, directory: Fid, name: &[u8]) -> StoreResult<WccData>;
+    fn rmdir(&self, caller: &Caller, directory: Fid, name: &[u8]) -> StoreResult<WccData>;
+    fn rename(
+        &self,
+        caller: &Caller,
+        from_directory: Fid,
+        from_name: &[u8],
+        to_directory: Fid,
+        to_name: &[u8],
+    ) -> StoreResult<Renamed>;
+    fn link(&self, caller: &Caller, fid: Fid, directory: Fid, name: &[u8]) -> StoreResult<Linked>;
+    fn readdir(
+        &self,
+        caller: &Caller,
+        directory: Fid,
+        cookie: u64,
+        entries_max: usize,
+        with_attributes: bool,
+    ) -> StoreResult<DirectoryPage>;
+    fn fsstat(&self) -> StoreResult<FsStat>;
+}
+
+impl FileSystem for Store {
+    fn cluster_id(&self) -> ClusterId {
+        Store::cluster_id(self)
+    }
+    fn volume_id(&self) -> VolumeId {
+        Store::volume_id(self)
+    }
+    fn root(&self) -> Fid {
+        Store::root(self)
+    }
+    fn calls_are_cheap(&self) -> bool {
+        true
+    }
+    fn getattr(&self, fid: Fid) -> StoreResult<Attributes> {
+        Store::getattr(self, fid)
+    }
+    fn setattr(
+        &self,
+        caller: &Caller,
+        fid: Fid,
+        changes: SetAttributes,
+        guard_ctime: Option<Timestamp>,
+    ) -> StoreResult<WccData> {
+        Store::setattr(self, caller, fid, changes, guard_ctime)
+    }
+    fn lookup(&self, caller: &Caller, directory: Fid, name: &[u8]) -> StoreResult<Lookup> {
+        Store::lookup(self, caller, directory, name)
+    }
+    fn access(&self, caller: &Caller, fid: Fid, requested: u32) -> StoreResult<(u32, Attributes)> {
+        Store::access(self, caller, fid, requested)
+    }
+    fn readlink(&self, caller: &Caller, fid: Fid) -> StoreResult<(Vec<u8>, Attributes)> {
+        Store::readlink(self, caller, fid)
+    }
+    fn read(&self, caller: &Caller, fid: Fid, offset: u64, count: u32) -> StoreResult<ReadResult> {
+        Store::read(self, caller, fid, offset, count)
+    }
+    fn write(
+        &self,
+        caller: &Caller,
+        fid: Fid,
+        offset: u64,
+        data: &[u8],
+        stability: Stability,
+    ) -> StoreResult<WriteResult> {
+        Store::write(self, caller, fid, offset, data, stability)
+    }
+    fn commit(&self, fid: Fid, offset: u64, count_bytes: u32) -> StoreResult<CommitResult> {
+        Store::commit(self, fid, offset, count_bytes)
+    }
+    fn create(&self, caller: &Caller, directory: Fid, name: &[u8], how: CreateHow) -> StoreResult<Created> {
+        Store::create(self, caller, directory, name, how)
+    }
+    fn mkdir(
+        &self,
+        caller: &Caller,
+        directory: Fid,
+        name: &[u8],
+        attributes: SetAttributes,
+    ) -> StoreResult<Created> {
+        Store::mkdir(self, caller, directory, name, attributes)
+    }
+    fn symlink(
+        &self,
+        caller: &Caller,
+        directory: Fid,
+        name: &[u8],
+        target: &[u8],
+        attributes: SetAttributes,
+    ) -> StoreResult<Created> {
+        Store::symlink(self, caller, directory, name, target, attributes)
+    }
+    fn mknod(
+        &self,
+        caller: &Caller,
+        directory: Fid,
+        name: &[u8],
+        kind: SpecialKind,
+        attributes: SetAttributes,
+    ) -> StoreResult<Created> {
+        Store::mknod(self, caller, directory, name, kind, attributes)
+    }
+    fn remove(&self, caller: &Caller, directory: Fid, name: &[u8]) -> StoreResult<WccData> {
+        Store::remove(self, caller, directory, name)
+    }
+    fn rmdir(&self, caller: &Caller, directory: Fid, name: &[u8]) -> StoreResult<WccData> {
+        Store::rmdir(self, caller, directory, name)
+    }
+    fn rename(
+        &self,
+        caller: &Caller,
+        from_directory: Fid,
+        from_name: &[u8],
+        to_directory: Fid,
+        to_name: &[u8],
+    ) -> StoreResult<Renamed> {
+        Store::rename(self, caller, from_directory, from_name, to_directory, to_name)
+    }
+    fn link(&self, caller: &Caller, fid: Fid, directory: Fid, name: &[u8]) -> StoreResult<Linked> {
+        Store::link(self, caller, fid, directory, name)
+    }
+    fn readdir(
+        &self,
+        caller: &Caller,
+        directory: Fid,
+        cookie: u64,
+        entries_max: usize,
+        with_attributes: bool,
+    ) -> StoreResult<DirectoryPage> {
+        Store::readdir(self, caller, directory, cookie, entries_max, with_attributes)
+    }
+    fn fsstat(&self) -> StoreResult<FsStat> {
+        Store::fsstat(self)
+    }
+}
