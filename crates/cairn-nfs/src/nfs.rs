@@ -58,6 +58,13 @@ pub fn nfs_status(error: &StoreError) -> nfsstat3 {
         StoreError::NotSync => nfsstat3::NFS3ERR_NOT_SYNC,
         StoreError::NotSupported(_) => nfsstat3::NFS3ERR_NOTSUPP,
         StoreError::CrossVolume => nfsstat3::NFS3ERR_XDEV,
+        StoreError::QuotaExceeded => nfsstat3::NFS3ERR_DQUOT,
+        // The client retries later (RFC 1813 section 2.6: "the server initiated the request, but
+        // was not able to complete it in a timely fashion").
+        StoreError::NotMaster | StoreError::Unavailable(_) => {
+            tracing::warn!(%error, "volume unavailable answered with NFS3ERR_JUKEBOX");
+            nfsstat3::NFS3ERR_JUKEBOX
+        }
         StoreError::Corrupt { .. } | StoreError::Poisoned(_) => {
             tracing::error!(%error, "store failure answered with NFS3ERR_IO");
             nfsstat3::NFS3ERR_IO

@@ -7,14 +7,14 @@ use cairn_types::Fid;
 
 /// A point in time, as seconds and nanoseconds since the Unix epoch. Always taken from the
 /// store's clock (the cluster's), never a gateway's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Timestamp {
     pub seconds: u32,
     pub nanoseconds: u32,
 }
 
 /// The kind of a file system object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum FileKind {
     Regular,
     Directory,
@@ -26,7 +26,7 @@ pub enum FileKind {
 }
 
 /// Attributes of an object, as NFSv3's fattr3 needs them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attributes {
     pub kind: FileKind,
     /// Permission bits including setuid, setgid and sticky (`0o7777` mask).
@@ -49,7 +49,7 @@ pub struct Attributes {
 }
 
 /// The attributes NFSv3 calls wcc_attr: taken immediately before an operation, atomically with it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PreOpAttributes {
     pub size_bytes: u64,
     pub mtime: Timestamp,
@@ -57,14 +57,14 @@ pub struct PreOpAttributes {
 }
 
 /// Weak cache consistency data of one object for one operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WccData {
     pub before: Option<PreOpAttributes>,
     pub after: Option<Attributes>,
 }
 
 /// How to set a time in [`SetAttributes`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SetTime {
     #[default]
     DontChange,
@@ -74,7 +74,7 @@ pub enum SetTime {
 }
 
 /// Attribute changes requested by SETATTR, CREATE, MKDIR, SYMLINK and MKNOD.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SetAttributes {
     pub mode: Option<u32>,
     pub uid: Option<u32>,
@@ -85,7 +85,7 @@ pub struct SetAttributes {
 }
 
 /// Who asks, after the gateway applied the export's squash rules.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
@@ -114,7 +114,7 @@ pub mod access {
 }
 
 /// How durable a write must be before it returns, with the order of RFC 1813's stable_how.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Stability {
     /// May sit in memory; made durable by a later [`crate::Store::commit`].
     Unstable,
@@ -126,11 +126,11 @@ pub enum Stability {
 
 /// The write verifier of RFC 1813 section 3.3.7: random per store incarnation, and changed
 /// whenever acknowledged unstable data could have been lost.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct WriteVerifier(pub [u8; 8]);
 
 /// How CREATE treats an existing name (RFC 1813 section 3.3.8).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CreateHow {
     Unchecked(SetAttributes),
     Guarded(SetAttributes),
@@ -139,7 +139,7 @@ pub enum CreateHow {
 }
 
 /// The kind of special file MKNOD makes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SpecialKind {
     BlockDevice { major: u32, minor: u32 },
     CharDevice { major: u32, minor: u32 },
@@ -148,7 +148,7 @@ pub enum SpecialKind {
 }
 
 /// Result of LOOKUP.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lookup {
     pub fid: Fid,
     pub attributes: Attributes,
@@ -156,7 +156,7 @@ pub struct Lookup {
 }
 
 /// Result of CREATE, MKDIR, SYMLINK and MKNOD.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Created {
     pub fid: Fid,
     pub attributes: Attributes,
@@ -164,15 +164,16 @@ pub struct Created {
 }
 
 /// Result of READ.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReadResult {
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     pub eof: bool,
     pub attributes: Attributes,
 }
 
 /// Result of WRITE.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WriteResult {
     pub count_bytes: u32,
     pub committed: Stability,
@@ -181,21 +182,21 @@ pub struct WriteResult {
 }
 
 /// Result of COMMIT.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CommitResult {
     pub verifier: WriteVerifier,
     pub file: WccData,
 }
 
 /// Result of RENAME.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Renamed {
     pub from_directory: WccData,
     pub to_directory: WccData,
 }
 
 /// Result of LINK.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Linked {
     pub file: Attributes,
     pub directory: WccData,
@@ -204,9 +205,10 @@ pub struct Linked {
 /// One directory entry of a listing. Cookies are stable: an entry keeps its cookie for as long as
 /// it exists, whatever else changes in the directory, and a cookie means the same on every
 /// gateway. Cookies 1 and 2 are `.` and `..`; cookie 0 means "from the start".
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DirectoryEntry {
     pub cookie: u64,
+    #[serde(with = "serde_bytes")]
     pub name: Vec<u8>,
     pub fid: Fid,
     pub fileid: u64,
@@ -215,7 +217,7 @@ pub struct DirectoryEntry {
 }
 
 /// One page of a directory listing.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DirectoryPage {
     pub entries: Vec<DirectoryEntry>,
     /// True when no entry follows the last one returned.
@@ -224,7 +226,7 @@ pub struct DirectoryPage {
 }
 
 /// File system statistics (FSSTAT).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FsStat {
     pub total_bytes: u64,
     pub free_bytes: u64,
@@ -279,6 +281,16 @@ pub enum StoreError {
     /// A failed fsync or write earlier: the container refuses writes until it is recovered.
     #[error("container is poisoned after an earlier I/O failure: {0}")]
     Poisoned(String),
+    /// A write past the volume's hard quota: NFS3ERR_DQUOT.
+    #[error("quota exceeded")]
+    QuotaExceeded,
+    /// This store is no longer its volume's master (a replica knows a newer epoch).
+    #[error("not the volume's master any more")]
+    NotMaster,
+    /// The volume's replicas (or its master) cannot be reached for now: worth retrying later
+    /// (NFS3ERR_JUKEBOX).
+    #[error("volume unavailable: {0}")]
+    Unavailable(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }

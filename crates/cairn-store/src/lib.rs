@@ -100,6 +100,10 @@ pub struct StoreConfig {
     /// Size of the metadata journal (preallocated). A batch that does not fit commits durably
     /// to the database instead and empties the journal.
     pub journal_bytes: u64,
+    /// The cluster and volume a new store belongs to (a file server creating a replica of a
+    /// volume the CLDB made). `None`: a new random cluster id and volume 1 (a one-node cluster).
+    /// Ignored when the store exists: its own identity is kept.
+    pub identity: Option<(ClusterId, VolumeId)>,
 }
 
 impl StoreConfig {
@@ -112,6 +116,7 @@ impl StoreConfig {
             space_reserve_bytes: 64 * 1024 * 1024,
             open_chunk_files_max: 512,
             journal_bytes: 64 * 1024 * 1024,
+            identity: None,
         }
     }
 }

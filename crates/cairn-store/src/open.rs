@@ -92,6 +92,7 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
     if config.data_containers == 0 || config.data_containers > 1024 {
         return Err(StoreError::Invalid("between 1 and 1024 data containers"));
     }
+    let identity_volume = config.identity.map_or(VolumeId(VOLUME_ID), |(_, volume)| volume);
     let faults = Arc::new(Faults::default());
     let containers_dir = config.data_dir.join("containers");
     let name_dir = containers_dir.join(NAME_CONTAINER_ID.0.to_string());
@@ -101,7 +102,7 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
         ContainerMeta {
             container: NAME_CONTAINER_ID.0,
             kind: ContainerKind::Name,
-            volume: VOLUME_ID,
+            volume: identity_volume.0,
             epoch: 1,
             txn_reserved_until: 0,
         },
@@ -128,12 +129,12 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
             Some(_) => return Err(StoreError::Invalid("unknown name container format version")),
             None => {
                 meta.insert("format_version", DATABASE_FORMAT_VERSION).db()?;
-                meta.insert(
-                    "cluster_id",
-                    u64::from(random_nonzero_u32()) << 32 | u64::from(random_nonzero_u32()),
-                )
-                .db()?;
-                meta.insert("volume_id", u64::from(VOLUME_ID)).db()?;
+                let cluster_id = match config.identity {
+                    Some((cluster, _)) => cluster.0,
+                    None => u64::from(random_nonzero_u32()) << 32 | u64::from(random_nonzero_u32()),
+                };
+                meta.insert("cluster_id", cluster_id).db()?;
+                meta.insert("volume_id", u64::from(identity_volume.0)).db()?;
                 meta.insert("next_inode", ROOT_INODE + 1).db()?;
                 meta.insert("txn_id", 0).db()?;
                 meta.insert("data_containers", u64::from(config.data_containers)).db()?;
@@ -181,7 +182,7 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
         replay_change(&write, change)?;
     }
     journal.restart(generation + 1);
-    let (cluster, next_inode, txn_id) = {
+    let (cluster, volume, next_inode, txn_id) = {
         let mut meta = write.open_table(tables::META).db()?;
         meta.insert("journal_generation", generation + 1).db()?;
         let get = |key: &str| -> StoreResult<u64> {
@@ -190,7 +191,9 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
                 .map(|value| value.value())
                 .ok_or_else(|| StoreError::Corrupt { what: format!("meta key {key}"), offset: 0 })
         };
-        (ClusterId(get("cluster_id")?), get("next_inode")?, get("txn_id")?)
+        let volume = u32::try_from(get("volume_id")?)
+            .map_err(|_| StoreError::Corrupt { what: "meta key volume_id".to_string(), offset: 0 })?;
+        (ClusterId(get("cluster_id")?), VolumeId(volume), get("next_inode")?, get("txn_id")?)
     };
     // Create every table, so that readers never meet a missing one.
     write.open_table(tables::INODES).db()?;
@@ -219,7 +222,7 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
             ContainerMeta {
                 container: id,
                 kind: ContainerKind::Data,
-                volume: VOLUME_ID,
+                volume: volume.0,
                 epoch: 1,
                 txn_reserved_until: 1,
             },
@@ -233,7 +236,6 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
         tables::read_inode(&read, ROOT_INODE)?
             .ok_or_else(|| StoreError::Corrupt { what: "root directory".to_string(), offset: 0 })?
     };
-    let volume = VolumeId(VOLUME_ID);
     let mut identity = Vec::new();
     identity.extend_from_slice(&cluster.0.to_le_bytes());
     identity.extend_from_slice(&volume.0.to_le_bytes());

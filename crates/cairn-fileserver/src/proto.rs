@@ -1,0 +1,257 @@
+//! The file server's messages (over `cairn-rpc`): file system calls from gateways and tools
+//! (through `cairn-client`), and the volume administration the node itself uses.
+//!
+//! Every call names its volume and the epoch the caller believes current; a file server that is
+//! not the volume's master at that epoch answers [`WireError::NotMaster`], and the caller looks
+//! the volume up again (in the CLDB) and retries.
+
+use cairn_store::{
+    Attributes, Caller, CommitResult, CreateHow, Created, DirectoryPage, FsStat, Linked, Lookup, ReadResult,
+    Renamed, SetAttributes, SpecialKind, Stability, StoreError, Timestamp, WccData, WriteResult,
+};
+use cairn_types::{ClusterId, Fid, VolumeId};
+use serde::{Deserialize, Serialize};
+
+/// A request to a file server.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// One file system operation on a volume this server masters.
+    Fs {
+        volume: u32,
+        /// The epoch the caller looked up; 0: whatever is current.
+        #[serde(default)]
+        epoch: u64,
+        /// Chosen by the caller, the same on every retry of one operation: a retried change that
+        /// was already applied gets its first answer again instead of a wrong error.
+        #[serde(default)]
+        request_id: u128,
+        op: FsOp,
+    },
+    /// What this server holds, for tools and tests.
+    Status,
+}
+
+/// A response from a file server.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    Fs(Result<FsReply, WireError>),
+    Status(ServerStatus),
+}
+
+/// What a file server holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub node: String,
+    pub volumes: Vec<VolumeStatus>,
+}
+
+/// One volume on one file server.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    pub volume: u32,
+    /// "master", "replica", "resyncing" or "stale".
+    pub role: String,
+    pub epoch: u64,
+    pub position: u64,
+}
+
+/// The file system operations, one per [`cairn_store::FileSystem`] method.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum FsOp {
+    /// The volume's identity and root directory.
+    Identity,
+    Getattr { fid: Fid },
+    Setattr { caller: Caller, fid: Fid, changes: SetAttributes, guard_ctime: Option<Timestamp> },
+    Lookup { caller: Caller, directory: Fid, #[serde(with = "serde_bytes")] name: Vec<u8> },
+    Access { caller: Caller, fid: Fid, requested: u32 },
+    Readlink { caller: Caller, fid: Fid },
+    Read { caller: Caller, fid: Fid, offset: u64, count: u32 },
+    Write { caller: Caller, fid: Fid, offset: u64, #[serde(with = "serde_bytes")] data: Vec<u8>, stability: Stability },
+    Commit { fid: Fid, offset: u64, count_bytes: u32 },
+    Create { caller: Caller, directory: Fid, #[serde(with = "serde_bytes")] name: Vec<u8>, how: CreateHow },
+    Mkdir { caller: Caller, directory: Fid, #[serde(with = "serde_bytes")] name: Vec<u8>, attributes: SetAttributes },
+    Symlink {
+        caller: Caller,
+        directory: Fid,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+        attributes: SetAttributes,
+    },
+    Mknod {
+        caller: Caller,
+        directory: Fid,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        kind: SpecialKind,
+        attributes: SetAttributes,
+    },
+    Remove { caller: Caller, directory: Fid, #[serde(with = "serde_bytes")] name: Vec<u8> },
+    Rmdir { caller: Caller, directory: Fid, #[serde(with = "serde_bytes")] name: Vec<u8> },
+    Rename {
+        caller: Caller,
+        from_directory: Fid,
+        #[serde(with = "serde_bytes")]
+        from_name: Vec<u8>,
+        to_directory: Fid,
+        #[serde(with = "serde_bytes")]
+        to_name: Vec<u8>,
+    },
+    Link { caller: Caller, fid: Fid, directory: Fid, #[serde(with = "serde_bytes")] name: Vec<u8> },
+    Readdir { caller: Caller, directory: Fid, cookie: u64, entries_max: u32, with_attributes: bool },
+    Fsstat,
+}
+
+impl FsOp {
+    /// Whether the operation changes the volume (and so is remembered for retries).
+    pub fn is_change(&self) -> bool {
+        !matches!(
+            self,
+            FsOp::Identity
+                | FsOp::Getattr { .. }
+                | FsOp::Lookup { .. }
+                | FsOp::Access { .. }
+                | FsOp::Readlink { .. }
+                | FsOp::Read { .. }
+                | FsOp::Readdir { .. }
+                | FsOp::Fsstat
+        )
+    }
+}
+
+/// The answer to an [`FsOp`], one variant per result type.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum FsReply {
+    Identity { cluster: ClusterId, volume: VolumeId, root: Fid },
+    Attributes(Attributes),
+    Wcc(WccData),
+    Lookup(Lookup),
+    Access { granted: u32, attributes: Attributes },
+    Readlink { #[serde(with = "serde_bytes")] target: Vec<u8>, attributes: Attributes },
+    Read(ReadResult),
+    Write(WriteResult),
+    Commit(CommitResult),
+    Created(Created),
+    Renamed(Renamed),
+    Linked(Linked),
+    Directory(DirectoryPage),
+    Fsstat(FsStat),
+}
+
+/// Errors on the wire: the store's, plus the cluster's own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WireError {
+    /// This server is not the volume's master at the caller's epoch (or at all): look it up again.
+    #[error("not the master of volume {volume} (epoch here {epoch})")]
+    NotMaster { volume: u32, epoch: u64 },
+    /// This server holds nothing of the volume.
+    #[error("volume {0} is not served here")]
+    NoSuchVolume(u32),
+    /// The volume's replicas cannot be reached; worth retrying.
+    #[error("volume unavailable: {0}")]
+    Unavailable(String),
+    /// A write past the volume's hard quota.
+    #[error("quota exceeded")]
+    QuotaExceeded,
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("stale file id {0}")]
+    Stale(Fid),
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDirectory,
+    #[error("is a directory")]
+    IsDirectory,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("permission denied")]
+    AccessDenied,
+    #[error("operation not permitted")]
+    NotOwner,
+    #[error("name too long")]
+    NameTooLong,
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("file too large")]
+    FileTooLarge,
+    #[error("no space left on device")]
+    NoSpace,
+    #[error("guard ctime does not match")]
+    NotSync,
+    #[error("operation not supported: {0}")]
+    NotSupported(String),
+    #[error("cross-volume link or rename")]
+    CrossVolume,
+    #[error("checksum mismatch in {what} at byte {offset}")]
+    Corrupt { what: String, offset: u64 },
+    #[error("container is poisoned: {0}")]
+    Poisoned(String),
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+impl WireError {
+    /// Whether the caller should look the volume up again and retry elsewhere.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, WireError::NotMaster { .. } | WireError::NoSuchVolume(_) | WireError::Unavailable(_))
+    }
+
+    /// The error as the store's vocabulary, for the gateway's status mapping. Messages of
+    /// `Invalid`/`NotSupported` become fixed texts (the store's type holds static strings).
+    pub fn into_store_error(self) -> StoreError {
+        match self {
+            WireError::NotMaster { .. } | WireError::NoSuchVolume(_) | WireError::Unavailable(_) => {
+                StoreError::Unavailable(self.to_string())
+            }
+            WireError::QuotaExceeded => StoreError::QuotaExceeded,
+            WireError::NotFound => StoreError::NotFound,
+            WireError::Stale(fid) => StoreError::Stale(fid),
+            WireError::Exists => StoreError::Exists,
+            WireError::NotDirectory => StoreError::NotDirectory,
+            WireError::IsDirectory => StoreError::IsDirectory,
+            WireError::NotEmpty => StoreError::NotEmpty,
+            WireError::AccessDenied => StoreError::AccessDenied,
+            WireError::NotOwner => StoreError::NotOwner,
+            WireError::NameTooLong => StoreError::NameTooLong,
+            WireError::Invalid(_) => StoreError::Invalid("rejected by the file server"),
+            WireError::FileTooLarge => StoreError::FileTooLarge,
+            WireError::NoSpace => StoreError::NoSpace,
+            WireError::NotSync => StoreError::NotSync,
+            WireError::NotSupported(_) => StoreError::NotSupported("not supported by the file server"),
+            WireError::CrossVolume => StoreError::CrossVolume,
+            WireError::Corrupt { what, offset } => StoreError::Corrupt { what, offset },
+            WireError::Poisoned(message) => StoreError::Poisoned(message),
+            WireError::Io(message) => StoreError::Io(std::io::Error::other(message)),
+        }
+    }
+}
+
+impl From<StoreError> for WireError {
+    fn from(error: StoreError) -> WireError {
+        match error {
+            StoreError::NotFound => WireError::NotFound,
+            StoreError::Stale(fid) => WireError::Stale(fid),
+            StoreError::Exists => WireError::Exists,
+            StoreError::NotDirectory => WireError::NotDirectory,
+            StoreError::IsDirectory => WireError::IsDirectory,
+            StoreError::NotEmpty => WireError::NotEmpty,
+            StoreError::AccessDenied => WireError::AccessDenied,
+            StoreError::NotOwner => WireError::NotOwner,
+            StoreError::NameTooLong => WireError::NameTooLong,
+            StoreError::Invalid(message) => WireError::Invalid(message.to_owned()),
+            StoreError::FileTooLarge => WireError::FileTooLarge,
+            StoreError::NoSpace => WireError::NoSpace,
+            StoreError::NotSync => WireError::NotSync,
+            StoreError::NotSupported(message) => WireError::NotSupported(message.to_owned()),
+            StoreError::CrossVolume => WireError::CrossVolume,
+            StoreError::Corrupt { what, offset } => WireError::Corrupt { what, offset },
+            StoreError::Poisoned(message) => WireError::Poisoned(message),
+            StoreError::QuotaExceeded => WireError::QuotaExceeded,
+            StoreError::Unavailable(message) => WireError::Unavailable(message),
+            StoreError::NotMaster => WireError::NotMaster { volume: 0, epoch: 0 },
+            StoreError::Io(error) => WireError::Io(error.to_string()),
+        }
+    }
+}
