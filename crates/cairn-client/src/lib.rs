@@ -66,6 +66,21 @@ impl Locator for FixedLocator {
     }
 }
 
+/// The cluster's locator: asks the CLDBs (any of them answers lookups).
+pub struct CldbLocator(pub cairn_cldb::CldbClient);
+
+impl Locator for CldbLocator {
+    fn locate(&self, volume: u32) -> LocateFuture<'_> {
+        Box::pin(async move {
+            let location = self.0.lookup_volume(volume).await.map_err(|error| error.to_string())?;
+            if location.master_address.is_empty() {
+                return Err(format!("volume {volume} has no master yet"));
+            }
+            Ok(Location { address: location.master_address, epoch: location.epoch })
+        })
+    }
+}
+
 type FsClient = Client<Request, Response, ()>;
 
 /// Connections to file servers, one per address, shared by every [`ClusterFs`] of a process.

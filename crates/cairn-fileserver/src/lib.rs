@@ -14,8 +14,10 @@
 //! answers a retry with the first answer, so a CREATE whose reply was lost is not answered EEXIST
 //! when it is retried.
 
+mod heartbeat;
 pub mod proto;
 mod replies;
 mod server;
 
+pub use heartbeat::{HEARTBEAT_INTERVAL, NodeIdentity};
 pub use server::{FileServer, FileServerConfig, FileServerError};

@@ -53,6 +53,9 @@ pub struct VolumeStatus {
     pub role: String,
     pub epoch: u64,
     pub position: u64,
+    /// Bytes the volume's files use (for quotas).
+    #[serde(default)]
+    pub size_bytes: u64,
 }
 
 /// The file system operations, one per [`cairn_store::FileSystem`] method.

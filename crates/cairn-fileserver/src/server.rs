@@ -26,6 +26,8 @@ pub struct FileServerConfig {
     pub data_dir: PathBuf,
     /// Where to serve `cairn-rpc`.
     pub listen: SocketAddr,
+    /// The address other nodes reach this server at; default: the bound address.
+    pub advertise: Option<String>,
     /// Store settings used for every volume (its `data_dir` and `identity` are set per volume).
     pub store: StoreConfig,
 }
@@ -45,17 +47,17 @@ struct Volume {
 }
 
 pub(crate) struct Inner {
-    config: FileServerConfig,
+    pub(crate) config: FileServerConfig,
     volumes: RwLock<HashMap<u32, Arc<Volume>>>,
     replies: ReplyCache,
 }
 
 /// A running file server.
 pub struct FileServer {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     address: SocketAddr,
     shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    task: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl FileServer {
@@ -76,7 +78,7 @@ impl FileServer {
             cairn_rpc::serve_tcp(listener, handler, stop).await;
         });
         tracing::info!(%address, node = %inner.config.node, "file server listening");
-        Ok(FileServer { inner, address, shutdown, task })
+        Ok(FileServer { inner, address, shutdown, task: parking_lot::Mutex::new(Some(task)) })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -99,10 +101,31 @@ impl FileServer {
         self.inner.status()
     }
 
+    /// The address other nodes reach this server at.
+    pub fn advertised_address(&self) -> String {
+        self.inner.config.advertise.clone().unwrap_or_else(|| self.address.to_string())
+    }
+
+    /// The epoch at which this server holds the volume, if it does.
+    pub fn held_epoch(&self, volume: u32) -> Option<u64> {
+        self.inner.volumes.read().get(&volume).map(|held| held.epoch)
+    }
+
+    /// Stops serving the volume as master (a newer epoch made another node master). The store
+    /// is closed once the calls in flight on it are done.
+    pub fn step_down(&self, volume: u32, epoch: u64) {
+        if let Some(held) = self.inner.volumes.write().remove(&volume) {
+            tracing::warn!(volume, held = held.epoch, epoch, "no longer master of the volume");
+        }
+    }
+
     /// Stops serving and makes every volume durable.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        let task = self.task.lock().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
         let volumes: Vec<Arc<Volume>> = self.inner.volumes.write().drain().map(|(_, volume)| volume).collect();
         let _ = tokio::task::spawn_blocking(move || {
             for volume in volumes {
@@ -120,7 +143,14 @@ impl Inner {
         let volumes = self.volumes.read();
         let mut list: Vec<VolumeStatus> = volumes
             .iter()
-            .map(|(&id, volume)| VolumeStatus { volume: id, role: "master".to_string(), epoch: volume.epoch, position: 0 })
+            .map(|(&id, volume)| VolumeStatus {
+                volume: id,
+                role: "master".to_string(),
+                epoch: volume.epoch,
+                position: 0,
+                // Not measured yet: quotas come with per-volume accounting.
+                size_bytes: 0,
+            })
             .collect();
         list.sort_by_key(|status| status.volume);
         ServerStatus { node: self.config.node.clone(), volumes: list }

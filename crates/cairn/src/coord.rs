@@ -103,25 +103,25 @@ enum CoordCommand {
 pub struct ServeArgs {
     /// This member's id (a positive integer, unique in the quorum).
     #[arg(long)]
-    id: u64,
+    pub id: u64,
     /// Where the Raft log and snapshots live.
     #[arg(long)]
-    data_dir: PathBuf,
+    pub data_dir: PathBuf,
     /// Address to listen on, host:port.
     #[arg(long)]
-    listen: String,
+    pub listen: String,
     /// Address other members and clients reach this one at [default: the listen address].
     #[arg(long)]
-    advertise: Option<String>,
+    pub advertise: Option<String>,
     /// The initial members, `ID=HOST:PORT,...`, this one included. Only read when the quorum is
     /// new; later the membership comes from the log.
     #[arg(long, value_delimiter = ',')]
-    members: Vec<String>,
+    pub members: Vec<String>,
     #[arg(long, default_value = "cairn")]
-    cluster_name: String,
+    pub cluster_name: String,
     /// Snapshot the tree and purge the log after this many entries.
     #[arg(long, default_value_t = cairn_coord::raft::SNAPSHOT_EVERY_ENTRIES)]
-    snapshot_every: u64,
+    pub snapshot_every: u64,
 }
 
 pub fn run(args: CoordArgs) -> anyhow::Result<()> {
@@ -157,6 +157,19 @@ pub fn parse_members(items: &[String]) -> anyhow::Result<BTreeMap<u64, String>> 
 }
 
 async fn serve_member(args: ServeArgs) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let stop = async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
+        }
+    };
+    run_member(args, stop).await
+}
+
+/// Runs one coord member until `stop` completes.
+pub async fn run_member(args: ServeArgs, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let address = args.advertise.clone().unwrap_or_else(|| args.listen.clone());
     let members = parse_members(&args.members)?;
     if !members.is_empty() && members.get(&args.id) != Some(&address) {
@@ -193,14 +206,6 @@ async fn serve_member(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     println!("coord member {} serving on {address} (data in {})", args.id, args.data_dir.display());
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let stop = async move {
-        tokio::select! {
-            _ = terminate.recv() => {},
-            _ = interrupt.recv() => {},
-        }
-    };
     cairn_rpc::serve_tcp(listener, member.handler(), stop).await;
     tracing::info!("coord member {} stopping", member.id());
     member.shutdown().await;

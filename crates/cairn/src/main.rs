@@ -1,6 +1,7 @@
 //! The `cairn` binary: parses the command line and hands over to the subcommand's `run`.
 
 mod coord;
+mod node;
 mod up;
 
 use std::net::IpAddr;
@@ -22,6 +23,11 @@ enum Command {
     Up(UpArgs),
     /// The coordination quorum: run a member, inspect and change the znode tree.
     Coord(coord::CoordArgs),
+    /// One node of a multi-node cluster.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Manage the exports file of a running node.
     Exports {
         #[command(subcommand)]
@@ -56,6 +62,25 @@ struct UpArgs {
     /// Port of the first coord member; the others use the next ports.
     #[arg(long, default_value_t = coord::COORD_PORT_DEFAULT)]
     coord_port: u16,
+    /// With --nodes 3 or 5: port of the first node's CLDB; the others use the next ports.
+    #[arg(long, default_value_t = 7222)]
+    cldb_port: u16,
+    /// With --nodes 3 or 5: port of the first node's file server; the others use the next ports.
+    /// (NFS too: node i serves NFS on --nfs-port + i.)
+    #[arg(long, default_value_t = 5660)]
+    fileserver_port: u16,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Run a node in the foreground: its coord member and CLDB (if configured), file server and
+    /// NFS gateway.
+    Start {
+        /// The node's configuration (JSON; see ARCHITECTURE.md and `cairn up --nodes 3`, which
+        /// writes one per node under DATA_DIR/nodes/).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -78,16 +103,28 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Up(args) => up::run(up::UpConfig {
-            data_dir: args.data_dir,
-            nfs_port: args.nfs_port,
-            bind_address: args.bind,
-            portmap_port: (!args.no_portmap).then_some(args.portmap_port),
-            exports_file: args.exports,
-            nodes: args.nodes,
-            coord_port: args.coord_port,
-        }),
+        Command::Up(args) => {
+            let config = up::UpConfig {
+                data_dir: args.data_dir,
+                nfs_port: args.nfs_port,
+                bind_address: args.bind,
+                portmap_port: (!args.no_portmap).then_some(args.portmap_port),
+                exports_file: args.exports,
+                nodes: args.nodes,
+                coord_port: args.coord_port,
+            };
+            if args.nodes > 1 {
+                up::run_cluster(up::ClusterUpConfig {
+                    up: config,
+                    cldb_port: args.cldb_port,
+                    fileserver_port: args.fileserver_port,
+                })
+            } else {
+                up::run(config)
+            }
+        }
         Command::Coord(args) => coord::run(args),
+        Command::Node { command: NodeCommand::Start { config } } => node::run(&config),
         Command::Exports { command: ExportsCommand::Reload { data_dir } } => up::signal_reload(&data_dir),
     };
     match result {

@@ -323,3 +323,223 @@ pub fn signal_reload(data_dir: &Path) -> anyhow::Result<()> {
     say!("Asked cairn (pid {pid}) to reload its exports.");
     Ok(())
 }
+
+/// Settings of `cairn up --nodes N` with N > 1.
+pub struct ClusterUpConfig {
+    pub up: UpConfig,
+    pub cldb_port: u16,
+    pub fileserver_port: u16,
+}
+
+/// `cairn up --nodes N` (N = 3 or 5): N node processes on this machine, each running a coord
+/// member, a CLDB, a file server and an NFS gateway on its own ports (the first port of each
+/// kind, then the next ones), and the `default` volume.
+pub fn run_cluster(config: ClusterUpConfig) -> anyhow::Result<()> {
+    let up = &config.up;
+    fs::create_dir_all(&up.data_dir)
+        .with_context(|| format!("cannot create data directory {}", up.data_dir.display()))?;
+    let _lock = lock_data_dir(&up.data_dir)?;
+    if !matches!(up.nodes, 3 | 5) {
+        bail!("--nodes must be 1, 3 or 5 (a quorum needs an odd number of members), not {}", up.nodes);
+    }
+    let host = if up.bind_address.is_unspecified() { "127.0.0.1".to_owned() } else { up.bind_address.to_string() };
+    let port = |base: u16, i: u16| base.checked_add(i).context("port out of range");
+    let mut coord_members = Vec::new();
+    let mut cldbs = Vec::new();
+    for i in 0..up.nodes {
+        coord_members.push(format!("{}={host}:{}", i + 1, port(up.coord_port, i)?));
+        cldbs.push(format!("{host}:{}", port(config.cldb_port, i)?));
+    }
+    let mut configs = Vec::new();
+    for i in 0..up.nodes {
+        let name = format!("n{}", i + 1);
+        configs.push(crate::node::NodeConfig {
+            data_dir: up.data_dir.join("nodes").join(&name),
+            name,
+            bind: up.bind_address,
+            coord_id: Some(u64::from(i) + 1),
+            coord_port: Some(port(up.coord_port, i)?),
+            coord_members: coord_members.clone(),
+            cldb_port: Some(port(config.cldb_port, i)?),
+            cldbs: cldbs.clone(),
+            fileserver_port: port(config.fileserver_port, i)?,
+            nfs_port: port(up.nfs_port, i)?,
+            portmap_port: if i == 0 { up.portmap_port } else { None },
+            exports: up.exports_file.clone(),
+            nfs_volume: "default".to_string(),
+            topology: String::new(),
+            node_timeout_ms: 6_000,
+            rereplication_timeout_ms: 60_000,
+        });
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cairn")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve_cluster(&up.data_dir, configs, cldbs))
+}
+
+async fn serve_cluster(
+    data_dir: &Path,
+    configs: Vec<crate::node::NodeConfig>,
+    cldbs: Vec<String>,
+) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let exe = std::env::current_exe().context("cannot find the cairn executable")?;
+    let mut nodes = CoordMembers { members: Vec::new() };
+    for (i, config) in configs.iter().enumerate() {
+        fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+        let config_path = config.data_dir.join("node.json");
+        fs::write(&config_path, serde_json::to_string_pretty(config)?)
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(config.data_dir.join("node.log"))
+            .context("cannot open the node log")?;
+        let log_err = log.try_clone().context("cannot duplicate the log file")?;
+        let mut command = std::process::Command::new(&exe);
+        command
+            .args(["node", "start", "--config"])
+            .arg(&config_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().with_context(|| format!("cannot start node {}", config.name))?;
+        let coord = config.coord_members[i].split_once('=').map(|(_, a)| a.to_string()).unwrap_or_default();
+        nodes.members.push((i as u64 + 1, coord, child));
+    }
+    let leader = nodes.wait_for_node_leader(&configs).await?;
+
+    // The CLDB sees every node, then the default volume is made (once).
+    let cldb = cairn_cldb::CldbClient::new(cldbs.clone());
+    let deadline = tokio::time::Instant::now() + COORD_READY_TIMEOUT * 2;
+    loop {
+        match cldb.list_nodes().await {
+            Ok(list) if list.len() >= configs.len() => break,
+            _ if tokio::time::Instant::now() >= deadline => bail!("the nodes did not all register with the CLDB"),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+    let cluster_id = loop {
+        match cldb.volume_info("default").await {
+            Ok(_) => break cldb.status().await.map(|s| s.cluster_id).unwrap_or(0),
+            Err(cairn_cldb::CldbError::NoSuchVolume { .. }) => {
+                let spec = cairn_cldb::proto::VolumeSpec {
+                    name: "default".to_string(),
+                    mount_path: Some("/".to_string()),
+                    // Replication between file servers is being built (issue #4): until it lands
+                    // a volume keeps one copy, and says so in `cairn volume info`.
+                    replication: Some(1),
+                    min_replication: Some(1),
+                    ..Default::default()
+                };
+                if let Err(error) = cldb.create_volume(spec).await {
+                    tracing::debug!(%error, "default volume not created yet");
+                }
+            }
+            Err(error) => tracing::debug!(%error, "waiting for the CLDB"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the default volume could not be created");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    // Every gateway serves once it reached the volume's master.
+    for config in &configs {
+        let address = format!("{}:{}", if config.bind.is_unspecified() { "127.0.0.1".to_string() } else { config.bind.to_string() }, config.nfs_port);
+        loop {
+            if tokio::net::TcpStream::connect(&address).await.is_ok() {
+                break;
+            }
+            nodes.check_alive(data_dir)?;
+            if tokio::time::Instant::now() >= deadline {
+                bail!("node {} did not start its NFS gateway", config.name);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    let host = |c: &crate::node::NodeConfig| if c.bind.is_unspecified() { "127.0.0.1".to_string() } else { c.bind.to_string() };
+    let cluster = serde_json::json!({
+        "pid": std::process::id(),
+        "nfs": format!("{}:{}", host(&configs[0]), configs[0].nfs_port),
+        "cldb": cldbs,
+        "coord": nodes.members.iter().map(|(id, address, child)| serde_json::json!({
+            "id": id, "address": address, "pid": child.id(),
+        })).collect::<Vec<_>>(),
+        "nodes": configs.iter().zip(&nodes.members).map(|(c, (_, _, child))| serde_json::json!({
+            "name": c.name, "pid": child.id(), "address": host(c),
+            "nfs_port": c.nfs_port, "coord_port": c.coord_port, "cldb_port": c.cldb_port,
+            "fileserver_port": c.fileserver_port, "portmap_port": c.portmap_port,
+            "data_dir": c.data_dir,
+        })).collect::<Vec<_>>(),
+    });
+    let cluster_file = data_dir.join(CLUSTER_FILE);
+    fs::write(&cluster_file, format!("{cluster:#}\n"))
+        .with_context(|| format!("cannot write {}", cluster_file.display()))?;
+    let nfs: Vec<String> = configs.iter().map(|c| format!("{}:{}", host(c), c.nfs_port)).collect();
+    let coord: Vec<&str> = nodes.members.iter().map(|(_, a, _)| a.as_str()).collect();
+    say!(
+        "Cairn is ready: cluster={cluster_id:016x} nodes={} nfs={} cldb={} coord={} coord_leader={leader}",
+        configs.len(),
+        nfs.join(","),
+        cldbs.join(","),
+        coord.join(",")
+    );
+    let _ = std::io::stdout().flush();
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    drop(nodes);
+    say!("Cairn stopped.");
+    Ok(())
+}
+
+impl CoordMembers {
+    /// Fails if a node process exited.
+    fn check_alive(&mut self, data_dir: &Path) -> anyhow::Result<()> {
+        for (id, _, child) in &mut self.members {
+            if let Some(status) = child.try_wait().context("cannot check a node")? {
+                let log = data_dir.join("nodes").join(format!("n{id}")).join("node.log");
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+                bail!("node n{id} exited ({status}); {}:\n{}", log.display(), tail.join("\n"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_for_node_leader(&mut self, configs: &[crate::node::NodeConfig]) -> anyhow::Result<u64> {
+        let deadline = tokio::time::Instant::now() + COORD_READY_TIMEOUT;
+        let data_dir = configs[0].data_dir.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+        loop {
+            self.check_alive(&data_dir)?;
+            for address in self.addresses() {
+                if let Ok(s) =
+                    cairn_coord::client::member_status(&address, std::time::Duration::from_millis(500)).await
+                    && let Some(leader) = s.leader
+                {
+                    return Ok(leader);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("the coord quorum elected no leader within {COORD_READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -12,6 +12,7 @@ async fn server(dir: &std::path::Path, port: u16) -> FileServer {
         node: "n1".to_string(),
         data_dir: dir.to_path_buf(),
         listen: format!("127.0.0.1:{port}").parse().expect("address"),
+        advertise: None,
         store: StoreConfig::new(dir),
     };
     let server = FileServer::start(config).await.expect("start file server");

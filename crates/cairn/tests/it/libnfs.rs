@@ -21,7 +21,7 @@ use crate::support::{
 };
 
 /// Runs `work` with an nfs3_client connection (AUTH_UNIX root, `/` mounted) to `server`.
-fn with_nfs3_client<T>(
+pub(crate) fn with_nfs3_client<T>(
     server: SocketAddr,
     work: impl AsyncFnOnce(&mut Nfs3Connection<TokioIo<TcpStream>>, nfs_fh3) -> T,
 ) -> T {

@@ -7,6 +7,7 @@
 //! fails the test with a message naming it. `CAIRN_IT_KEEP=1` keeps the temporary folders (server
 //! data and logs).
 
+mod cluster;
 mod coord;
 mod exports;
 mod kernel_client;

@@ -1,0 +1,390 @@
+//! The CLDB's RPC messages. They ride on `cairn-rpc` frames (MessagePack with named fields): new
+//! variants go at the end, new fields are `#[serde(default)]`.
+//!
+//! Every request is answered with `Result<Response, CldbError>`.
+
+use serde::{Deserialize, Serialize};
+
+/// A cairn-rpc client speaking the CLDB protocol (the CLDB never pushes).
+pub type RpcClient = cairn_rpc::Client<Request, Result<Response, CldbError>, ()>;
+
+/// What a CLDB is asked.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Sent every second by each node's fileserver. Master only.
+    Heartbeat(Heartbeat),
+    /// Master only.
+    CreateVolume(VolumeSpec),
+    /// Master only.
+    RemoveVolume {
+        name: String,
+    },
+    ListVolumes,
+    VolumeInfo {
+        name: String,
+    },
+    /// The clients' hot path: where a volume lives, its master and epoch.
+    LookupVolume {
+        id: u32,
+    },
+    ListNodes,
+    ListContainers,
+    ContainerInfo {
+        id: u64,
+    },
+    ListAlarms,
+    Status,
+}
+
+impl Request {
+    /// Writes and heartbeats go to the master; everything else may be answered by any CLDB.
+    pub fn needs_master(&self) -> bool {
+        matches!(self, Request::Heartbeat(_) | Request::CreateVolume(_) | Request::RemoveVolume { .. })
+    }
+}
+
+/// What a CLDB answers (inside `Ok`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    Heartbeat(HeartbeatReply),
+    Volume(VolumeInfo),
+    Volumes(Vec<VolumeInfo>),
+    Removed { id: u32 },
+    Location(VolumeLocation),
+    Nodes(Vec<NodeInfo>),
+    Containers(Vec<ContainerInfo>),
+    Container(ContainerInfo),
+    Alarms(Vec<Alarm>),
+    Status(CldbStatus),
+}
+
+/// Every failure a CLDB client can see.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CldbError {
+    /// This CLDB is not the master; `master` is the master's RPC address if one is known.
+    #[error("this CLDB is not the master (master: {})", master.as_deref().unwrap_or("unknown"))]
+    NotMaster { master: Option<String> },
+    #[error("no such volume: {what}")]
+    NoSuchVolume { what: String },
+    #[error("a volume named {name} already exists")]
+    VolumeExists { name: String },
+    #[error("no such container: {id}")]
+    NoSuchContainer { id: u64 },
+    #[error("invalid request: {0}")]
+    InvalidSpec(String),
+    #[error("not enough nodes: {needed} needed, {up} up")]
+    NotEnoughNodes { needed: u32, up: u32 },
+    /// Coord is unreachable or failed, or no CLDB answered: try again later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A record in coord cannot be decoded.
+    #[error("corrupt record at {path}: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+/// How a volume's writes travel from the master to the other replicas.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub enum ReplicationType {
+    /// Master → replica 1 → replica 2 ... (MapR's `high_throughput`).
+    #[default]
+    Chain,
+    /// Master → every replica at once (MapR's `low_latency`).
+    Star,
+}
+
+/// One fileserver's heartbeat.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Heartbeat {
+    /// The node's name, unique in the cluster (usually the host name).
+    pub node: String,
+    /// Where the node's fileserver answers RPCs (host:port).
+    pub fileserver_address: String,
+    #[serde(default)]
+    pub nfs_address: String,
+    /// Rack path, like `/dc1/rack7`; empty means [`crate::model::DEFAULT_TOPOLOGY`].
+    #[serde(default)]
+    pub topology: String,
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Every volume the node holds a copy of.
+    #[serde(default)]
+    pub volumes: Vec<VolumeReport>,
+}
+
+/// What a node holds of one volume.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReportedRole {
+    Master,
+    Replica,
+    Resyncing,
+    /// A copy the node keeps but that belongs to no current placement it knows of.
+    Stale,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct VolumeReport {
+    pub volume: u32,
+    pub role: ReportedRole,
+    /// The placement epoch the node's copy follows (the last assignment it applied).
+    pub epoch: u64,
+    /// The last replication sequence number applied.
+    #[serde(default)]
+    pub position: u64,
+    /// Bytes used (meaningful in the master's report; quotas use it).
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// In a master's report: the resyncing nodes that have caught up and receive every new write.
+    #[serde(default)]
+    pub in_sync: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct HeartbeatReply {
+    pub cluster_id: u64,
+    /// The CLDB master epoch of the master that answered. A node keeps the highest it has seen
+    /// and ignores replies carrying a lower one: they come from a deposed master.
+    #[serde(default)]
+    pub cldb_epoch: u64,
+    /// Every volume the node hosts or should host, and `Remove` for copies it must delete.
+    /// A volume the node reported but that is missing here is left alone for now: its fate is
+    /// decided at a later heartbeat (it may be taken back as a resync target).
+    pub assignments: Vec<Assignment>,
+}
+
+/// What a node is to do with one volume.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AssignedRole {
+    Master,
+    Replica,
+    /// Copy the volume from the master until it reports this node `in_sync`.
+    Resync,
+    /// Delete the local copy.
+    Remove,
+}
+
+/// One volume's placement as seen by one node. Assignments of a volume with the same epoch are
+/// identical, and a higher epoch always supersedes a lower one: a node keeps the highest epoch
+/// it has applied per volume and ignores older assignments (they can only come from a deposed
+/// CLDB master). `Remove` of a volume the CLDB no longer knows at all carries `u64::MAX`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub volume: u32,
+    pub epoch: u64,
+    /// The master's node name (empty in a `Remove`).
+    #[serde(default)]
+    pub master: String,
+    #[serde(default)]
+    pub master_address: String,
+    /// (node name, fileserver address), master first, in chain order.
+    #[serde(default)]
+    pub replicas: Vec<(String, String)>,
+    /// (node name, fileserver address) of nodes being brought up to date by the master.
+    #[serde(default)]
+    pub resyncing: Vec<(String, String)>,
+    #[serde(default)]
+    pub replication_type: ReplicationType,
+    #[serde(default)]
+    pub data_containers: u32,
+    pub your_role: AssignedRole,
+}
+
+/// A request to create a volume.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct VolumeSpec {
+    pub name: String,
+    /// Where the volume is mounted in the cluster namespace; default `/<name>`.
+    #[serde(default)]
+    pub mount_path: Option<String>,
+    /// Number of copies, 1..=5; default 3.
+    #[serde(default)]
+    pub replication: Option<u32>,
+    /// Fewest copies to create the volume with, 1..=replication; default 1.
+    #[serde(default)]
+    pub min_replication: Option<u32>,
+    #[serde(default)]
+    pub replication_type: ReplicationType,
+    #[serde(default)]
+    pub quota_bytes: Option<u64>,
+    #[serde(default)]
+    pub advisory_quota_bytes: Option<u64>,
+    /// Default [`crate::model::DEFAULT_DATA_CONTAINERS`].
+    #[serde(default)]
+    pub data_containers: Option<u32>,
+}
+
+/// A volume record, as kept in coord.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    pub id: u32,
+    pub name: String,
+    pub mount_path: String,
+    pub replication: u32,
+    pub min_replication: u32,
+    pub replication_type: ReplicationType,
+    #[serde(default)]
+    pub quota_bytes: Option<u64>,
+    #[serde(default)]
+    pub advisory_quota_bytes: Option<u64>,
+    pub data_containers: u32,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Set by RemoveVolume; the record goes once no live node reports a copy.
+    #[serde(default)]
+    pub removed: bool,
+    pub placement: Placement,
+}
+
+/// Where a volume (its name container and all its data containers) lives.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Placement {
+    /// Node names, master first.
+    pub replicas: Vec<String>,
+    pub master: String,
+    /// Starts at 1; +1 at every change of master, replicas or resyncing (and at removal).
+    pub epoch: u64,
+    /// Nodes being brought up to date by the master; they join `replicas` once in sync.
+    #[serde(default)]
+    pub resyncing: Vec<String>,
+    /// When the volume became under-replicated (ms since the Unix epoch).
+    #[serde(default)]
+    pub lost_since_ms: Option<u64>,
+}
+
+/// A volume and what the master knows of its use.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub volume: Volume,
+    /// Bytes used, from the volume master's last report; only a CLDB master knows it.
+    #[serde(default)]
+    pub size_bytes: Option<u64>,
+}
+
+/// A node's name and addresses.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeAddress {
+    pub name: String,
+    pub fileserver_address: String,
+    #[serde(default)]
+    pub nfs_address: String,
+}
+
+/// The answer to LookupVolume.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct VolumeLocation {
+    pub volume: u32,
+    pub name: String,
+    pub epoch: u64,
+    pub master: String,
+    /// The master's fileserver address (empty if the node is unknown).
+    pub master_address: String,
+    /// Master first.
+    pub replicas: Vec<NodeAddress>,
+    pub replication_type: ReplicationType,
+    /// Cluster-wide id of the name container.
+    pub name_container: u64,
+    /// Cluster-wide ids of the data containers.
+    pub data_containers: Vec<u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum NodeState {
+    #[default]
+    Up,
+    Down,
+}
+
+/// A node record, as kept in coord. Written when the node registers, when its addresses,
+/// topology or services change, and when it goes Down or comes back Up; not at every heartbeat.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct NodeRecord {
+    pub name: String,
+    pub fileserver_address: String,
+    #[serde(default)]
+    pub nfs_address: String,
+    pub topology: String,
+    #[serde(default)]
+    pub services: Vec<String>,
+    pub state: NodeState,
+    /// When `state` last changed (ms since the Unix epoch).
+    pub state_since_ms: u64,
+    /// The last heartbeat when the record was written.
+    #[serde(default)]
+    pub last_heartbeat_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub record: NodeRecord,
+    /// The last heartbeat received (the master's memory; from the record on other CLDBs).
+    pub last_heartbeat_ms: u64,
+    /// Volumes placed on the node (replicas and resyncing).
+    pub volumes: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ContainerKind {
+    Name,
+    Data,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// Cluster-wide id: `volume * 1000 + local id` (local 1 is the name container).
+    pub id: u64,
+    pub volume: u32,
+    pub volume_name: String,
+    pub kind: ContainerKind,
+    pub epoch: u64,
+    pub master: String,
+    pub replicas: Vec<String>,
+    pub resyncing: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AlarmKind {
+    NodeDown,
+    UnderReplicated,
+    QuotaExceeded,
+    AdvisoryQuotaExceeded,
+    MasterElectionStuck,
+    /// A record in coord could not be decoded.
+    CorruptRecord,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Alarm {
+    pub kind: AlarmKind,
+    /// A node name, a volume name, or a coord path.
+    pub subject: String,
+    /// When the condition started (ms since the Unix epoch).
+    pub since_ms: u64,
+    pub message: String,
+}
+
+impl Alarm {
+    /// The alarm's key, also its znode name under `/cairn/cldb/alarms`.
+    pub fn key(&self) -> String {
+        alarm_key(self.kind, &self.subject)
+    }
+}
+
+/// `<Kind>-<subject>` with `/` in the subject replaced (it may be a coord path).
+pub fn alarm_key(kind: AlarmKind, subject: &str) -> String {
+    format!("{kind:?}-{}", subject.replace('/', "%"))
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CldbStatus {
+    /// This CLDB's name and RPC address.
+    pub name: String,
+    pub address: String,
+    pub is_master: bool,
+    /// The master's RPC address, if one is known.
+    #[serde(default)]
+    pub master: Option<String>,
+    /// The CLDB master epoch: +1 at every election.
+    #[serde(default)]
+    pub epoch: u64,
+    #[serde(default)]
+    pub cluster_id: u64,
+}
