@@ -28,7 +28,12 @@ pub struct NodeIdentity {
 
 impl FileServer {
     /// Heartbeats to the CLDB until `stop` turns true, applying the assignments.
-    pub async fn run_heartbeats(self: Arc<Self>, cldb: CldbClient, node: NodeIdentity, mut stop: watch::Receiver<bool>) {
+    pub async fn run_heartbeats(
+        self: Arc<Self>,
+        cldb: CldbClient,
+        node: NodeIdentity,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut highest_cldb_epoch = 0;
         loop {
             let heartbeat = Heartbeat {
@@ -47,7 +52,11 @@ impl FileServer {
                     }
                 }
                 Ok(reply) => {
-                    tracing::warn!(epoch = reply.cldb_epoch, highest_cldb_epoch, "ignoring a deposed CLDB master");
+                    tracing::warn!(
+                        epoch = reply.cldb_epoch,
+                        highest_cldb_epoch,
+                        "ignoring a deposed CLDB master"
+                    );
                 }
                 Err(error) => tracing::debug!(%error, "heartbeat not answered"),
             }

@@ -63,16 +63,63 @@ pub struct VolumeStatus {
 pub enum FsOp {
     /// The volume's identity and root directory.
     Identity,
-    Getattr { fid: Fid },
-    Setattr { caller: Caller, fid: Fid, changes: SetAttributes, guard_ctime: Option<Timestamp> },
-    Lookup { caller: Caller, directory: Fid, #[serde(with = "serde_bytes")] name: Vec<u8> },
-    Access { caller: Caller, fid: Fid, requested: u32 },
-    Readlink { caller: Caller, fid: Fid },
-    Read { caller: Caller, fid: Fid, offset: u64, count: u32 },
-    Write { caller: Caller, fid: Fid, offset: u64, #[serde(with = "serde_bytes")] data: Vec<u8>, stability: Stability },
-    Commit { fid: Fid, offset: u64, count_bytes: u32 },
-    Create { caller: Caller, directory: Fid, #[serde(with = "serde_bytes")] name: Vec<u8>, how: CreateHow },
-    Mkdir { caller: Caller, directory: Fid, #[serde(with = "serde_bytes")] name: Vec<u8>, attributes: SetAttributes },
+    Getattr {
+        fid: Fid,
+    },
+    Setattr {
+        caller: Caller,
+        fid: Fid,
+        changes: SetAttributes,
+        guard_ctime: Option<Timestamp>,
+    },
+    Lookup {
+        caller: Caller,
+        directory: Fid,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    Access {
+        caller: Caller,
+        fid: Fid,
+        requested: u32,
+    },
+    Readlink {
+        caller: Caller,
+        fid: Fid,
+    },
+    Read {
+        caller: Caller,
+        fid: Fid,
+        offset: u64,
+        count: u32,
+    },
+    Write {
+        caller: Caller,
+        fid: Fid,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        stability: Stability,
+    },
+    Commit {
+        fid: Fid,
+        offset: u64,
+        count_bytes: u32,
+    },
+    Create {
+        caller: Caller,
+        directory: Fid,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        how: CreateHow,
+    },
+    Mkdir {
+        caller: Caller,
+        directory: Fid,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        attributes: SetAttributes,
+    },
     Symlink {
         caller: Caller,
         directory: Fid,
@@ -90,8 +137,18 @@ pub enum FsOp {
         kind: SpecialKind,
         attributes: SetAttributes,
     },
-    Remove { caller: Caller, directory: Fid, #[serde(with = "serde_bytes")] name: Vec<u8> },
-    Rmdir { caller: Caller, directory: Fid, #[serde(with = "serde_bytes")] name: Vec<u8> },
+    Remove {
+        caller: Caller,
+        directory: Fid,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    Rmdir {
+        caller: Caller,
+        directory: Fid,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
     Rename {
         caller: Caller,
         from_directory: Fid,
@@ -101,8 +158,20 @@ pub enum FsOp {
         #[serde(with = "serde_bytes")]
         to_name: Vec<u8>,
     },
-    Link { caller: Caller, fid: Fid, directory: Fid, #[serde(with = "serde_bytes")] name: Vec<u8> },
-    Readdir { caller: Caller, directory: Fid, cookie: u64, entries_max: u32, with_attributes: bool },
+    Link {
+        caller: Caller,
+        fid: Fid,
+        directory: Fid,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    Readdir {
+        caller: Caller,
+        directory: Fid,
+        cookie: u64,
+        entries_max: u32,
+        with_attributes: bool,
+    },
     Fsstat,
 }
 
@@ -126,12 +195,23 @@ impl FsOp {
 /// The answer to an [`FsOp`], one variant per result type.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum FsReply {
-    Identity { cluster: ClusterId, volume: VolumeId, root: Fid },
+    Identity {
+        cluster: ClusterId,
+        volume: VolumeId,
+        root: Fid,
+    },
     Attributes(Attributes),
     Wcc(WccData),
     Lookup(Lookup),
-    Access { granted: u32, attributes: Attributes },
-    Readlink { #[serde(with = "serde_bytes")] target: Vec<u8>, attributes: Attributes },
+    Access {
+        granted: u32,
+        attributes: Attributes,
+    },
+    Readlink {
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+        attributes: Attributes,
+    },
     Read(ReadResult),
     Write(WriteResult),
     Commit(CommitResult),

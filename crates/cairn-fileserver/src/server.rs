@@ -66,9 +66,11 @@ impl FileServer {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| FileServerError::Bind { address: config.listen, source })?;
-        let address =
-            listener.local_addr().map_err(|source| FileServerError::Bind { address: config.listen, source })?;
-        let inner = Arc::new(Inner { config, volumes: RwLock::new(HashMap::new()), replies: ReplyCache::default() });
+        let address = listener
+            .local_addr()
+            .map_err(|source| FileServerError::Bind { address: config.listen, source })?;
+        let inner =
+            Arc::new(Inner { config, volumes: RwLock::new(HashMap::new()), replies: ReplyCache::default() });
         let (shutdown, mut shutdown_rx) = watch::channel(false);
         let handler = Arc::new(RpcHandler { inner: inner.clone() });
         let task = tokio::spawn(async move {
@@ -87,11 +89,17 @@ impl FileServer {
 
     /// Opens (creating it if new) the volume's store here and serves it as master at `epoch`.
     /// Blocks on disk I/O (recovery): call it from a blocking thread.
-    pub fn open_master(&self, cluster: ClusterId, volume: VolumeId, epoch: u64) -> Result<(), FileServerError> {
+    pub fn open_master(
+        &self,
+        cluster: ClusterId,
+        volume: VolumeId,
+        epoch: u64,
+    ) -> Result<(), FileServerError> {
         let mut store_config = self.inner.config.store.clone();
         store_config.data_dir = self.inner.config.data_dir.join("volumes").join(volume.0.to_string());
         store_config.identity = Some((cluster, volume));
-        let store = Store::open(store_config).map_err(|source| FileServerError::Store { volume: volume.0, source })?;
+        let store = Store::open(store_config)
+            .map_err(|source| FileServerError::Store { volume: volume.0, source })?;
         self.inner.volumes.write().insert(volume.0, Arc::new(Volume { epoch, store: Arc::new(store) }));
         Ok(())
     }
@@ -126,7 +134,8 @@ impl FileServer {
         if let Some(task) = task {
             let _ = task.await;
         }
-        let volumes: Vec<Arc<Volume>> = self.inner.volumes.write().drain().map(|(_, volume)| volume).collect();
+        let volumes: Vec<Arc<Volume>> =
+            self.inner.volumes.write().drain().map(|(_, volume)| volume).collect();
         let _ = tokio::task::spawn_blocking(move || {
             for volume in volumes {
                 if let Err(error) = volume.store.sync_all() {
@@ -165,7 +174,13 @@ impl Inner {
         Ok(held.clone())
     }
 
-    async fn fs(self: &Arc<Self>, volume: u32, epoch: u64, request_id: u128, op: FsOp) -> Result<FsReply, WireError> {
+    async fn fs(
+        self: &Arc<Self>,
+        volume: u32,
+        epoch: u64,
+        request_id: u128,
+        op: FsOp,
+    ) -> Result<FsReply, WireError> {
         let held = self.master(volume, epoch)?;
         if request_id == 0 || !op.is_change() {
             return execute(held.store.clone(), op).await;
@@ -216,7 +231,9 @@ fn run(store: &dyn FileSystem, op: FsOp) -> Result<FsReply, WireError> {
         FsOp::Write { caller, fid, offset, data, stability } => {
             FsReply::Write(store.write(&caller, fid, offset, &data, stability)?)
         }
-        FsOp::Commit { fid, offset, count_bytes } => FsReply::Commit(store.commit(fid, offset, count_bytes)?),
+        FsOp::Commit { fid, offset, count_bytes } => {
+            FsReply::Commit(store.commit(fid, offset, count_bytes)?)
+        }
         FsOp::Create { caller, directory, name, how } => {
             FsReply::Created(store.create(&caller, directory, &name, how)?)
         }
@@ -234,7 +251,9 @@ fn run(store: &dyn FileSystem, op: FsOp) -> Result<FsReply, WireError> {
         FsOp::Rename { caller, from_directory, from_name, to_directory, to_name } => {
             FsReply::Renamed(store.rename(&caller, from_directory, &from_name, to_directory, &to_name)?)
         }
-        FsOp::Link { caller, fid, directory, name } => FsReply::Linked(store.link(&caller, fid, directory, &name)?),
+        FsOp::Link { caller, fid, directory, name } => {
+            FsReply::Linked(store.link(&caller, fid, directory, &name)?)
+        }
         FsOp::Readdir { caller, directory, cookie, entries_max, with_attributes } => FsReply::Directory(
             store.readdir(&caller, directory, cookie, entries_max as usize, with_attributes)?,
         ),

@@ -390,7 +390,11 @@ impl Request<'_> {
         &mut self,
         directory: &[u8],
         name: &[u8],
-        operation: impl FnOnce(&dyn cairn_store::FileSystem, &Caller, Fid) -> Result<cairn_store::Created, StoreError>,
+        operation: impl FnOnce(
+            &dyn cairn_store::FileSystem,
+            &Caller,
+            Fid,
+        ) -> Result<cairn_store::Created, StoreError>,
     ) {
         let directory = match self.fid(directory) {
             Ok(fid) => fid,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cairn_cldb::{Cldb, CldbClient, CldbConfig};
-use cairn_client::{ClusterFs, CldbLocator, Connections};
+use cairn_client::{CldbLocator, ClusterFs, Connections};
 use cairn_fileserver::{FileServer, FileServerConfig, NodeIdentity};
 use cairn_nfs::{Gateway, GatewayConfig};
 use cairn_store::{FileSystem, StoreConfig};
@@ -70,8 +70,10 @@ fn default_rereplication_timeout_ms() -> u64 {
 
 impl NodeConfig {
     pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid node configuration", path.display()))
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid node configuration", path.display()))
     }
 
     fn host(&self) -> String {
@@ -120,8 +122,11 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
 
     let mut cldb = None;
     if let Some(port) = config.cldb_port {
-        let mut cldb_config =
-            CldbConfig::new(config.name.clone(), SocketAddr::new(config.bind, port), config.coord_addresses());
+        let mut cldb_config = CldbConfig::new(
+            config.name.clone(),
+            SocketAddr::new(config.bind, port),
+            config.coord_addresses(),
+        );
         cldb_config.advertise = Some(format!("{host}:{port}"));
         cldb_config.node_timeout = Duration::from_millis(config.node_timeout_ms);
         cldb_config.rereplication_timeout = Duration::from_millis(config.rereplication_timeout_ms);
@@ -150,7 +155,8 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
             .map(str::to_string)
             .collect(),
     };
-    let heartbeats = tokio::spawn(fileserver.clone().run_heartbeats(cldb_client.clone(), identity, stop_rx.clone()));
+    let heartbeats =
+        tokio::spawn(fileserver.clone().run_heartbeats(cldb_client.clone(), identity, stop_rx.clone()));
 
     let exports_file = match &config.exports {
         Some(path) => path.clone(),
@@ -214,8 +220,11 @@ async fn start_gateway(cldb: CldbClient, volume: String, config: GatewayConfig) 
                 continue;
             }
         };
-        match tokio::time::timeout(Duration::from_secs(10), ClusterFs::open(locator.clone(), connections.clone(), id))
-            .await
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            ClusterFs::open(locator.clone(), connections.clone(), id),
+        )
+        .await
         {
             Ok(Ok(fs)) => {
                 let fs: Arc<dyn FileSystem> = Arc::new(fs);

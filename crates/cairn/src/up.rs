@@ -342,7 +342,8 @@ pub fn run_cluster(config: ClusterUpConfig) -> anyhow::Result<()> {
     if !matches!(up.nodes, 3 | 5) {
         bail!("--nodes must be 1, 3 or 5 (a quorum needs an odd number of members), not {}", up.nodes);
     }
-    let host = if up.bind_address.is_unspecified() { "127.0.0.1".to_owned() } else { up.bind_address.to_string() };
+    let host =
+        if up.bind_address.is_unspecified() { "127.0.0.1".to_owned() } else { up.bind_address.to_string() };
     let port = |base: u16, i: u16| base.checked_add(i).context("port out of range");
     let mut coord_members = Vec::new();
     let mut cldbs = Vec::new();
@@ -391,7 +392,8 @@ async fn serve_cluster(
     let exe = std::env::current_exe().context("cannot find the cairn executable")?;
     let mut nodes = CoordMembers { members: Vec::new() };
     for (i, config) in configs.iter().enumerate() {
-        fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+        fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
         let config_path = config.data_dir.join("node.json");
         fs::write(&config_path, serde_json::to_string_pretty(config)?)
             .with_context(|| format!("cannot write {}", config_path.display()))?;
@@ -429,7 +431,9 @@ async fn serve_cluster(
     loop {
         match cldb.list_nodes().await {
             Ok(list) if list.len() >= configs.len() => break,
-            _ if tokio::time::Instant::now() >= deadline => bail!("the nodes did not all register with the CLDB"),
+            _ if tokio::time::Instant::now() >= deadline => {
+                bail!("the nodes did not all register with the CLDB")
+            }
             _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
         }
     }
@@ -459,7 +463,11 @@ async fn serve_cluster(
     };
     // Every gateway serves once it reached the volume's master.
     for config in &configs {
-        let address = format!("{}:{}", if config.bind.is_unspecified() { "127.0.0.1".to_string() } else { config.bind.to_string() }, config.nfs_port);
+        let address = format!(
+            "{}:{}",
+            if config.bind.is_unspecified() { "127.0.0.1".to_string() } else { config.bind.to_string() },
+            config.nfs_port
+        );
         loop {
             if tokio::net::TcpStream::connect(&address).await.is_ok() {
                 break;
@@ -472,7 +480,9 @@ async fn serve_cluster(
         }
     }
 
-    let host = |c: &crate::node::NodeConfig| if c.bind.is_unspecified() { "127.0.0.1".to_string() } else { c.bind.to_string() };
+    let host = |c: &crate::node::NodeConfig| {
+        if c.bind.is_unspecified() { "127.0.0.1".to_string() } else { c.bind.to_string() }
+    };
     let cluster = serde_json::json!({
         "pid": std::process::id(),
         "nfs": format!("{}:{}", host(&configs[0]), configs[0].nfs_port),
@@ -516,7 +526,8 @@ impl CoordMembers {
             if let Some(status) = child.try_wait().context("cannot check a node")? {
                 let log = data_dir.join("nodes").join(format!("n{id}")).join("node.log");
                 let text = fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+                let tail: Vec<&str> =
+                    text.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
                 bail!("node n{id} exited ({status}); {}:\n{}", log.display(), tail.join("\n"));
             }
         }
@@ -525,7 +536,8 @@ impl CoordMembers {
 
     async fn wait_for_node_leader(&mut self, configs: &[crate::node::NodeConfig]) -> anyhow::Result<u64> {
         let deadline = tokio::time::Instant::now() + COORD_READY_TIMEOUT;
-        let data_dir = configs[0].data_dir.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+        let data_dir =
+            configs[0].data_dir.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
         loop {
             self.check_alive(&data_dir)?;
             for address in self.addresses() {

@@ -26,7 +26,8 @@ async fn calls_reach_the_master_and_survive_its_restart() {
     let first = server(dir.path(), 0).await;
     let address = first.address();
     let locator = Arc::new(FixedLocator(address.to_string()));
-    let fs = Arc::new(ClusterFs::open(locator, Arc::new(Connections::default()), 3).await.expect("open volume"));
+    let fs =
+        Arc::new(ClusterFs::open(locator, Arc::new(Connections::default()), 3).await.expect("open volume"));
     assert_eq!(fs.cluster_id(), ClusterId(7));
     assert_eq!(fs.volume_id(), VolumeId(3));
 
@@ -38,7 +39,8 @@ async fn calls_reach_the_master_and_survive_its_restart() {
             .expect("create");
         blocking.write(&caller, created.fid, 0, &vec![7u8; 300_000], Stability::FileSync).expect("write");
         // A second guarded create of the same name is a real EEXIST (a new request, not a retry).
-        let again = blocking.create(&caller, blocking.root(), b"a", CreateHow::Guarded(SetAttributes::default()));
+        let again =
+            blocking.create(&caller, blocking.root(), b"a", CreateHow::Guarded(SetAttributes::default()));
         assert!(matches!(again, Err(StoreError::Exists)), "{again:?}");
         created.fid
     })

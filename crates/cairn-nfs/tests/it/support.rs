@@ -49,7 +49,9 @@ impl TestGateway {
             portmap_port: Some(0),
             exports_file: exports_path.clone(),
         };
-        let gateway = Gateway::start(store.clone() as Arc<dyn cairn_store::FileSystem>, config).await.expect("start gateway");
+        let gateway = Gateway::start(store.clone() as Arc<dyn cairn_store::FileSystem>, config)
+            .await
+            .expect("start gateway");
         TestGateway { gateway: Some(gateway), store, exports_path, _directory: directory }
     }
 

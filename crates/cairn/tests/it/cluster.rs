@@ -10,7 +10,9 @@ use nfs3_client::nfs3_types::nfs3::{GETATTR3args, LOOKUP3args, Nfs3Result, dirop
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 
 use crate::libnfs::with_nfs3_client;
-use crate::support::{CAIRN, free_port, libnfs_ok, nfs_file_url, random_bytes, require_libnfs_utils, test_dir};
+use crate::support::{
+    CAIRN, free_port, libnfs_ok, nfs_file_url, random_bytes, require_libnfs_utils, test_dir,
+};
 
 /// A running `cairn up --nodes 3`, stopped with SIGTERM when dropped.
 struct Cluster {
@@ -40,7 +42,10 @@ impl Cluster {
             let stdout = up.stdout.take().expect("stdout");
             let ready = std::thread::spawn(move || {
                 use std::io::BufRead;
-                std::io::BufReader::new(stdout).lines().map_while(Result::ok).find(|l| l.starts_with("Cairn is ready"))
+                std::io::BufReader::new(stdout)
+                    .lines()
+                    .map_while(Result::ok)
+                    .find(|l| l.starts_with("Cairn is ready"))
             })
             .join()
             .expect("reader");
@@ -81,12 +86,16 @@ impl Drop for Cluster {
 
 fn lookup(connection_server: SocketAddr, name: &'static str) -> (nfs_fh3, u64) {
     with_nfs3_client(connection_server, async |connection, root| {
-        let arguments = LOOKUP3args { what: diropargs3 { dir: root, name: filename3(Opaque::borrowed(name.as_bytes())) } };
+        let arguments = LOOKUP3args {
+            what: diropargs3 { dir: root, name: filename3(Opaque::borrowed(name.as_bytes())) },
+        };
         match connection.lookup(&arguments).await.expect("LOOKUP") {
             Nfs3Result::Ok(found) => {
                 let size = match found.obj_attributes {
                     nfs3_client::nfs3_types::nfs3::Nfs3Option::Some(attributes) => attributes.size,
-                    nfs3_client::nfs3_types::nfs3::Nfs3Option::None => panic!("LOOKUP returned no attributes"),
+                    nfs3_client::nfs3_types::nfs3::Nfs3Option::None => {
+                        panic!("LOOKUP returned no attributes")
+                    }
                 };
                 (found.object, size)
             }
