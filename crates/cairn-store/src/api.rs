@@ -7,7 +7,9 @@ use cairn_types::Fid;
 
 /// A point in time, as seconds and nanoseconds since the Unix epoch. Always taken from the
 /// store's clock (the cluster's), never a gateway's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Timestamp {
     pub seconds: u32,
     pub nanoseconds: u32,

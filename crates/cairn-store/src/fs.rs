@@ -43,8 +43,13 @@ pub trait FileSystem: Send + Sync + 'static {
     ) -> StoreResult<WriteResult>;
     fn commit(&self, fid: Fid, offset: u64, count_bytes: u32) -> StoreResult<CommitResult>;
     fn create(&self, caller: &Caller, directory: Fid, name: &[u8], how: CreateHow) -> StoreResult<Created>;
-    fn mkdir(&self, caller: &Caller, directory: Fid, name: &[u8], attributes: SetAttributes)
-    -> StoreResult<Created>;
+    fn mkdir(
+        &self,
+        caller: &Caller,
+        directory: Fid,
+        name: &[u8],
+        attributes: SetAttributes,
+    ) -> StoreResult<Created>;
     fn symlink(
         &self,
         caller: &Caller,

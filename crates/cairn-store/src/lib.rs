@@ -61,10 +61,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use api::*;
-pub use fs::FileSystem;
 use cairn_types::{ClusterId, ContainerId, Epoch, Fid, TxnId, VolumeId};
 #[doc(hidden)]
 pub use faults::FailPoint;
+pub use fs::FileSystem;
 use parking_lot::{Mutex, RwLock};
 
 use crate::data::{ChunkFiles, DataContainer};

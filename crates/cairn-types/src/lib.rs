@@ -22,11 +22,15 @@ pub struct VolumeId(pub u32);
 pub struct ContainerId(pub u32);
 
 /// A container's epoch: increases whenever its replica set or master changes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct Epoch(pub u64);
 
 /// A transaction id, ordered within one container and one epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct TxnId(pub u64);
 
 /// A file id: `<name container>.<inode>.<uniquifier>`.
