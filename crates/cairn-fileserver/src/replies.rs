@@ -19,7 +19,7 @@ type Answer = Result<FsReply, WireError>;
 enum Slot {
     /// The first attempt is still running; retries wait for it.
     Running(Arc<Notify>),
-    Done(Answer),
+    Done(Box<Answer>),
 }
 
 /// What [`ReplyCache::begin`] found.
@@ -27,7 +27,7 @@ pub enum Begin {
     /// Nobody ran this request: run it, then call [`ReplyCache::finish`].
     Run,
     /// It ran already: its answer.
-    Answered(Answer),
+    Answered(Box<Answer>),
     /// It is running: wait on this, then ask again.
     Wait(Arc<Notify>),
 }
@@ -64,7 +64,7 @@ impl ReplyCache {
         let mut inner = self.inner.lock();
         let keep = !matches!(answer, Err(error) if error.is_retryable());
         let previous = if keep {
-            inner.slots.insert(request_id, Slot::Done(answer.clone()))
+            inner.slots.insert(request_id, Slot::Done(Box::new(answer.clone())))
         } else {
             inner.slots.remove(&request_id)
         };

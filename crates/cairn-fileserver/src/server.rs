@@ -187,7 +187,7 @@ impl Inner {
         }
         loop {
             match self.replies.begin(request_id) {
-                Begin::Answered(answer) => return answer,
+                Begin::Answered(answer) => return *answer,
                 Begin::Wait(notify) => {
                     let _ = tokio::time::timeout(Duration::from_millis(200), notify.notified()).await;
                 }
