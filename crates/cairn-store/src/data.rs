@@ -27,6 +27,7 @@ use crate::format::{
 };
 use crate::group::{self, Batch, Op, Post, SpaceUse};
 use crate::hot::{Entry, EntryRef, InlineBlock};
+use crate::replication::{Block, RecordBody};
 use crate::tables::{self, Db};
 use crate::{Store, next_ctime, perm, pre_op};
 
@@ -217,7 +218,7 @@ pub(crate) fn open_chunk(
 }
 
 /// Reads as much as the file has at `offset`; the rest of `out` is zero.
-fn read_full_at(file: &File, out: &mut [u8], offset: u64) -> io::Result<()> {
+pub(crate) fn read_full_at(file: &File, out: &mut [u8], offset: u64) -> io::Result<()> {
     let mut done = 0;
     while done < out.len() {
         match file.read_at(&mut out[done..], offset + done as u64) {
@@ -237,7 +238,7 @@ pub(crate) fn read_sums(sums: &File, first_block: u64, count: u64) -> io::Result
     Ok(bytes.chunks_exact(CHECKSUM_ENTRY_BYTES as usize).map(BlockSum::decode).collect())
 }
 
-fn write_sums(sums: &File, first_block: u64, entries: &[BlockSum]) -> io::Result<()> {
+pub(crate) fn write_sums(sums: &File, first_block: u64, entries: &[BlockSum]) -> io::Result<()> {
     let mut bytes = Vec::with_capacity(entries.len() * CHECKSUM_ENTRY_BYTES as usize);
     for entry in entries {
         bytes.extend_from_slice(&entry.encode());
@@ -610,6 +611,7 @@ pub(crate) fn write(
         result.committed = Stability::FileSync;
         result.verifier = store.write_verifier();
     }
+    store.wait_replicated()?;
     Ok(result)
 }
 
@@ -758,7 +760,19 @@ fn write_chunk_part(
     store.faults.check_data_write()?;
     files.data.write_all_at(&buffer, first * BLOCK_U64)?;
     write_sums(&files.sums, first, &sums)?;
-    Ok(old.iter().filter(|sum| !sum.written).count() as u64)
+    let new_blocks = old.iter().filter(|sum| !sum.written).count() as u64;
+    if store.is_replicated() {
+        // Under the file's stripe lock (held by the writer): ordered with truncations.
+        store.replicate(RecordBody::ChunkWrite {
+            container,
+            inode: number,
+            chunk,
+            first_block: first,
+            data: buffer,
+            crcs: sums.iter().map(|sum| sum.crc).collect(),
+        })?;
+    }
+    Ok(new_blocks)
 }
 
 // ---- COMMIT ----
@@ -773,6 +787,7 @@ pub(crate) fn commit_inode(store: &Store, number: u64) -> StoreResult<()> {
 pub(crate) fn commit_inodes(store: &Store, numbers: &[u64]) -> StoreResult<()> {
     store.check_poisoned()?;
     let mut items = Vec::new();
+    let mut synced_chunks = false;
     for &number in numbers {
         let Some(entry) = store.hot.get(number) else {
             continue;
@@ -797,10 +812,16 @@ pub(crate) fn commit_inodes(store: &Store, numbers: &[u64]) -> StoreResult<()> {
                 if created {
                     sync_dir(store, &files.dir)?;
                 }
+                synced_chunks = true;
             }
             clear.push((chunk, sequence));
         }
         items.push((number, clear));
+    }
+    // The replicas sync too, after the writes synced here and before the batch that clears the
+    // dirty-region intents.
+    if synced_chunks {
+        store.replicate(RecordBody::Sync)?;
     }
     if !items.is_empty() {
         group::submit(store, Op::Flush { items })?;
@@ -910,7 +931,8 @@ pub(crate) fn delete_inode(store: &Store, b: &mut Batch<'_>, entry: &EntryRef) -
     Ok(())
 }
 
-/// Removes the chunk files of a deleted inode (after its removal committed).
+/// Removes the chunk files of a deleted inode (after its removal committed; or at recovery,
+/// when its `pending_delete` row is still there).
 pub(crate) fn delete_chunk_files(store: &Store, number: u64, chunks: &[(u64, u32)]) {
     let _stripe = store.stripe(number).write();
     for &(chunk, container) in chunks {
@@ -923,6 +945,14 @@ pub(crate) fn delete_chunk_files(store: &Store, number: u64, chunks: &[(u64, u32
                 tracing::warn!(path = %path.display(), %error, "removing a chunk file failed");
             }
         }
+    }
+    // After the effect, like every chunk record: a full copy whose sequence number is this
+    // record's or later must not find the files any more.
+    if store.is_replicated()
+        && let Err(error) =
+            store.replicate(RecordBody::ChunkDelete { inode: number, chunks: chunks.to_vec() })
+    {
+        tracing::warn!(inode = number, %error, "replicating a deletion failed");
     }
 }
 
@@ -1050,6 +1080,13 @@ pub(crate) fn truncate_down(
             b.del_chunk(number, chunk)?;
             group::remove_dirty_rows(b, number, Some(chunk))?;
             entry.lock().chunks.remove(&chunk);
+            store.replicate(RecordBody::ChunkTruncate {
+                container,
+                inode: number,
+                chunk,
+                blocks: 0,
+                tail: None,
+            })?;
             continue;
         }
         let Some((files, _)) = files else {
@@ -1057,6 +1094,7 @@ pub(crate) fn truncate_down(
         };
         let first_gone = keep.div_ceil(BLOCK_U64);
         freed_blocks += count_written(&files.sums, first_gone)?;
+        let mut tail = None;
         if !keep.is_multiple_of(BLOCK_U64) {
             let index = keep / BLOCK_U64;
             let sum = read_sums(&files.sums, index, 1)?[0];
@@ -1065,13 +1103,23 @@ pub(crate) fn truncate_down(
                 read_full_at(&files.data, &mut block, index * BLOCK_U64)?;
                 block[(keep % BLOCK_U64) as usize..].fill(0);
                 files.data.write_all_at(&block, index * BLOCK_U64)?;
-                write_sums(&files.sums, index, &[BlockSum { crc: crc32c::crc32c(&block), written: true }])?;
+                let crc = crc32c::crc32c(&block);
+                write_sums(&files.sums, index, &[BlockSum { crc, written: true }])?;
+                tail = Some(Block { data: block, crc });
             }
         }
         files.sums.set_len(CHECKSUM_HEADER_BYTES + first_gone * CHECKSUM_ENTRY_BYTES)?;
         files.data.set_len(first_gone * BLOCK_U64)?;
         sync_file(store, &files.data)?;
         sync_file(store, &files.sums)?;
+        // Under the file's stripe lock (held by the setattr), before the batch's own record.
+        store.replicate(RecordBody::ChunkTruncate {
+            container,
+            inode: number,
+            chunk,
+            blocks: first_gone,
+            tail,
+        })?;
     }
     for dir in dirs_to_sync {
         sync_dir(store, &dir)?;

@@ -369,7 +369,8 @@ pub(crate) struct ApplierState {
 pub(crate) struct GroupCommit {
     queue: Mutex<Queue>,
     gather: Condvar,
-    applier: Mutex<ApplierState>,
+    /// Held by the leader while it applies and commits a batch (and submits its record).
+    pub applier: Mutex<ApplierState>,
     last_txn: AtomicU64,
     /// Batches committed and operations in them (for measurements).
     pub batches: AtomicU64,
@@ -616,6 +617,25 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
     });
     let mut payload = Vec::new();
     crate::journal::encode_changes(&changes, &mut payload);
+    // Replication: the batch's record goes out before the local commit, under the applier lock
+    // (the order of batches). Its sequence number is this store's position, committed with it.
+    let position = if store.is_replicated() {
+        let rows = std::mem::take(&mut changes).into_iter().map(Into::into).collect();
+        match store.replicate(crate::replication::RecordBody::Name { changes: rows }) {
+            Ok(position) => position,
+            Err(error) => return fail_all(store, error),
+        }
+    } else {
+        None
+    };
+    if let Some(position) = position {
+        let change = Change {
+            table: TableId::Meta,
+            key: b"replication_position".to_vec(),
+            value: Some(position.to_le_bytes().to_vec()),
+        };
+        crate::journal::encode_changes(std::slice::from_ref(&change), &mut payload);
+    }
     // Near a full disk every batch commits durably: pages that non-durable commits free cannot
     // be reused before the next durable commit, so the database would grow into the reserve.
     let low_space = space_available_bytes < store.config.space_reserve_bytes.saturating_mul(2);
@@ -628,6 +648,9 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
         let mut meta = txn.open_table(tables::META).db()?;
         meta.insert("next_inode", next_inode).db()?;
         meta.insert("txn_id", txn_id).db()?;
+        if let Some(position) = position {
+            meta.insert("replication_position", position).db()?;
+        }
         if checkpoint {
             meta.insert("journal_generation", generation).db()?;
         }

@@ -49,7 +49,7 @@ pub(crate) enum TableId {
 }
 
 impl TableId {
-    fn from_code(code: u8) -> Option<TableId> {
+    pub(crate) fn from_code(code: u8) -> Option<TableId> {
         Some(match code {
             1 => TableId::Meta,
             2 => TableId::Inodes,

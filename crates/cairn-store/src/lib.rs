@@ -4,7 +4,7 @@
 //!
 //! Key types: [`Store`] (open a data directory, then call one method per file system
 //! operation), [`Caller`] (who asks; the store checks POSIX permissions itself, atomically with
-//! the operation), [`StoreError`].
+//! the operation), [`StoreError`], [`replication::Replica`] (a replica of a master's store).
 //!
 //! Layout (details, byte layouts and fsync ordering in `docs/format.md`):
 //! - `<data_dir>/containers/1/`: the name container, a redb database `name.redb` holding inodes,
@@ -36,8 +36,19 @@
 //! bits (knfsd's owner override) and READ is allowed to whoever may execute; ACCESS answers the
 //! plain mode bits. See `perm.rs`.
 //!
+//! Replication ([`replication`]): the same volume's store lives on several nodes.
+//! [`Store::open_replicated`] opens it as the volume's master: every change that reaches its disk
+//! (group-commit batches, chunk writes, truncations, deletions, the fsyncs of COMMIT and stable
+//! writes) also becomes a physical [`replication::Record`], handed to the file server's
+//! [`replication::Replicator`] in apply order, and no change is acknowledged before the replicas
+//! have it. A [`replication::Replica`] applies those records (its own journal, same crash
+//! recovery) and ends identical to the master; it can be copied in full while the master works
+//! ([`Store::snapshot`]) and promoted (close it, open it with `open_replicated`). Durable
+//! positions, roll-forward and resync rules: `docs/format.md`, "Replication".
+//!
 //! Test hooks (`#[doc(hidden)]`): [`Store::inject_failure`] makes the next fsync or data write
-//! fail, [`Store::simulate_crash`] drops the store as a crash would.
+//! fail, [`Store::simulate_crash`] drops the store as a crash would; [`replication::Replica`]
+//! has its own crash and power-failure hooks.
 //!
 //! Architecture invariant: this crate never touches the network and knows nothing of NFS.
 
@@ -52,6 +63,7 @@ mod journal;
 mod namespace;
 mod open;
 mod perm;
+pub mod replication;
 mod tables;
 
 use std::collections::HashMap;
@@ -151,6 +163,9 @@ pub struct Store {
     /// Inodes whose files were deleted after their removal committed; their `pending_delete`
     /// rows go in the next batch.
     finished_deletes: Mutex<Vec<u64>>,
+    /// The replicator of a master store (none for a single-node store), and where its sequence
+    /// stands.
+    repl: replication::Link,
 }
 
 fn now() -> Timestamp {
@@ -301,6 +316,9 @@ impl Store {
         let (number, before) = self.current(fid)?;
         self.check_poisoned()?;
         self.commit_inode(number)?;
+        // Also when there was nothing left to commit here: a concurrent COMMIT may have synced
+        // this file's data, and its records must be acknowledged before this one answers.
+        self.wait_replicated()?;
         let (_, after) = self.current(fid)?;
         Ok(CommitResult {
             verifier: self.write_verifier(),
@@ -475,6 +493,9 @@ impl Store {
     // ---- shared helpers ----
 
     fn check_poisoned(&self) -> StoreResult<()> {
+        if self.repl.is_fenced() {
+            return Err(StoreError::NotMaster);
+        }
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(StoreError::Poisoned(self.poison_reason.lock().clone()));
         }
@@ -569,9 +590,13 @@ impl Store {
         data::commit_inode(self, number)
     }
 
+    /// Runs a metadata operation through group commit; once it succeeded, waits until the
+    /// replicas have it.
     fn submit(&self, op: Op) -> StoreResult<Output> {
         self.check_poisoned()?;
-        group::submit(self, op)
+        let output = group::submit(self, op)?;
+        self.wait_replicated()?;
+        Ok(output)
     }
 
     fn submit_created(&self, op: Op) -> StoreResult<Created> {

@@ -25,7 +25,8 @@ use crate::format::{
 };
 use crate::group::GroupCommit;
 use crate::hot::HotTable;
-use crate::journal::{Change, Journal, TableId};
+use crate::journal::{Change, Journal, TableId, keys};
+use crate::replication::{self, RecordBody, Replicator, RowChange};
 use crate::tables::{self, Db};
 use crate::{DATA_STRIPES, NAME_CONTAINER_ID, Store, StoreConfig, now, random_nonzero_u32, stable_hash};
 
@@ -83,7 +84,8 @@ fn create_dir_durably(path: &Path) -> StoreResult<()> {
     Ok(())
 }
 
-pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
+/// Checks the settings a store and a replica both need.
+pub(crate) fn check_config(config: &StoreConfig) -> StoreResult<()> {
     if !config.chunk_size_bytes.is_multiple_of(BLOCK_SIZE_BYTES)
         || config.chunk_size_bytes < INLINE_DATA_BYTES_MAX
     {
@@ -92,23 +94,29 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
     if config.data_containers == 0 || config.data_containers > 1024 {
         return Err(StoreError::Invalid("between 1 and 1024 data containers"));
     }
-    let identity_volume = config.identity.map_or(VolumeId(VOLUME_ID), |(_, volume)| volume);
-    let faults = Arc::new(Faults::default());
-    let containers_dir = config.data_dir.join("containers");
-    let name_dir = containers_dir.join(NAME_CONTAINER_ID.0.to_string());
+    Ok(())
+}
+
+/// The name container: its directory and `container.meta`, its database and its journal
+/// (created on first use).
+pub(crate) fn open_name_database(
+    config: &StoreConfig,
+    faults: &Arc<Faults>,
+    volume: VolumeId,
+) -> StoreResult<(ContainerMeta, redb::Database, Journal)> {
+    let name_dir = config.data_dir.join("containers").join(NAME_CONTAINER_ID.0.to_string());
     create_dir_durably(&name_dir)?;
     let name_meta = read_or_create_meta(
         &name_dir,
         ContainerMeta {
             container: NAME_CONTAINER_ID.0,
             kind: ContainerKind::Name,
-            volume: identity_volume.0,
+            volume: volume.0,
             epoch: 1,
             txn_reserved_until: 0,
         },
-        &faults,
+        faults,
     )?;
-
     let db_path = name_dir.join("name.redb");
     let existed = db_path.exists();
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&db_path)?;
@@ -117,11 +125,96 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
     }
     let backend = DatabaseBackend::new(file, faults.clone()).db()?;
     let db = redb::Database::builder().create_with_backend(backend).db()?;
-    let mut journal = Journal::open(&name_dir.join("journal"), config.journal_bytes.max(1 << 20))?;
+    let journal = Journal::open(&name_dir.join("journal"), config.journal_bytes.max(1 << 20))?;
+    Ok((name_meta, db, journal))
+}
+
+/// Replays the journal: the batches of `generation`, committed after redb's last durable
+/// commit. Then starts a new generation, so that no record of this one is ever replayed again.
+pub(crate) fn replay_journal(
+    write: &redb::WriteTransaction,
+    journal: &mut Journal,
+    generation: u64,
+) -> StoreResult<()> {
+    let records = journal.replay(generation)?;
+    if !records.is_empty() {
+        tracing::info!(records = records.len(), "replaying the metadata journal");
+    }
+    for change in records.iter().flatten() {
+        replay_change(write, change)?;
+    }
+    journal.restart(generation + 1);
+    write.open_table(tables::META).db()?.insert("journal_generation", generation + 1).db()?;
+    Ok(())
+}
+
+/// Creates every table, so that readers never meet a missing one.
+pub(crate) fn create_tables(write: &redb::WriteTransaction) -> StoreResult<()> {
+    write.open_table(tables::INODES).db()?;
+    write.open_table(tables::DIRENTS).db()?;
+    write.open_table(tables::COOKIES).db()?;
+    write.open_table(tables::INLINE).db()?;
+    write.open_table(tables::CHUNKS).db()?;
+    write.open_table(tables::DIRTY).db()?;
+    write.open_table(tables::PENDING_DELETE).db()?;
+    Ok(())
+}
+
+/// The data containers: directories (with their fan-out directories) and `container.meta`,
+/// created on first use.
+pub(crate) fn open_data_containers(
+    config: &StoreConfig,
+    faults: &Faults,
+    volume: VolumeId,
+) -> StoreResult<Vec<DataContainer>> {
+    let containers_dir = config.data_dir.join("containers");
+    let mut containers = Vec::new();
+    for id in 2..2 + config.data_containers {
+        let dir = containers_dir.join(id.to_string());
+        create_dir_durably(&dir)?;
+        let chunks_dir = dir.join("chunks");
+        if !chunks_dir.join("ff").is_dir() {
+            for fanout in 0..256u64 {
+                std::fs::create_dir_all(data::fanout_dir(&dir, fanout)).map_err(data::io_error)?;
+            }
+            File::open(&chunks_dir)?.sync_all()?;
+            File::open(&dir)?.sync_all()?;
+        }
+        let meta = read_or_create_meta(
+            &dir,
+            ContainerMeta {
+                container: id,
+                kind: ContainerKind::Data,
+                volume: volume.0,
+                epoch: 1,
+                txn_reserved_until: 1,
+            },
+            faults,
+        )?;
+        containers.push(DataContainer::new(dir, meta));
+    }
+    Ok(containers)
+}
+
+pub(crate) fn open(config: StoreConfig) -> StoreResult<Store> {
+    open_with(config, None)
+}
+
+/// Opens a store; with a replicator, as its volume's master (see [`crate::replication`]): a new
+/// volume's rows are its first record, recovery's changes are replicated, and the store is
+/// returned once they are acknowledged.
+pub(crate) fn open_with(
+    mut config: StoreConfig,
+    replicator: Option<Arc<dyn Replicator>>,
+) -> StoreResult<Store> {
+    check_config(&config)?;
+    let identity_volume = config.identity.map_or(VolumeId(VOLUME_ID), |(_, volume)| volume);
+    let faults = Arc::new(Faults::default());
+    let (name_meta, db, mut journal) = open_name_database(&config, &faults, identity_volume)?;
 
     // First use: identity, counters and the root directory.
     let write = db.begin_write().db()?;
-    let generation = {
+    let (generation, created) = {
         let mut meta = write.open_table(tables::META).db()?;
         let version = meta.get("format_version").db()?.map(|value| value.value());
         match version {
@@ -170,66 +263,39 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
                 .ok_or_else(|| StoreError::Corrupt { what: format!("meta key {key}"), offset: 0 })
         };
         config.data_containers = get("data_containers")? as u32;
-        get("journal_generation")?
+        (get("journal_generation")?, version.is_none())
     };
-    // Replay the journal: the batches committed after redb's last durable commit. Then start a
-    // new generation, so that no record of this one is ever replayed again.
-    let records = journal.replay(generation)?;
-    if !records.is_empty() {
-        tracing::info!(records = records.len(), "replaying the metadata journal");
-    }
-    for change in records.iter().flatten() {
-        replay_change(&write, change)?;
-    }
-    journal.restart(generation + 1);
-    let (cluster, volume, next_inode, txn_id) = {
-        let mut meta = write.open_table(tables::META).db()?;
-        meta.insert("journal_generation", generation + 1).db()?;
+    replay_journal(&write, &mut journal, generation)?;
+    let (cluster, volume, next_inode, txn_id, position) = {
+        let meta = write.open_table(tables::META).db()?;
+        let optional =
+            |key: &str| -> StoreResult<Option<u64>> { Ok(meta.get(key).db()?.map(|value| value.value())) };
+        // A replica's directory: it may hold no volume (yet).
+        if optional("resync_incomplete")?.unwrap_or(0) != 0 {
+            return Err(StoreError::Invalid(
+                "a full resync into this directory did not finish: no volume to open",
+            ));
+        }
+        if optional("next_inode")?.is_none() {
+            return Err(StoreError::Invalid("this directory holds an empty replica: no volume to open"));
+        }
         let get = |key: &str| -> StoreResult<u64> {
-            meta.get(key)
-                .db()?
-                .map(|value| value.value())
-                .ok_or_else(|| StoreError::Corrupt { what: format!("meta key {key}"), offset: 0 })
+            optional(key)?.ok_or_else(|| StoreError::Corrupt { what: format!("meta key {key}"), offset: 0 })
         };
         let volume = u32::try_from(get("volume_id")?)
             .map_err(|_| StoreError::Corrupt { what: "meta key volume_id".to_string(), offset: 0 })?;
-        (ClusterId(get("cluster_id")?), VolumeId(volume), get("next_inode")?, get("txn_id")?)
+        (
+            ClusterId(get("cluster_id")?),
+            VolumeId(volume),
+            get("next_inode")?,
+            get("txn_id")?,
+            optional("replication_position")?.unwrap_or(0),
+        )
     };
-    // Create every table, so that readers never meet a missing one.
-    write.open_table(tables::INODES).db()?;
-    write.open_table(tables::DIRENTS).db()?;
-    write.open_table(tables::COOKIES).db()?;
-    write.open_table(tables::INLINE).db()?;
-    write.open_table(tables::CHUNKS).db()?;
-    write.open_table(tables::DIRTY).db()?;
-    write.open_table(tables::PENDING_DELETE).db()?;
+    create_tables(&write)?;
     write.commit().db()?;
 
-    let mut containers = Vec::new();
-    for id in 2..2 + config.data_containers {
-        let dir = containers_dir.join(id.to_string());
-        create_dir_durably(&dir)?;
-        let chunks_dir = dir.join("chunks");
-        if !chunks_dir.join("ff").is_dir() {
-            for fanout in 0..256u64 {
-                std::fs::create_dir_all(data::fanout_dir(&dir, fanout)).map_err(data::io_error)?;
-            }
-            File::open(&chunks_dir)?.sync_all()?;
-            File::open(&dir)?.sync_all()?;
-        }
-        let meta = read_or_create_meta(
-            &dir,
-            ContainerMeta {
-                container: id,
-                kind: ContainerKind::Data,
-                volume: volume.0,
-                epoch: 1,
-                txn_reserved_until: 1,
-            },
-            &faults,
-        )?;
-        containers.push(DataContainer::new(dir, meta));
-    }
+    let containers = open_data_containers(&config, &faults, volume)?;
 
     let root_inode = {
         let read = db.begin_read().db()?;
@@ -260,9 +326,14 @@ pub(crate) fn open(mut config: StoreConfig) -> StoreResult<Store> {
         inline_dirty_bytes: AtomicU64::new(0),
         region_size_bytes,
         finished_deletes: Mutex::new(Vec::new()),
+        repl: replication::Link::new(replicator, position),
         config,
     };
+    if created && store.is_replicated() {
+        replication::send_initial_state(&store)?;
+    }
     recover(&store)?;
+    store.wait_replicated()?;
     Ok(store)
 }
 
@@ -281,7 +352,7 @@ fn u32_at(bytes: &[u8], at: usize) -> StoreResult<u32> {
 }
 
 /// Applies one journaled change (keys as `journal::keys` encodes them).
-fn replay_change(write: &redb::WriteTransaction, change: &Change) -> StoreResult<()> {
+pub(crate) fn replay_change(write: &redb::WriteTransaction, change: &Change) -> StoreResult<()> {
     let key = change.key.as_slice();
     let value = change.value.as_deref();
     match change.table {
@@ -350,6 +421,10 @@ fn replay_change(write: &redb::WriteTransaction, change: &Change) -> StoreResult
 /// data there was never acknowledged as stable, so old or new bytes are both acceptable, but the
 /// checksums must match what is on disk), make blocks past the durable end of file holes again,
 /// recount used blocks, and delete the files of removed inodes.
+///
+/// A replicated store replicates all of it: the deletions, then for every dirty region its
+/// image as recovery leaves it (a replica's copy of the region may differ: writes that were
+/// not synced before a crash), a sync, and the rows of the final commit.
 fn recover(store: &Store) -> StoreResult<()> {
     let read = store.db.begin_read().db()?;
     let mut dirty: BTreeMap<(u64, u64), BTreeSet<u32>> = BTreeMap::new();
@@ -383,18 +458,26 @@ fn recover(store: &Store) -> StoreResult<()> {
             None => data::chunk_container(store, *number, *chunk),
         };
         affected.insert(*number, inode.clone());
+        // (first block, number of blocks) of a region; `None` past the end of the chunk.
+        let region_blocks = |region: u32| -> Option<(u64, u64)> {
+            let region_start = u64::from(region) * store.region_size_bytes;
+            let region_end = (region_start + store.region_size_bytes).min(chunk_size);
+            (region_start < region_end)
+                .then(|| (region_start / block, (region_end - region_start).div_ceil(block)))
+        };
         let Some((files, _)) = data::open_chunk(store, container, *number, *chunk, false)? else {
+            if store.is_replicated() {
+                for (first, count) in regions.iter().filter_map(|&region| region_blocks(region)) {
+                    replication::send_region_image(store, (container, *number, *chunk), None, first, count)?;
+                }
+            }
             continue;
         };
         let size = inode.size_bytes;
         for &region in regions {
-            let region_start = u64::from(region) * store.region_size_bytes;
-            let region_end = (region_start + store.region_size_bytes).min(chunk_size);
-            if region_start >= region_end {
+            let Some((first, count)) = region_blocks(region) else {
                 continue;
-            }
-            let first = region_start / block;
-            let count = (region_end - region_start).div_ceil(block);
+            };
             let mut sums = data::read_sums(&files.sums, first, count)?;
             let mut buffer = vec![0u8; BLOCK];
             for (index, sum) in sums.iter_mut().enumerate() {
@@ -426,6 +509,20 @@ fn recover(store: &Store) -> StoreResult<()> {
         }
         data::sync_file(store, &files.data)?;
         data::sync_file(store, &files.sums)?;
+        if store.is_replicated() {
+            for (first, count) in regions.iter().filter_map(|&region| region_blocks(region)) {
+                replication::send_region_image(
+                    store,
+                    (container, *number, *chunk),
+                    Some(&files),
+                    first,
+                    count,
+                )?;
+            }
+        }
+    }
+    if !dirty.is_empty() {
+        store.replicate(RecordBody::Sync)?;
     }
     // Recount used blocks of the inodes whose chunks changed.
     let inline_table = read.open_table(tables::INLINE).db()?;
@@ -447,21 +544,35 @@ fn recover(store: &Store) -> StoreResult<()> {
     drop(chunks_table);
     drop(read);
     let write = store.db.begin_write().db()?;
+    // The same changes, for the replicas.
+    let mut changes: Vec<RowChange> = Vec::new();
     {
         let mut dirty_table = write.open_table(tables::DIRTY).db()?;
         for ((number, chunk), regions) in &dirty {
             for &region in regions {
                 dirty_table.remove((*number, *chunk, region)).db()?;
+                let key = keys::dirty(*number, *chunk, region);
+                changes.push(Change { table: TableId::Dirty, key, value: None }.into());
             }
         }
         let mut pending_table = write.open_table(tables::PENDING_DELETE).db()?;
         for (number, _) in &pending {
             pending_table.remove(*number).db()?;
+            changes.push(
+                Change { table: TableId::PendingDelete, key: keys::inode(*number), value: None }.into(),
+            );
         }
         let mut inodes = write.open_table(tables::INODES).db()?;
         for (number, inode) in &affected {
-            inodes.insert(*number, inode.encode().as_slice()).db()?;
+            let value = inode.encode();
+            inodes.insert(*number, value.as_slice()).db()?;
+            changes.push(
+                Change { table: TableId::Inodes, key: keys::inode(*number), value: Some(value) }.into(),
+            );
         }
+    }
+    if let Some(seq) = store.replicate(RecordBody::Name { changes })? {
+        write.open_table(tables::META).db()?.insert("replication_position", seq).db()?;
     }
     write.commit().db()?;
     let _ = BLOCK;

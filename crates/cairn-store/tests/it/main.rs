@@ -14,3 +14,4 @@ mod model;
 mod nospace;
 mod permissions;
 mod poison;
+mod replication;
