@@ -10,10 +10,17 @@ use std::time::Duration;
 
 use cairn_cldb::CldbClient;
 use cairn_cldb::proto::{AssignedRole, Assignment, Heartbeat, ReportedRole, VolumeReport};
-use cairn_types::{ClusterId, VolumeId};
+use cairn_types::ClusterId;
+use cairn_types::VolumeId;
 use tokio::sync::watch;
 
 use crate::FileServer;
+use crate::proto::{ReplReply, ReplRequest};
+use crate::replica::ReplicaVolume;
+use crate::server::Held;
+
+/// Most bytes of records in one answer to a promoted replica's fetch.
+const FETCH_BYTES_MAX: u64 = 16 << 20;
 
 /// How often the node heartbeats (DESIGN.md: every 1-3 s).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -68,7 +75,8 @@ impl FileServer {
     }
 
     fn reports(&self) -> Vec<VolumeReport> {
-        self.status()
+        let status = self.status();
+        let mut reports: Vec<VolumeReport> = status
             .volumes
             .into_iter()
             .map(|volume| VolumeReport {
@@ -82,31 +90,146 @@ impl FileServer {
                 epoch: volume.epoch,
                 position: volume.position,
                 size_bytes: volume.size_bytes,
-                in_sync: Vec::new(),
+                in_sync: volume.in_sync,
             })
-            .collect()
+            .collect();
+        // Copies on disk that are not open (after a restart): the CLDB may take them back as
+        // resync targets.
+        for volume in self.inner.copies_on_disk() {
+            if !reports.iter().any(|report| report.volume == volume) {
+                reports.push(VolumeReport {
+                    volume,
+                    role: ReportedRole::Stale,
+                    epoch: 0,
+                    position: 0,
+                    size_bytes: 0,
+                    in_sync: Vec::new(),
+                });
+            }
+        }
+        reports
     }
 
+    /// Applies one assignment of the CLDB. Changes of role run on a blocking thread (they open
+    /// and close stores); heartbeats wait for them, so they never overlap.
     async fn apply(self: &Arc<Self>, cluster: ClusterId, assignment: Assignment) {
-        let held = self.held_epoch(assignment.volume);
-        if held.is_some_and(|epoch| epoch >= assignment.epoch) {
-            return;
-        }
-        match assignment.your_role {
-            AssignedRole::Master => {
-                let server = self.clone();
-                let (volume, epoch) = (VolumeId(assignment.volume), assignment.epoch);
-                let opened =
-                    tokio::task::spawn_blocking(move || server.open_master(cluster, volume, epoch)).await;
+        let volume = assignment.volume;
+        let epoch = assignment.epoch;
+        let held = self.inner.volumes.read().get(&volume).cloned();
+        let targets: Vec<(String, String)> =
+            assignment.replicas.iter().chain(&assignment.resyncing).cloned().collect();
+        match (assignment.your_role, held) {
+            (AssignedRole::Master, Some(Held::Master(master))) => {
+                master.replicator.set_placement(epoch, targets);
+            }
+            (AssignedRole::Master, held) => {
+                let promoted = match held {
+                    Some(Held::Replica(replica)) => {
+                        self.catch_up(&replica, &assignment).await;
+                        true
+                    }
+                    _ => false,
+                };
+                let inner = self.inner.clone();
+                let data_containers = Some(assignment.data_containers);
+                let opened = tokio::task::spawn_blocking(move || {
+                    inner.become_master(cluster, VolumeId(volume), epoch, data_containers)
+                })
+                .await;
                 match opened {
-                    Ok(Ok(())) => tracing::info!(volume = volume.0, epoch, "serving volume as master"),
-                    Ok(Err(error)) => tracing::error!(%error, "cannot open volume as master"),
-                    Err(error) => tracing::error!(%error, "volume open task failed"),
+                    Ok(Ok(replicator)) => {
+                        replicator.set_placement(epoch, targets);
+                        tracing::info!(volume, epoch, promoted, "serving the volume as master");
+                    }
+                    Ok(Err(error)) => {
+                        tracing::error!(volume, epoch, %error, "cannot serve the volume as master")
+                    }
+                    Err(error) => tracing::error!(volume, %error, "volume open task failed"),
                 }
             }
-            AssignedRole::Replica | AssignedRole::Resync | AssignedRole::Remove => {
-                // Not master any more (or never): stop answering for the volume.
-                self.step_down(assignment.volume, assignment.epoch);
+            (AssignedRole::Replica | AssignedRole::Resync, Some(Held::Replica(replica))) => {
+                replica.assigned(epoch, &assignment.master);
+            }
+            (AssignedRole::Replica | AssignedRole::Resync, held) => {
+                if let Some(Held::Master(master)) = &held
+                    && master.replicator.epoch() >= epoch
+                {
+                    return;
+                }
+                let inner = self.inner.clone();
+                let data_containers = Some(assignment.data_containers);
+                let opened = tokio::task::spawn_blocking(move || {
+                    inner.become_replica(cluster, VolumeId(volume), epoch, data_containers)
+                })
+                .await;
+                match opened {
+                    Ok(Ok(())) => {
+                        tracing::info!(volume, epoch, master = %assignment.master, "holding a replica")
+                    }
+                    Ok(Err(error)) => tracing::error!(volume, epoch, %error, "cannot open the replica"),
+                    Err(error) => tracing::error!(volume, %error, "replica open task failed"),
+                }
+            }
+            (AssignedRole::Remove, _) => {
+                let inner = self.inner.clone();
+                let removed = tokio::task::spawn_blocking(move || inner.remove_copy(volume)).await;
+                match removed {
+                    Ok(Ok(())) => tracing::info!(volume, "copy removed"),
+                    Ok(Err(error)) => tracing::warn!(volume, %error, "cannot remove the copy"),
+                    Err(error) => tracing::warn!(volume, %error, "copy removal task failed"),
+                }
+            }
+        }
+    }
+
+    /// Before a replica becomes master: fetches, from the other replicas of the same history,
+    /// the records they applied beyond this copy (they may have been ahead of it when the master
+    /// failed; an acknowledged write is on every replica that followed). The calls carry the new
+    /// epoch, so those replicas stop following the old master.
+    async fn catch_up(&self, replica: &Arc<ReplicaVolume>, assignment: &Assignment) {
+        let volume = assignment.volume;
+        for (node, address) in assignment.replicas.iter().chain(&assignment.resyncing) {
+            if *node == self.inner.config.node {
+                continue;
+            }
+            loop {
+                let copy = replica.clone();
+                let Ok((history_epoch, position, _)) =
+                    tokio::task::spawn_blocking(move || copy.history()).await
+                else {
+                    return;
+                };
+                let request = ReplRequest::Fetch {
+                    volume,
+                    epoch: assignment.epoch,
+                    after: position,
+                    bytes_max: FETCH_BYTES_MAX,
+                };
+                let records = match self.inner.peers.call(address, request).await {
+                    Ok(ReplReply::Records { history_epoch: theirs, records })
+                        if theirs == history_epoch && history_epoch != 0 && !records.is_empty() =>
+                    {
+                        records
+                    }
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::info!(volume, from = %node, ?error, "no catch-up from this replica");
+                        break;
+                    }
+                };
+                let count = records.len();
+                let copy = replica.clone();
+                match tokio::task::spawn_blocking(move || copy.apply_fetched(&records)).await {
+                    Ok(Ok(())) => tracing::info!(volume, from = %node, count, "caught up before promotion"),
+                    Ok(Err(error)) => {
+                        tracing::warn!(volume, from = %node, %error, "cannot apply fetched records");
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(volume, %error, "catch-up task failed");
+                        break;
+                    }
+                }
             }
         }
     }

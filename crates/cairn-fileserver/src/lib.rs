@@ -16,6 +16,8 @@
 
 mod heartbeat;
 pub mod proto;
+mod replica;
+mod replicator;
 mod replies;
 mod server;
 

@@ -5,6 +5,7 @@
 //! not the volume's master at that epoch answers [`WireError::NotMaster`], and the caller looks
 //! the volume up again (in the CLDB) and retries.
 
+use cairn_store::replication::{Record, SnapshotPiece};
 use cairn_store::{
     Attributes, Caller, CommitResult, CreateHow, Created, DirectoryPage, FsStat, Linked, Lookup, ReadResult,
     Renamed, SetAttributes, SpecialKind, Stability, StoreError, Timestamp, WccData, WriteResult,
@@ -29,6 +30,8 @@ pub enum Request {
     },
     /// What this server holds, for tools and tests.
     Status,
+    /// From a volume's master to one of its replicas (see `crate::replica`).
+    Repl(ReplRequest),
 }
 
 /// A response from a file server.
@@ -36,6 +39,82 @@ pub enum Request {
 pub enum Response {
     Fs(Result<FsReply, WireError>),
     Status(ServerStatus),
+    Repl(Result<ReplReply, ReplError>),
+}
+
+/// A master's call to a replica of its volume. Every call carries the master's epoch: a replica
+/// that knows a newer one refuses it ([`ReplError::Fenced`]), and one that sees a newer one
+/// follows it from then on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ReplRequest {
+    /// The master introduces itself; the replica answers where its copy stands
+    /// ([`ReplReply::Position`]) and stops following any older master.
+    Hello { volume: u32, epoch: u64, master: String },
+    /// The replica follows from its position on: the master checked that the replica's copy is
+    /// a prefix of its own history.
+    Follow { volume: u32, epoch: u64 },
+    /// Records to apply, consecutive, starting at most at the replica's position + 1.
+    Records { volume: u32, epoch: u64, records: Vec<Record> },
+    /// A full copy starts: the replica empties its copy.
+    SnapshotBegin { volume: u32, epoch: u64 },
+    /// Pieces of the full copy, in order.
+    SnapshotPieces { volume: u32, epoch: u64, pieces: Vec<SnapshotPiece> },
+    /// The full copy is complete and consistent with record `seq`; records after it follow.
+    SnapshotEnd { volume: u32, epoch: u64, seq: u64 },
+    /// Records after `after` that the replica still keeps in memory (at most `bytes_max`):
+    /// a newly promoted master catching up from a replica that got further than it.
+    Fetch { volume: u32, epoch: u64, after: u64, bytes_max: u64 },
+}
+
+impl ReplRequest {
+    pub fn volume(&self) -> u32 {
+        match self {
+            ReplRequest::Hello { volume, .. }
+            | ReplRequest::Follow { volume, .. }
+            | ReplRequest::Records { volume, .. }
+            | ReplRequest::SnapshotBegin { volume, .. }
+            | ReplRequest::SnapshotPieces { volume, .. }
+            | ReplRequest::SnapshotEnd { volume, .. }
+            | ReplRequest::Fetch { volume, .. } => *volume,
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        match self {
+            ReplRequest::Hello { epoch, .. }
+            | ReplRequest::Follow { epoch, .. }
+            | ReplRequest::Records { epoch, .. }
+            | ReplRequest::SnapshotBegin { epoch, .. }
+            | ReplRequest::SnapshotPieces { epoch, .. }
+            | ReplRequest::SnapshotEnd { epoch, .. }
+            | ReplRequest::Fetch { epoch, .. } => *epoch,
+        }
+    }
+}
+
+/// A replica's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ReplReply {
+    /// Where the copy stands: the last record applied, and the epoch of the master whose
+    /// history the copy is a prefix of (0: unknown, e.g. a copy that was itself a master).
+    Position { history_epoch: u64, position: u64 },
+    /// Answer to `Fetch`: the copy's history epoch and the records (consecutive from the
+    /// asked-for one, or none if they are no longer kept).
+    Records { history_epoch: u64, records: Vec<Record> },
+}
+
+/// Why a replica refused a master's call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ReplError {
+    /// The replica knows a newer epoch: the caller is no longer master.
+    #[error("fenced: epoch {epoch} has taken over")]
+    Fenced { epoch: u64 },
+    /// This node holds no replica of the volume (yet: it opens one when the CLDB assigns it).
+    #[error("volume {0} has no replica here")]
+    NoReplica(u32),
+    /// The records do not continue the copy, or it could not apply them: it needs a full copy.
+    #[error("the replica needs a full resync: {0}")]
+    NeedResync(String),
 }
 
 /// What a file server holds.
@@ -56,6 +135,9 @@ pub struct VolumeStatus {
     /// Bytes the volume's files use (for quotas).
     #[serde(default)]
     pub size_bytes: u64,
+    /// On the master: the replicas that follow it (receive every record).
+    #[serde(default)]
+    pub in_sync: Vec<String>,
 }
 
 /// The file system operations, one per [`cairn_store::FileSystem`] method.

@@ -4,17 +4,23 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_rpc::{Connection, Handler};
 use cairn_store::{FileSystem, Store, StoreConfig};
 use cairn_types::{ClusterId, VolumeId};
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::proto::{FsOp, FsReply, Request, Response, ServerStatus, VolumeStatus, WireError};
+use crate::proto::{
+    FsOp, FsReply, ReplError, ReplReply, ReplRequest, Request, Response, ServerStatus, VolumeStatus,
+    WireError,
+};
+use crate::replica::{self, ReplicaVolume};
+use crate::replicator::{NetReplicator, Peers};
 use crate::replies::{Begin, ReplyCache};
 
 /// Settings of a [`FileServer`].
@@ -40,16 +46,25 @@ pub enum FileServerError {
     Store { volume: u32, source: cairn_store::StoreError },
 }
 
-/// One volume held by this server.
-struct Volume {
-    epoch: u64,
-    store: Arc<Store>,
+/// What this server holds of one volume.
+#[derive(Clone)]
+pub(crate) enum Held {
+    Master(Arc<MasterVolume>),
+    Replica(Arc<ReplicaVolume>),
+}
+
+/// A volume this server masters.
+pub(crate) struct MasterVolume {
+    pub(crate) store: Arc<Store>,
+    pub(crate) replicator: Arc<NetReplicator>,
 }
 
 pub(crate) struct Inner {
     pub(crate) config: FileServerConfig,
-    volumes: RwLock<HashMap<u32, Arc<Volume>>>,
+    pub(crate) volumes: RwLock<HashMap<u32, Held>>,
     replies: ReplyCache,
+    pub(crate) peers: Arc<Peers>,
+    pub(crate) runtime: Handle,
 }
 
 /// A running file server.
@@ -60,6 +75,9 @@ pub struct FileServer {
     task: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
+/// How long a change of role waits for the calls in flight on the volume to finish.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl FileServer {
     /// Binds the listener and serves until [`FileServer::shutdown`].
     pub async fn start(config: FileServerConfig) -> Result<FileServer, FileServerError> {
@@ -69,8 +87,13 @@ impl FileServer {
         let address = listener
             .local_addr()
             .map_err(|source| FileServerError::Bind { address: config.listen, source })?;
-        let inner =
-            Arc::new(Inner { config, volumes: RwLock::new(HashMap::new()), replies: ReplyCache::default() });
+        let inner = Arc::new(Inner {
+            config,
+            volumes: RwLock::new(HashMap::new()),
+            replies: ReplyCache::default(),
+            peers: Arc::new(Peers::default()),
+            runtime: Handle::current(),
+        });
         let (shutdown, mut shutdown_rx) = watch::channel(false);
         let handler = Arc::new(RpcHandler { inner: inner.clone() });
         let task = tokio::spawn(async move {
@@ -87,21 +110,25 @@ impl FileServer {
         self.address
     }
 
-    /// Opens (creating it if new) the volume's store here and serves it as master at `epoch`.
-    /// Blocks on disk I/O (recovery): call it from a blocking thread.
+    /// Opens (creating it if new) the volume's store here and serves it as master at `epoch`,
+    /// without replicas (one-copy volumes, tests). Blocks on disk I/O (recovery): call it from a
+    /// blocking thread.
     pub fn open_master(
         &self,
         cluster: ClusterId,
         volume: VolumeId,
         epoch: u64,
     ) -> Result<(), FileServerError> {
-        let mut store_config = self.inner.config.store.clone();
-        store_config.data_dir = self.inner.config.data_dir.join("volumes").join(volume.0.to_string());
-        store_config.identity = Some((cluster, volume));
-        let store = Store::open(store_config)
-            .map_err(|source| FileServerError::Store { volume: volume.0, source })?;
-        self.inner.volumes.write().insert(volume.0, Arc::new(Volume { epoch, store: Arc::new(store) }));
-        Ok(())
+        let replicator = NetReplicator::new(
+            volume.0,
+            self.inner.config.node.clone(),
+            epoch,
+            0,
+            Vec::new(),
+            self.inner.peers.clone(),
+            self.inner.runtime.clone(),
+        );
+        self.inner.open_store(cluster, volume, None, replicator)
     }
 
     /// What this server holds.
@@ -114,16 +141,11 @@ impl FileServer {
         self.inner.config.advertise.clone().unwrap_or_else(|| self.address.to_string())
     }
 
-    /// The epoch at which this server holds the volume, if it does.
+    /// The epoch at which this server masters the volume, if it does.
     pub fn held_epoch(&self, volume: u32) -> Option<u64> {
-        self.inner.volumes.read().get(&volume).map(|held| held.epoch)
-    }
-
-    /// Stops serving the volume as master (a newer epoch made another node master). The store
-    /// is closed once the calls in flight on it are done.
-    pub fn step_down(&self, volume: u32, epoch: u64) {
-        if let Some(held) = self.inner.volumes.write().remove(&volume) {
-            tracing::warn!(volume, held = held.epoch, epoch, "no longer master of the volume");
+        match self.inner.volumes.read().get(&volume) {
+            Some(Held::Master(master)) => Some(master.replicator.epoch()),
+            _ => None,
         }
     }
 
@@ -134,12 +156,23 @@ impl FileServer {
         if let Some(task) = task {
             let _ = task.await;
         }
-        let volumes: Vec<Arc<Volume>> =
-            self.inner.volumes.write().drain().map(|(_, volume)| volume).collect();
+        let volumes: Vec<Held> = self.inner.volumes.write().drain().map(|(_, held)| held).collect();
         let _ = tokio::task::spawn_blocking(move || {
-            for volume in volumes {
-                if let Err(error) = volume.store.sync_all() {
-                    tracing::warn!(%error, "volume not synced at shutdown");
+            for held in volumes {
+                match held {
+                    Held::Master(master) => {
+                        master.replicator.stop();
+                        if let Err(error) = master.store.sync_all() {
+                            tracing::warn!(%error, "volume not synced at shutdown");
+                        }
+                    }
+                    Held::Replica(replica) => {
+                        if let Ok(replica) = Arc::try_unwrap(replica)
+                            && let Err(error) = replica.close()
+                        {
+                            tracing::warn!(%error, "replica not closed cleanly at shutdown");
+                        }
+                    }
                 }
             }
         })
@@ -148,30 +181,208 @@ impl FileServer {
 }
 
 impl Inner {
+    /// Where the volume's copy lives on this node.
+    pub(crate) fn volume_dir(&self, volume: u32) -> PathBuf {
+        self.config.data_dir.join("volumes").join(volume.to_string())
+    }
+
+    pub(crate) fn store_config(
+        &self,
+        cluster: ClusterId,
+        volume: VolumeId,
+        data_containers: Option<u32>,
+    ) -> StoreConfig {
+        let mut config = self.config.store.clone();
+        config.data_dir = self.volume_dir(volume.0);
+        config.identity = Some((cluster, volume));
+        if let Some(count) = data_containers.filter(|count| *count > 0) {
+            config.data_containers = count;
+        }
+        config
+    }
+
+    /// Opens the volume's store as master with `replicator` (blocking). The copy's history
+    /// epoch becomes 0 first: from now on it may hold changes no replica has.
+    pub(crate) fn open_store(
+        &self,
+        cluster: ClusterId,
+        volume: VolumeId,
+        data_containers: Option<u32>,
+        replicator: Arc<NetReplicator>,
+    ) -> Result<(), FileServerError> {
+        let config = self.store_config(cluster, volume, data_containers);
+        let failed = |source| FileServerError::Store { volume: volume.0, source };
+        replica::write_history_epoch(&config.data_dir, 0).map_err(failed)?;
+        let store = match Store::open_replicated(config, replicator.clone()) {
+            Ok(store) => Arc::new(store),
+            Err(error) => {
+                replicator.stop();
+                return Err(failed(error));
+            }
+        };
+        replicator.set_store(&store);
+        self.volumes.write().insert(volume.0, Held::Master(Arc::new(MasterVolume { store, replicator })));
+        Ok(())
+    }
+
+    /// Serves the volume as master at `epoch` (blocking): a replica held here is closed and
+    /// promoted (its latest records go to the new log, for the other replicas to roll forward
+    /// from); a copy on disk from before a restart is opened. Returns the replicator, for the
+    /// placement.
+    pub(crate) fn become_master(
+        &self,
+        cluster: ClusterId,
+        volume: VolumeId,
+        epoch: u64,
+        data_containers: Option<u32>,
+    ) -> Result<Arc<NetReplicator>, FileServerError> {
+        let failed = |source| FileServerError::Store { volume: volume.0, source };
+        let (history_epoch, retained) = match self.release(volume.0) {
+            Some(Released::Replica(replica)) => {
+                let (history_epoch, _, retained) = replica.history();
+                replica.close().map_err(failed)?;
+                (history_epoch, retained)
+            }
+            Some(Released::Master(store)) => {
+                store.sync_all().map_err(failed)?;
+                (0, Vec::new())
+            }
+            None => {
+                let dir = self.volume_dir(volume.0);
+                let history_epoch = replica::read_history_epoch(&dir);
+                if history_epoch != 0 {
+                    // A replica's copy (this node restarted): replay its journal first.
+                    let config = self.store_config(cluster, volume, data_containers);
+                    ReplicaVolume::open(config, cluster, volume, epoch)
+                        .and_then(ReplicaVolume::close)
+                        .map_err(failed)?;
+                }
+                (history_epoch, Vec::new())
+            }
+        };
+        let replicator = NetReplicator::new(
+            volume.0,
+            self.config.node.clone(),
+            epoch,
+            history_epoch,
+            retained,
+            self.peers.clone(),
+            self.runtime.clone(),
+        );
+        self.open_store(cluster, volume, data_containers, replicator.clone())?;
+        Ok(replicator)
+    }
+
+    /// Holds a replica of the volume (blocking): a master held here steps down (its copy must
+    /// then be copied in full before it follows anyone).
+    pub(crate) fn become_replica(
+        &self,
+        cluster: ClusterId,
+        volume: VolumeId,
+        epoch: u64,
+        data_containers: Option<u32>,
+    ) -> Result<(), FileServerError> {
+        let failed = |source| FileServerError::Store { volume: volume.0, source };
+        if let Some(Released::Master(store)) = self.release(volume.0) {
+            tracing::warn!(volume = volume.0, epoch, "no longer master of the volume");
+            store.sync_all().map_err(failed)?;
+        }
+        let config = self.store_config(cluster, volume, data_containers);
+        let replica = ReplicaVolume::open(config, cluster, volume, epoch).map_err(failed)?;
+        self.volumes.write().insert(volume.0, Held::Replica(Arc::new(replica)));
+        Ok(())
+    }
+
+    /// Deletes this node's copy of the volume (blocking).
+    pub(crate) fn remove_copy(&self, volume: u32) -> std::io::Result<()> {
+        match self.release(volume) {
+            Some(Released::Master(store)) => drop(store),
+            Some(Released::Replica(replica)) => drop(replica),
+            None => {}
+        }
+        let dir = self.volume_dir(volume);
+        match std::fs::remove_dir_all(&dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
+    }
+
+    /// The volumes with a copy in the data directory.
+    pub(crate) fn copies_on_disk(&self) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir(self.config.data_dir.join("volumes")) else { return Vec::new() };
+        entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok()).collect()
+    }
+
+    /// Takes the volume out of the table and waits until nothing else uses it (blocking).
+    /// `None` if it is not held, or still in use after [`RELEASE_TIMEOUT`].
+    pub(crate) fn release(&self, volume: u32) -> Option<Released> {
+        let held = self.volumes.write().remove(&volume)?;
+        let deadline = Instant::now() + RELEASE_TIMEOUT;
+        match held {
+            Held::Master(master) => {
+                master.replicator.stop();
+                let MasterVolume { store, replicator: _ } = sole_owner(master, deadline)?;
+                sole_owner(store, deadline).map(Released::Master)
+            }
+            Held::Replica(replica) => sole_owner(replica, deadline).map(Released::Replica),
+        }
+    }
+
     fn status(&self) -> ServerStatus {
-        let volumes = self.volumes.read();
+        let volumes: Vec<(u32, Held)> =
+            self.volumes.read().iter().map(|(&id, held)| (id, held.clone())).collect();
         let mut list: Vec<VolumeStatus> = volumes
-            .iter()
-            .map(|(&id, volume)| VolumeStatus {
-                volume: id,
-                role: "master".to_string(),
-                epoch: volume.epoch,
-                position: 0,
-                // Not measured yet: quotas come with per-volume accounting.
-                size_bytes: 0,
+            .into_iter()
+            .map(|(id, held)| match held {
+                Held::Master(master) => VolumeStatus {
+                    volume: id,
+                    role: if master.replicator.fenced().is_some() { "stale" } else { "master" }.to_string(),
+                    epoch: master.replicator.epoch(),
+                    position: master.store.replication_position(),
+                    // Not measured yet: quotas come with per-volume accounting.
+                    size_bytes: 0,
+                    in_sync: master.replicator.in_sync(),
+                },
+                Held::Replica(replica) => {
+                    let report = replica.report();
+                    let role = if report.following {
+                        "replica"
+                    } else if report.copying {
+                        "resyncing"
+                    } else {
+                        "stale"
+                    };
+                    VolumeStatus {
+                        volume: id,
+                        role: role.to_string(),
+                        epoch: report.epoch,
+                        position: report.position,
+                        size_bytes: 0,
+                        in_sync: Vec::new(),
+                    }
+                }
             })
             .collect();
         list.sort_by_key(|status| status.volume);
         ServerStatus { node: self.config.node.clone(), volumes: list }
     }
 
-    fn master(&self, volume: u32, epoch: u64) -> Result<Arc<Volume>, WireError> {
+    fn master(&self, volume: u32, epoch: u64) -> Result<Arc<MasterVolume>, WireError> {
         let volumes = self.volumes.read();
-        let held = volumes.get(&volume).ok_or(WireError::NoSuchVolume(volume))?;
-        if epoch != 0 && epoch != held.epoch {
-            return Err(WireError::NotMaster { volume, epoch: held.epoch });
+        let Some(Held::Master(master)) = volumes.get(&volume) else {
+            return Err(match volumes.get(&volume) {
+                Some(Held::Replica(replica)) => {
+                    WireError::NotMaster { volume, epoch: replica.report().epoch }
+                }
+                _ => WireError::NoSuchVolume(volume),
+            });
+        };
+        let current = master.replicator.epoch();
+        let fenced = master.replicator.fenced().is_some();
+        if fenced || (epoch != 0 && !(master.replicator.lineage_start()..=current).contains(&epoch)) {
+            return Err(WireError::NotMaster { volume, epoch: current });
         }
-        Ok(held.clone())
+        Ok(master.clone())
     }
 
     async fn fs(
@@ -199,6 +410,52 @@ impl Inner {
             }
         }
     }
+
+    /// A master's call to this node's replica of a volume.
+    async fn repl(self: &Arc<Self>, request: ReplRequest) -> Result<ReplReply, ReplError> {
+        let volume = request.volume();
+        let held = self.volumes.read().get(&volume).cloned();
+        match held {
+            Some(Held::Replica(replica)) => {
+                match tokio::task::spawn_blocking(move || replica.handle(request)).await {
+                    Ok(result) => result,
+                    Err(error) => Err(ReplError::NeedResync(format!("replica task failed: {error}"))),
+                }
+            }
+            Some(Held::Master(master)) => {
+                let epoch = master.replicator.epoch();
+                if request.epoch() > epoch {
+                    // Another node masters the volume at a newer epoch: stop acknowledging
+                    // changes now; the CLDB's next answer turns this copy into a replica.
+                    master.replicator.fence(request.epoch());
+                    Err(ReplError::NoReplica(volume))
+                } else {
+                    Err(ReplError::Fenced { epoch })
+                }
+            }
+            None => Err(ReplError::NoReplica(volume)),
+        }
+    }
+}
+
+/// The value once every other user of `shared` dropped it (polling until `deadline`).
+fn sole_owner<T>(mut shared: Arc<T>, deadline: Instant) -> Option<T> {
+    loop {
+        match Arc::try_unwrap(shared) {
+            Ok(value) => return Some(value),
+            Err(still_shared) if Instant::now() < deadline => {
+                shared = still_shared;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A volume taken out of service, owned.
+pub(crate) enum Released {
+    Master(Store),
+    Replica(ReplicaVolume),
 }
 
 /// Runs one operation on a blocking thread (the store blocks on disk and on group commits).
@@ -277,6 +534,7 @@ impl Handler for RpcHandler {
                 Response::Fs(self.inner.fs(volume, epoch, request_id, op).await)
             }
             Request::Status => Response::Status(self.inner.status()),
+            Request::Repl(request) => Response::Repl(self.inner.repl(request).await),
         }
     }
 }

@@ -444,9 +444,8 @@ async fn serve_cluster(
                 let spec = cairn_cldb::proto::VolumeSpec {
                     name: "default".to_string(),
                     mount_path: Some("/".to_string()),
-                    // Replication between file servers is being built (issue #4): until it lands
-                    // a volume keeps one copy, and says so in `cairn volume info`.
-                    replication: Some(1),
+                    // Three copies (DESIGN.md), or one per node on a smaller cluster.
+                    replication: Some(3.min(configs.len() as u32)),
                     min_replication: Some(1),
                     ..Default::default()
                 };
