@@ -438,6 +438,8 @@ pub fn assignment(tables: &Tables, v: &Volume, role: AssignedRole) -> Assignment
         replication_type: v.replication_type,
         data_containers: v.data_containers,
         your_role: role,
+        quota_bytes: v.quota_bytes,
+        advisory_quota_bytes: v.advisory_quota_bytes,
     }
 }
 
@@ -452,6 +454,8 @@ fn remove(volume: u32, epoch: u64) -> Assignment {
         replication_type: Default::default(),
         data_containers: 0,
         your_role: AssignedRole::Remove,
+        quota_bytes: None,
+        advisory_quota_bytes: None,
     }
 }
 

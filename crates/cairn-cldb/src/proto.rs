@@ -186,6 +186,13 @@ pub struct Assignment {
     #[serde(default)]
     pub data_containers: u32,
     pub your_role: AssignedRole,
+    /// The volume's hard quota (from its spec): the master refuses writes that would take the
+    /// volume's used bytes past it. `None`: no quota (and in a `Remove`).
+    #[serde(default)]
+    pub quota_bytes: Option<u64>,
+    /// The volume's advisory quota: only an alarm, raised by the CLDB.
+    #[serde(default)]
+    pub advisory_quota_bytes: Option<u64>,
 }
 
 /// A request to create a volume.

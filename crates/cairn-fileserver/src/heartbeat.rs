@@ -120,6 +120,7 @@ impl FileServer {
             assignment.replicas.iter().chain(&assignment.resyncing).cloned().collect();
         match (assignment.your_role, held) {
             (AssignedRole::Master, Some(Held::Master(master))) => {
+                master.store.set_quota(assignment.quota_bytes);
                 master.replicator.set_placement(epoch, targets);
             }
             (AssignedRole::Master, held) => {
@@ -137,7 +138,8 @@ impl FileServer {
                 })
                 .await;
                 match opened {
-                    Ok(Ok(replicator)) => {
+                    Ok(Ok((store, replicator))) => {
+                        store.set_quota(assignment.quota_bytes);
                         replicator.set_placement(epoch, targets);
                         tracing::info!(volume, epoch, promoted, "serving the volume as master");
                     }

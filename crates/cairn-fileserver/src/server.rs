@@ -128,7 +128,7 @@ impl FileServer {
             self.inner.peers.clone(),
             self.inner.runtime.clone(),
         );
-        self.inner.open_store(cluster, volume, None, replicator)
+        self.inner.open_store(cluster, volume, None, replicator).map(drop)
     }
 
     /// What this server holds.
@@ -209,7 +209,7 @@ impl Inner {
         volume: VolumeId,
         data_containers: Option<u32>,
         replicator: Arc<NetReplicator>,
-    ) -> Result<(), FileServerError> {
+    ) -> Result<Arc<Store>, FileServerError> {
         let config = self.store_config(cluster, volume, data_containers);
         let failed = |source| FileServerError::Store { volume: volume.0, source };
         replica::write_history_epoch(&config.data_dir, 0).map_err(failed)?;
@@ -221,8 +221,10 @@ impl Inner {
             }
         };
         replicator.set_store(&store);
-        self.volumes.write().insert(volume.0, Held::Master(Arc::new(MasterVolume { store, replicator })));
-        Ok(())
+        self.volumes
+            .write()
+            .insert(volume.0, Held::Master(Arc::new(MasterVolume { store: store.clone(), replicator })));
+        Ok(store)
     }
 
     /// Serves the volume as master at `epoch` (blocking): a replica held here is closed and
@@ -235,7 +237,7 @@ impl Inner {
         volume: VolumeId,
         epoch: u64,
         data_containers: Option<u32>,
-    ) -> Result<Arc<NetReplicator>, FileServerError> {
+    ) -> Result<(Arc<Store>, Arc<NetReplicator>), FileServerError> {
         let failed = |source| FileServerError::Store { volume: volume.0, source };
         let (history_epoch, retained) = match self.release(volume.0) {
             Some(Released::Replica(replica)) => {
@@ -269,8 +271,8 @@ impl Inner {
             self.peers.clone(),
             self.runtime.clone(),
         );
-        self.open_store(cluster, volume, data_containers, replicator.clone())?;
-        Ok(replicator)
+        let store = self.open_store(cluster, volume, data_containers, replicator.clone())?;
+        Ok((store, replicator))
     }
 
     /// Holds a replica of the volume (blocking): a master held here steps down (its copy must
@@ -339,8 +341,7 @@ impl Inner {
                     role: if master.replicator.fenced().is_some() { "stale" } else { "master" }.to_string(),
                     epoch: master.replicator.epoch(),
                     position: master.store.replication_position(),
-                    // Not measured yet: quotas come with per-volume accounting.
-                    size_bytes: 0,
+                    size_bytes: master.store.used_bytes(),
                     in_sync: master.replicator.in_sync(),
                 },
                 Held::Replica(replica) => {

@@ -551,7 +551,7 @@ pub(crate) fn write(
         let Some(entry) = store.hot.get(number) else {
             continue;
         };
-        let before = {
+        let (before, growth) = {
             let mut guard = entry.lock();
             if guard.evicted {
                 continue;
@@ -563,13 +563,17 @@ pub(crate) fn write(
             if !all_marked {
                 continue;
             }
+            // Nothing has changed yet. The size cannot change until this write updates it:
+            // size changes hold the stripe (a removal only marks the entry deleted).
+            let growth = end.saturating_sub(guard.inode.size_bytes);
+            store.reserve_growth(growth)?;
             for part in &parts {
                 if let Some(state) = guard.chunks.get_mut(&part.chunk) {
                     state.sequence += 1;
                 }
             }
             guard.pins += 1;
-            pre_op(&guard.inode)
+            (pre_op(&guard.inode), growth)
         };
         let result = write_locked(store, &entry, number, offset, data, &parts);
         let mut guard = entry.lock();
@@ -577,11 +581,16 @@ pub(crate) fn write(
         let new_blocks = match result {
             Ok(new_blocks) => new_blocks,
             Err(error) => {
+                store.release_bytes(growth);
                 drop(guard);
                 drop(stripe);
                 return Err(error);
             }
         };
+        if guard.deleted {
+            // Removed meanwhile: the removal gave back the size it saw, not this growth.
+            store.release_bytes(growth);
+        }
         guard.inode.size_bytes = guard.inode.size_bytes.max(end);
         let time = next_ctime(guard.inode.ctime);
         guard.inode.mtime = time;
@@ -905,6 +914,9 @@ pub(crate) fn delete_inode(store: &Store, b: &mut Batch<'_>, entry: &EntryRef) -
     let number = {
         let mut guard = entry.lock();
         guard.deleted = true;
+        if guard.inode.kind == FileKind::Regular {
+            store.release_bytes(guard.inode.size_bytes);
+        }
         let dirty_blocks = guard.inline_dirty.len() as u64;
         guard.inline_dirty.clear();
         store.inline_dirty_bytes.fetch_sub(dirty_blocks * BLOCK_U64, Ordering::SeqCst);

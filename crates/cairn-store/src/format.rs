@@ -180,6 +180,20 @@ impl Inode {
         out.0
     }
 
+    /// What an encoded inode record adds to the volume's used bytes: its size if it is a
+    /// regular file, else 0. Reads only the record's header.
+    pub fn used_bytes_of(bytes: &[u8]) -> StoreResult<u64> {
+        let mut input = In { bytes, what: "inode record" };
+        if input.u8()? != INODE_RECORD_VERSION {
+            return Err(corrupt("inode record version"));
+        }
+        if input.u8()? != kind_code(FileKind::Regular) {
+            return Ok(0);
+        }
+        let _mode_nlink_uid_gid = (input.u32()?, input.u32()?, input.u32()?, input.u32()?);
+        input.u64()
+    }
+
     pub fn decode(bytes: &[u8]) -> StoreResult<Inode> {
         let mut input = In { bytes, what: "inode record" };
         let version = input.u8()?;

@@ -23,7 +23,7 @@ use crate::api::{
     Caller, CreateHow, Created, Linked, Renamed, SetAttributes, SpecialKind, StoreError, StoreResult,
     Timestamp, WccData,
 };
-use crate::format::{self, BLOCK};
+use crate::format::{self, BLOCK, Inode};
 use crate::hot::{ChunkDirty, EntryRef};
 use crate::journal::{CHECKPOINT_BATCHES, Change, TableId, keys};
 use crate::tables::{self, Db};
@@ -163,6 +163,10 @@ pub(crate) struct Batch<'t> {
     changes: Vec<Change>,
     /// Commit this batch durably to redb and start a new journal generation.
     force_checkpoint: bool,
+    /// The `used_bytes` row as this batch leaves it: every inode record written or deleted
+    /// adjusts it by the change of the record's regular-file size (the old record is what the
+    /// insert or removal returns), so it always equals the sum over the `inodes` table.
+    used_bytes: u64,
 }
 
 impl Batch<'_> {
@@ -175,13 +179,22 @@ impl Batch<'_> {
     }
 
     pub fn put_inode(&mut self, number: u64, value: &[u8]) -> StoreResult<()> {
-        self.inodes.insert(number, value).db()?;
+        let added = Inode::used_bytes_of(value)?;
+        let removed = match self.inodes.insert(number, value).db()? {
+            Some(old) => Inode::used_bytes_of(old.value())?,
+            None => 0,
+        };
+        self.used_bytes = self.used_bytes.wrapping_sub(removed).wrapping_add(added);
         self.log(TableId::Inodes, keys::inode(number), Some(value.to_vec()));
         Ok(())
     }
 
     pub fn del_inode(&mut self, number: u64) -> StoreResult<()> {
-        self.inodes.remove(number).db()?;
+        let removed = match self.inodes.remove(number).db()? {
+            Some(old) => Inode::used_bytes_of(old.value())?,
+            None => 0,
+        };
+        self.used_bytes = self.used_bytes.wrapping_sub(removed);
         self.log(TableId::Inodes, keys::inode(number), None);
         Ok(())
     }
@@ -364,6 +377,9 @@ struct Queue {
 pub(crate) struct ApplierState {
     pub next_inode: u64,
     pub txn_id: u64,
+    /// The `used_bytes` meta row as the last batch committed it (at opening: as read, or
+    /// computed from the inodes when the row is absent).
+    pub used_bytes: u64,
 }
 
 pub(crate) struct GroupCommit {
@@ -378,7 +394,7 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub fn new(next_inode: u64, txn_id: u64) -> GroupCommit {
+    pub fn new(next_inode: u64, txn_id: u64, used_bytes: u64) -> GroupCommit {
         GroupCommit {
             queue: Mutex::new(Queue {
                 operations: Vec::new(),
@@ -389,7 +405,7 @@ impl GroupCommit {
                 returned: 0,
             }),
             gather: Condvar::new(),
-            applier: Mutex::new(ApplierState { next_inode, txn_id }),
+            applier: Mutex::new(ApplierState { next_inode, txn_id, used_bytes }),
             last_txn: AtomicU64::new(txn_id),
             batches: AtomicU64::new(0),
             batched_operations: AtomicU64::new(0),
@@ -521,7 +537,7 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
     let mut results: Vec<StoreResult<Output>> = Vec::with_capacity(count);
     let mut mutations = 0u64;
     let mut written: Vec<Written> = Vec::new();
-    let (post, loaded, next_inode, mut changes, force_checkpoint) = {
+    let (post, loaded, next_inode, mut changes, force_checkpoint, used_bytes) = {
         let opened = (|| -> StoreResult<Batch<'_>> {
             Ok(Batch {
                 inodes: txn.open_table(tables::INODES).db()?,
@@ -542,6 +558,7 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
                 space_reserve_bytes: store.config.space_reserve_bytes,
                 changes: Vec::new(),
                 force_checkpoint: false,
+                used_bytes: applier.used_bytes,
             })
         })();
         let mut b = match opened {
@@ -598,6 +615,7 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
             b.next_inode,
             std::mem::take(&mut b.changes),
             b.force_checkpoint,
+            b.used_bytes,
         )
     };
     let txn_id = applier.txn_id + mutations;
@@ -614,6 +632,13 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
         table: TableId::Meta,
         key: b"txn_id".to_vec(),
         value: Some(txn_id.to_le_bytes().to_vec()),
+    });
+    // In every batch, like the counters above: it travels with the inode rows that change it
+    // (and a store that predates the row gets it from its first batch).
+    changes.push(Change {
+        table: TableId::Meta,
+        key: b"used_bytes".to_vec(),
+        value: Some(used_bytes.to_le_bytes().to_vec()),
     });
     let mut payload = Vec::new();
     crate::journal::encode_changes(&changes, &mut payload);
@@ -648,6 +673,7 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
         let mut meta = txn.open_table(tables::META).db()?;
         meta.insert("next_inode", next_inode).db()?;
         meta.insert("txn_id", txn_id).db()?;
+        meta.insert("used_bytes", used_bytes).db()?;
         if let Some(position) = position {
             meta.insert("replication_position", position).db()?;
         }
@@ -695,6 +721,7 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
     store.group.batched_operations.fetch_add(count as u64, Ordering::Relaxed);
     applier.next_inode = next_inode;
     applier.txn_id = txn_id;
+    applier.used_bytes = used_bytes;
     store.group.last_txn.store(txn_id, Ordering::SeqCst);
     drop(applier);
 

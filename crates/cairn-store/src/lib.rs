@@ -46,6 +46,12 @@
 //! ([`Store::snapshot`]) and promoted (close it, open it with `open_replicated`). Durable
 //! positions, roll-forward and resync rules: `docs/format.md`, "Replication".
 //!
+//! Space accounting and quota: [`Store::used_bytes`] is the sum of the logical sizes of the
+//! regular files, kept in memory (unstable writes included) and persisted as a meta row that
+//! every batch writes together with the inode records it sums, so it is crash-consistent and
+//! replicated; growth past the hard quota ([`Store::set_quota`]) fails with
+//! [`StoreError::QuotaExceeded`], exactly.
+//!
 //! Test hooks (`#[doc(hidden)]`): [`Store::inject_failure`] makes the next fsync or data write
 //! fail, [`Store::simulate_crash`] drops the store as a crash would; [`replication::Replica`]
 //! has its own crash and power-failure hooks.
@@ -116,6 +122,8 @@ pub struct StoreConfig {
     /// volume the CLDB made). `None`: a new random cluster id and volume 1 (a one-node cluster).
     /// Ignored when the store exists: its own identity is kept.
     pub identity: Option<(ClusterId, VolumeId)>,
+    /// The volume's hard quota at opening (see [`Store::set_quota`]); `None`: no quota.
+    pub quota_bytes: Option<u64>,
 }
 
 impl StoreConfig {
@@ -129,6 +137,7 @@ impl StoreConfig {
             open_chunk_files_max: 512,
             journal_bytes: 64 * 1024 * 1024,
             identity: None,
+            quota_bytes: None,
         }
     }
 }
@@ -166,6 +175,12 @@ pub struct Store {
     /// The replicator of a master store (none for a single-node store), and where its sequence
     /// stands.
     repl: replication::Link,
+    /// The sum of the current sizes of the regular files (hot entries included: unstable writes
+    /// count at once). Invariant: changed only together with a regular file's size in its hot
+    /// entry (under the entry's lock), or reserved just before (see [`Store::reserve_growth`]).
+    used_bytes: AtomicU64,
+    /// The hard quota; `u64::MAX`: none.
+    quota_bytes: AtomicU64,
 }
 
 fn now() -> Timestamp {
@@ -247,6 +262,37 @@ impl Store {
 
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
+    }
+
+    /// Bytes the volume uses: the sum of the logical sizes of its regular files (each inode
+    /// once, whatever its number of links; a sparse file counts its whole size). Includes
+    /// writes not yet committed. Persisted as the `used_bytes` row of the name container's meta
+    /// table, which every batch writes together with the inode records it sums, so that it is
+    /// crash-consistent (after a crash: the sum of the sizes that survived) and replicates with
+    /// the rows; a replica's [`replication::Replica::used_bytes`] equals this value once the
+    /// master's writes are committed.
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Sets the volume's hard quota (`None`: none). Not persisted: the file server sets it from
+    /// the CLDB's assignment; [`StoreConfig::quota_bytes`] is the value at opening.
+    ///
+    /// A write, a SETATTR or a CREATE that would make a regular file larger and take
+    /// [`Store::used_bytes`] past the quota fails with [`StoreError::QuotaExceeded`] and
+    /// changes nothing. Everything else works at or over the quota (writes inside a file's
+    /// size, truncations, removals, metadata changes), so space can always be freed. The bound
+    /// is exact: each growth is reserved in one atomic step against the quota before the
+    /// operation changes anything (and given back if it fails), so concurrent writers never
+    /// take `used_bytes` past the quota; it is above only if the quota was lowered below it.
+    pub fn set_quota(&self, hard: Option<u64>) {
+        self.quota_bytes.store(hard.unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// The hard quota ([`Store::set_quota`]).
+    pub fn quota(&self) -> Option<u64> {
+        let quota = self.quota_bytes.load(Ordering::SeqCst);
+        (quota != u64::MAX).then_some(quota)
     }
 
     /// The current write verifier.
@@ -524,6 +570,34 @@ impl Store {
 
     fn poisoned_error(&self) -> StoreError {
         StoreError::Poisoned(self.poison_reason.lock().clone())
+    }
+
+    /// Reserves `bytes` of growth of a regular file against the quota, before the operation
+    /// changes anything: [`StoreError::QuotaExceeded`] if `used_bytes` would pass it. The
+    /// caller gives the bytes back ([`Store::release_bytes`]) if the operation then fails.
+    fn reserve_growth(&self, bytes: u64) -> StoreResult<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let quota = self.quota_bytes.load(Ordering::SeqCst);
+        self.used_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                let grown = used.saturating_add(bytes);
+                (quota == u64::MAX || grown <= quota).then_some(grown)
+            })
+            .map(|_| ())
+            .map_err(|_| StoreError::QuotaExceeded)
+    }
+
+    /// Bytes that no regular file uses any more (a shrink, a deletion, a failed growth).
+    fn release_bytes(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let _ = self.used_bytes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+            debug_assert!(used >= bytes, "used_bytes would go below zero");
+            Some(used.saturating_sub(bytes))
+        });
     }
 
     fn stripe(&self, number: u64) -> &RwLock<()> {

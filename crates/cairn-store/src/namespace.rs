@@ -318,6 +318,8 @@ fn create_object(
         _ => 0,
     };
     b.need_space(SpaceUse::Consume, 0)?;
+    // The last check: nothing fails after it but storage (which poisons the store).
+    store.reserve_growth(size_bytes)?;
 
     b.begin_mutation();
     let number = b.next_inode;
@@ -812,6 +814,10 @@ pub(crate) fn setattr_entry(
         data::check_truncate(store, b, entry, size)?;
     }
     b.need_space(if shrinking { SpaceUse::Free } else { SpaceUse::Consume }, 0)?;
+    // The last check: nothing fails after it but storage (which poisons the store). The size
+    // cannot change meanwhile: size changes hold the stripe.
+    let growth = changes.size_bytes.map_or(0, |size| size.saturating_sub(inode.size_bytes));
+    store.reserve_growth(growth)?;
 
     b.begin_mutation();
     if let Some(size) = changes.size_bytes
@@ -843,6 +849,8 @@ pub(crate) fn setattr_entry(
         current.atime = resolve_time(changes.atime, current.atime, time);
         current.mtime = resolve_time(changes.mtime, current.mtime, time);
         if let Some(size) = changes.size_bytes {
+            // Growth was reserved above; a shrink gives its bytes back.
+            store.release_bytes(current.size_bytes.saturating_sub(size));
             current.size_bytes = size;
             if changes.mtime == SetTime::DontChange {
                 current.mtime = time;

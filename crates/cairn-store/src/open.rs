@@ -230,6 +230,7 @@ pub(crate) fn open_with(
                 meta.insert("volume_id", u64::from(identity_volume.0)).db()?;
                 meta.insert("next_inode", ROOT_INODE + 1).db()?;
                 meta.insert("txn_id", 0).db()?;
+                meta.insert("used_bytes", 0).db()?;
                 meta.insert("data_containers", u64::from(config.data_containers)).db()?;
                 meta.insert("journal_generation", 1).db()?;
                 let time = now();
@@ -266,7 +267,7 @@ pub(crate) fn open_with(
         (get("journal_generation")?, version.is_none())
     };
     replay_journal(&write, &mut journal, generation)?;
-    let (cluster, volume, next_inode, txn_id, position) = {
+    let (cluster, volume, next_inode, txn_id, position, used_bytes) = {
         let meta = write.open_table(tables::META).db()?;
         let optional =
             |key: &str| -> StoreResult<Option<u64>> { Ok(meta.get(key).db()?.map(|value| value.value())) };
@@ -290,7 +291,18 @@ pub(crate) fn open_with(
             get("next_inode")?,
             get("txn_id")?,
             optional("replication_position")?.unwrap_or(0),
+            optional("used_bytes")?,
         )
+    };
+    // A store made before the row existed: counted once here; its first batch writes the row
+    // (and replicates it), so that replicas, which hold the same rows, get it at the same point.
+    let used_bytes = match used_bytes {
+        Some(bytes) => bytes,
+        None => {
+            let bytes = count_used_bytes(&write.open_table(tables::INODES).db()?)?;
+            tracing::info!(used_bytes = bytes, "counted the volume's used bytes");
+            bytes
+        }
     };
     create_tables(&write)?;
     write.commit().db()?;
@@ -319,7 +331,7 @@ pub(crate) fn open_with(
         poison_reason: Mutex::new(String::new()),
         hot: HotTable::new(),
         stripes: (0..DATA_STRIPES).map(|_| RwLock::new(())).collect(),
-        group: GroupCommit::new(next_inode, txn_id),
+        group: GroupCommit::new(next_inode, txn_id, used_bytes),
         journal: Mutex::new(journal),
         files: Mutex::new(HashMap::new()),
         containers,
@@ -327,6 +339,8 @@ pub(crate) fn open_with(
         region_size_bytes,
         finished_deletes: Mutex::new(Vec::new()),
         repl: replication::Link::new(replicator, position),
+        used_bytes: AtomicU64::new(used_bytes),
+        quota_bytes: AtomicU64::new(config.quota_bytes.unwrap_or(u64::MAX)),
         config,
     };
     if created && store.is_replicated() {
@@ -335,6 +349,16 @@ pub(crate) fn open_with(
     recover(&store)?;
     store.wait_replicated()?;
     Ok(store)
+}
+
+/// The sum of the sizes of the regular files in an inode table (the `used_bytes` row).
+pub(crate) fn count_used_bytes(inodes: &impl ReadableTable<u64, &'static [u8]>) -> StoreResult<u64> {
+    let mut total = 0u64;
+    for row in inodes.iter().db()? {
+        let (_, value) = row.db()?;
+        total = total.wrapping_add(Inode::used_bytes_of(value.value())?);
+    }
+    Ok(total)
 }
 
 fn bad_record() -> StoreError {
@@ -562,6 +586,7 @@ fn recover(store: &Store) -> StoreResult<()> {
                 Change { table: TableId::PendingDelete, key: keys::inode(*number), value: None }.into(),
             );
         }
+        // Only `blocks used` changes here, never a size: the `used_bytes` row stays exact.
         let mut inodes = write.open_table(tables::INODES).db()?;
         for (number, inode) in &affected {
             let value = inode.encode();

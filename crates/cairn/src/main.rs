@@ -1,5 +1,6 @@
 //! The `cairn` binary: parses the command line and hands over to the subcommand's `run`.
 
+mod admin;
 mod coord;
 mod node;
 mod up;
@@ -33,6 +34,12 @@ enum Command {
         #[command(subcommand)]
         command: ExportsCommand,
     },
+    /// Volumes of a cluster: create, list, info, remove (asks the CLDB).
+    Volume(admin::VolumeArgs),
+    /// Containers of a cluster: where each lives, its master and epoch (asks the CLDB).
+    Container(admin::ContainerArgs),
+    /// Alarms raised by the CLDB.
+    Alarm(admin::AlarmArgs),
 }
 
 #[derive(Args)]
@@ -81,6 +88,9 @@ enum NodeCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Every node of the cluster: state, last heartbeat, services, addresses, topology (asks the
+    /// CLDB).
+    List(admin::NodeListArgs),
 }
 
 #[derive(Subcommand)]
@@ -126,6 +136,10 @@ fn main() -> ExitCode {
         Command::Coord(args) => coord::run(args),
         Command::Node { command: NodeCommand::Start { config } } => node::run(&config),
         Command::Exports { command: ExportsCommand::Reload { data_dir } } => up::signal_reload(&data_dir),
+        Command::Node { command: NodeCommand::List(args) } => admin::node_list(args),
+        Command::Volume(args) => admin::volume(args),
+        Command::Container(args) => admin::container(args),
+        Command::Alarm(args) => admin::alarm(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,8 +6,8 @@ use std::time::Duration;
 use cairn_cldb::model::check_spec;
 use cairn_cldb::planner::{self, PlannerConfig, Tables, assignments, place_new_volume, plan, up_nodes};
 use cairn_cldb::proto::{
-    AlarmKind, AssignedRole, CldbError, NodeRecord, NodeState, Placement, ReplicationType, ReportedRole,
-    Volume, VolumeReport, VolumeSpec,
+    AlarmKind, AssignedRole, Assignment, CldbError, NodeRecord, NodeState, Placement, ReplicationType,
+    ReportedRole, Volume, VolumeReport, VolumeSpec,
 };
 
 const NOW: u64 = 1_000_000;
@@ -358,6 +358,83 @@ fn quota_alarms_come_from_the_master_report() {
     );
     size(&mut t, 1_200);
     assert_eq!(kinds(&plan(&config(), &t, NOW)), [(AlarmKind::QuotaExceeded, "v1".to_string())].into());
+}
+
+#[test]
+fn quota_alarms_are_raised_kept_and_cleared() {
+    let mut t = tables(&[("a", "/r"), ("b", "/r")]);
+    let mut v = volume(1, &["a", "b"], 1, 2);
+    v.quota_bytes = Some(1_000);
+    v.advisory_quota_bytes = Some(500);
+    t.volumes.insert(1, v);
+    let size = |t: &mut Tables, node: &str, role: ReportedRole, bytes| {
+        report(t, node, 1, role, 1, 0);
+        t.reports.get_mut(node).unwrap().get_mut(&1).unwrap().size_bytes = bytes;
+    };
+    // At the quota is not above it; a replica's report counts for nothing.
+    size(&mut t, "a", ReportedRole::Master, 1_000);
+    size(&mut t, "b", ReportedRole::Replica, 5_000);
+    let p = plan(&config(), &t, NOW);
+    assert_eq!(kinds(&p), [(AlarmKind::AdvisoryQuotaExceeded, "v1".to_string())].into());
+    // Above the hard quota: the hard alarm replaces the advisory one, and keeps its start time
+    // while it holds.
+    t.alarms = p.alarms;
+    size(&mut t, "a", ReportedRole::Master, 1_001);
+    let p = plan(&config(), &t, NOW + 1_000);
+    assert_eq!(kinds(&p), [(AlarmKind::QuotaExceeded, "v1".to_string())].into());
+    let raised = p.alarms.values().next().unwrap().clone();
+    assert_eq!((raised.subject.as_str(), raised.since_ms), ("v1", NOW + 1_000));
+    assert!(!p.is_empty(&t.alarms), "the alarm change must be written");
+    t.alarms = p.alarms;
+    let p = plan(&config(), &t, NOW + 2_000);
+    assert_eq!(p.alarms.values().next().unwrap().since_ms, NOW + 1_000);
+    assert!(p.is_empty(&t.alarms), "nothing changed: nothing to write");
+    // Back below both quotas (files removed): cleared.
+    size(&mut t, "a", ReportedRole::Master, 499);
+    let p = plan(&config(), &t, NOW + 3_000);
+    assert!(p.alarms.is_empty(), "{:?}", p.alarms);
+    assert!(!p.is_empty(&t.alarms), "the cleared alarm must be deleted");
+}
+
+#[test]
+fn assignments_carry_the_volume_quotas() {
+    let mut t = tables(&[("a", "/r"), ("b", "/r"), ("c", "/r")]);
+    let mut v = volume(1, &["a", "b"], 3, 3);
+    v.quota_bytes = Some(10 << 30);
+    v.advisory_quota_bytes = Some(8 << 30);
+    v.placement.resyncing = vec!["c".to_string()];
+    t.volumes.insert(1, v);
+    t.volumes.insert(2, volume(2, &["a"], 1, 1));
+    for node in ["a", "b", "c"] {
+        for a in assignments(&t, node, &[], NOW, &config()).into_iter().filter(|a| a.volume == 1) {
+            assert_eq!((a.quota_bytes, a.advisory_quota_bytes), (Some(10 << 30), Some(8 << 30)), "{node}");
+        }
+    }
+    let a: Vec<_> = assignments(&t, "a", &[], NOW, &config());
+    let (one, two) = (a.iter().find(|a| a.volume == 1).unwrap(), a.iter().find(|a| a.volume == 2).unwrap());
+    assert_eq!(one.your_role, AssignedRole::Master);
+    assert_eq!((two.quota_bytes, two.advisory_quota_bytes), (None, None), "no quota in the spec");
+    // A volume created from a spec with quotas assigns them.
+    let spec = VolumeSpec {
+        name: "q".into(),
+        replication: Some(1),
+        quota_bytes: Some(1 << 20),
+        advisory_quota_bytes: Some(1 << 19),
+        ..Default::default()
+    };
+    let mut t = tables(&[("a", "/r")]);
+    let placed = place_new_volume(&check_spec(&spec).unwrap(), &t, &up_nodes(&t, NOW, &config())).unwrap();
+    t.volumes.insert(3, check_spec(&spec).unwrap().into_volume(3, placed, NOW));
+    let a = assignments(&t, "a", &[], NOW, &config());
+    assert_eq!((a[0].quota_bytes, a[0].advisory_quota_bytes), (Some(1 << 20), Some(1 << 19)));
+    // On the wire (MessagePack with named fields), and optional there: an assignment from an
+    // older CLDB, without the fields, has no quota.
+    let decoded: Assignment = rmp_serde::from_slice(&rmp_serde::to_vec_named(&a[0]).unwrap()).unwrap();
+    assert_eq!(decoded, a[0]);
+    let mut older = serde_json::to_value(&a[0]).unwrap();
+    older.as_object_mut().unwrap().retain(|key, _| !key.contains("quota"));
+    let decoded: Assignment = serde_json::from_value(older).unwrap();
+    assert_eq!((decoded.quota_bytes, decoded.advisory_quota_bytes), (None, None));
 }
 
 #[test]

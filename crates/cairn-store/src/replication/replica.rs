@@ -357,6 +357,19 @@ impl Replica {
         self.checkpoint(&mut state, position, in_resync)
     }
 
+    /// The volume's used bytes as the applied records leave them: the `used_bytes` row the
+    /// master's batches write (see [`crate::Store::used_bytes`]; it equals the master's once
+    /// the master's writes are committed), or, for a volume whose master has not written the
+    /// row yet, the sum over the inode rows. 0 for an empty replica.
+    pub fn used_bytes(&self) -> StoreResult<u64> {
+        let read = tables::begin_read(&self.db)?;
+        let meta = read.open_table(tables::META).db()?;
+        if let Some(value) = meta.get("used_bytes").db()? {
+            return Ok(value.value());
+        }
+        open::count_used_bytes(&read.open_table(tables::INODES).db()?)
+    }
+
     /// A hash of the volume's logical state (see [`crate::Store::digest`]).
     pub fn digest(&self) -> StoreResult<u64> {
         let _state = self.state.lock();

@@ -95,3 +95,35 @@ pub fn seed(test: &str) -> u64 {
     eprintln!("{test}: seed {seed} (replay with CAIRN_STORE_SEED={seed})");
     seed
 }
+
+/// The sum of the sizes of the regular files reachable from the root, each inode once (hard
+/// links): what [`Store::used_bytes`] must be.
+pub fn walk_used_bytes(store: &Store) -> u64 {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut total = 0;
+    let mut directories = vec![store.root()];
+    while let Some(directory) = directories.pop() {
+        let mut cookie = 0;
+        loop {
+            let page = store.readdir(&root(), directory, cookie, 1000, true).expect("readdir");
+            for entry in &page.entries {
+                cookie = entry.cookie;
+                if entry.name == b"." || entry.name == b".." {
+                    continue;
+                }
+                let attributes = entry.attributes.as_ref().expect("attributes");
+                match attributes.kind {
+                    cairn_store::FileKind::Directory => directories.push(entry.fid),
+                    cairn_store::FileKind::Regular if seen.insert(entry.fileid) => {
+                        total += attributes.size_bytes;
+                    }
+                    _ => {}
+                }
+            }
+            if page.eof {
+                break;
+            }
+        }
+    }
+    total
+}

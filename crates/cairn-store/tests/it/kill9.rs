@@ -187,6 +187,8 @@ fn parse(lines: &[String], expected: &mut Expected) {
 
 fn verify(dir: &std::path::Path, expected: &Expected) {
     let store = Store::open(common::config(dir)).expect("reopen after kill");
+    // The used-bytes row was committed with the inode records it sums.
+    assert_eq!(store.used_bytes(), common::walk_used_bytes(&store), "used bytes after the kill");
     let in_flight_name = expected.in_flight.as_ref().and_then(|op| op.split(' ').nth(1).map(str::to_string));
     for (name, (inode, uniquifier, writes, size)) in &expected.files {
         let uncertain = in_flight_name.as_deref() == Some(name.as_str());

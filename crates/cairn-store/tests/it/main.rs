@@ -14,4 +14,5 @@ mod model;
 mod nospace;
 mod permissions;
 mod poison;
+mod quota;
 mod replication;

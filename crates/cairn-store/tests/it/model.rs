@@ -168,6 +168,15 @@ impl Run {
             84 => self.reopen_clean(),
             _ => self.read(),
         }
+        // The volume's used bytes: the model's file sizes (after a crash, the surviving ones).
+        let expected: u64 = self
+            .model
+            .nodes
+            .values()
+            .filter(|node| matches!(node.kind, Kind::File))
+            .map(|node| node.data.len() as u64)
+            .sum();
+        assert_eq!(self.store().used_bytes(), expected, "step {}: used bytes", self.step);
     }
 
     fn create(&mut self) {

@@ -19,7 +19,7 @@ use cairn_types::{ClusterId, Fid, VolumeId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::common::{Rng, read_all, root};
+use crate::common::{Rng, read_all, root, walk_used_bytes};
 
 /// Small chunks (one dirty region each), so that writes cross chunks.
 const CHUNK: u64 = 128 * 1024;
@@ -344,7 +344,9 @@ fn concurrent_operations_converge() {
     let digest = store.digest().unwrap();
     for replica in &replicas {
         assert_eq!(replica.digest().unwrap(), digest, "a replica differs after sync_all");
+        assert_eq!(replica.used_bytes().unwrap(), store.used_bytes(), "a replica's used bytes differ");
     }
+    assert_eq!(store.used_bytes(), walk_used_bytes(&store));
     let mut expected = BTreeMap::new();
     tree(&store, store.root(), "", &mut expected);
     assert!(expected.len() > 20, "the operations made a tree");
@@ -356,6 +358,7 @@ fn concurrent_operations_converge() {
     promoted.close().unwrap();
     let store_b = Store::open(config(dirs[1].path())).unwrap();
     assert_eq!(store_b.root(), store.root());
+    assert_eq!(store_b.used_bytes(), store.used_bytes(), "the promoted replica's used bytes differ");
     let mut actual = BTreeMap::new();
     tree(&store_b, store_b.root(), "", &mut actual);
     assert_eq!(actual.len(), expected.len());
@@ -367,6 +370,61 @@ fn concurrent_operations_converge() {
         assert_eq!(path, actual_path);
         assert_eq!(expected_attributes, actual_attributes, "attributes of {path}");
         assert!(expected_content == actual_content, "content of {path}");
+    }
+}
+
+/// The used-bytes row travels with the batches that change it: after every committed change a
+/// replica counts what the master counts, quota refusals change nothing on either side, and a
+/// full copy carries the row.
+#[test]
+fn replicas_count_the_same_used_bytes() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let replicator = Threaded::new();
+    let first = Arc::new(replica(dirs[1].path()));
+    let (index, receiver) = replicator.attach();
+    let appliers = vec![replicator.start(index, first.clone(), receiver)];
+    let mut master_config = config(dirs[0].path());
+    master_config.quota_bytes = Some(1_000_000);
+    let store = Store::open_replicated(master_config, replicator.clone()).unwrap();
+    let same = |what: &str| {
+        assert_eq!(first.used_bytes().unwrap(), store.used_bytes(), "after {what}");
+    };
+    same("creation");
+    let top = store.root();
+    let create = |name: &[u8]| {
+        store.create(&root(), top, name, CreateHow::Guarded(SetAttributes::default())).unwrap().fid
+    };
+    let a = create(b"a");
+    store.write(&root(), a, 0, &[1; 300_000], Stability::FileSync).unwrap();
+    same("a stable write");
+    let b = create(b"b");
+    store.write(&root(), b, 100_000, &[2; 400_000], Stability::Unstable).unwrap();
+    assert_eq!(store.used_bytes(), 800_000, "an unstable write counts on the master at once");
+    store.commit(b, 0, 0).unwrap();
+    same("a commit");
+    assert!(matches!(
+        store.write(&root(), b, 500_000, &[3; 300_000], Stability::FileSync),
+        Err(StoreError::QuotaExceeded)
+    ));
+    same("a refused write");
+    store.setattr(&root(), a, SetAttributes { size_bytes: Some(1000), ..Default::default() }, None).unwrap();
+    same("a truncation");
+    store.link(&root(), b, top, b"b2").unwrap();
+    store.rename(&root(), top, b"a", top, b"b").unwrap();
+    same("a rename over a linked file");
+    store.remove(&root(), top, b"b2").unwrap();
+    same("the removal of the last link");
+    assert_eq!(store.used_bytes(), 1000);
+    store.sync_all().unwrap();
+    same("sync_all");
+    assert_eq!(first.digest().unwrap(), store.digest().unwrap());
+    // A full copy carries the row.
+    let second = replica(dirs[2].path());
+    resync(&store, &second);
+    assert_eq!(second.used_bytes().unwrap(), store.used_bytes());
+    replicator.close();
+    for applier in appliers {
+        applier.join().unwrap();
     }
 }
 
@@ -1212,6 +1270,7 @@ fn simulate(seed: u64) {
 
         check_model(&store, &model, &context);
         adopt(&store, &mut model);
+        assert_eq!(store.used_bytes(), walk_used_bytes(&store), "{context}: the new master's used bytes");
         // The replicas are identical to the new master (nothing is unacknowledged now).
         let digest = store.digest().unwrap();
         for (node, replica) in &replicas {
@@ -1219,6 +1278,11 @@ fn simulate(seed: u64) {
                 replica.digest().unwrap(),
                 digest,
                 "{context}: replica {node} differs from the new master"
+            );
+            assert_eq!(
+                replica.used_bytes().unwrap(),
+                store.used_bytes(),
+                "{context}: replica {node}'s used bytes"
             );
         }
     }
@@ -1232,6 +1296,12 @@ fn simulate(seed: u64) {
     for (node, replica) in &replicas {
         assert_eq!(replica.position(), store.replication_position());
         assert_eq!(replica.digest().unwrap(), digest, "seed {seed}: replica {node} differs at the end");
+        assert_eq!(
+            replica.used_bytes().unwrap(),
+            store.used_bytes(),
+            "seed {seed}: replica {node}'s used bytes"
+        );
     }
+    assert_eq!(store.used_bytes(), walk_used_bytes(&store));
     check_model(&store, &model, &format!("seed {seed} end"));
 }

@@ -15,20 +15,26 @@ use crate::support::{
 };
 
 /// A running `cairn up --nodes 3`, stopped with SIGTERM when dropped.
-struct Cluster {
+pub(crate) struct Cluster {
     up: Child,
-    nfs: Vec<SocketAddr>,
-    cluster: serde_json::Value,
+    pub(crate) nfs: Vec<SocketAddr>,
+    /// The content of `cluster.json`.
+    pub(crate) cluster: serde_json::Value,
 }
 
 impl Cluster {
-    fn start(data_dir: &std::path::Path) -> Cluster {
+    pub(crate) fn start(data_dir: &std::path::Path) -> Cluster {
+        Cluster::start_nodes(data_dir, 3)
+    }
+
+    /// `cairn up --nodes COUNT` on 127.0.0.1.
+    pub(crate) fn start_nodes(data_dir: &std::path::Path, count: usize) -> Cluster {
         let mut last_error = String::new();
         for _ in 0..4 {
-            // Four runs of three consecutive ports, in a range of their own.
-            let base = 21_000 + (free_port() % 9_000) / 10 * 4;
+            // Four runs of `count` consecutive ports, in a range of their own.
+            let base = 21_000 + (free_port() % 9_000) / 10 * 6;
             let mut up = Command::new(CAIRN)
-                .args(["up", "--no-portmap", "--nodes", "3"])
+                .args(["up", "--no-portmap", "--nodes", &count.to_string()])
                 .args(["--nfs-port", &base.to_string()])
                 .args(["--coord-port", &(base + 10_000).to_string()])
                 .args(["--cldb-port", &(base + 20_000).to_string()])
@@ -69,7 +75,7 @@ impl Cluster {
                     format!("{address}:{port}").parse().expect("NFS address")
                 })
                 .collect::<Vec<SocketAddr>>();
-            assert_eq!(nfs.len(), 3, "{ready}\n{cluster}");
+            assert_eq!(nfs.len(), count, "{ready}\n{cluster}");
             return Cluster { up, nfs, cluster };
         }
         panic!("cairn up --nodes 3 did not become ready: {last_error}");

@@ -7,9 +7,11 @@
 //! fails the test with a message naming it. `CAIRN_IT_KEEP=1` keeps the temporary folders (server
 //! data and logs).
 
+mod admin;
 mod cluster;
 mod coord;
 mod exports;
+mod failover;
 mod kernel_client;
 mod libnfs;
 mod support;

@@ -242,6 +242,8 @@ pub struct ServerConfig {
     /// `--coord-port`: where the node's one-member coord quorum listens (default 5181, fine inside
     /// a namespace of its own; on the shared loopback each server needs its own).
     pub coord_port: Option<u16>,
+    /// More arguments of `cairn up` (e.g. `--nodes 3`).
+    pub extra_args: Vec<String>,
 }
 
 impl ServerConfig {
@@ -255,6 +257,7 @@ impl ServerConfig {
             exports: None,
             portmap: false,
             coord_port: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -295,6 +298,7 @@ impl CairnServer {
                 exports: exports.clone(),
                 portmap: false,
                 coord_port: Some(free_port()),
+                extra_args: Vec::new(),
             };
             match CairnServer::try_start(config) {
                 Ok(server) => return server,
@@ -328,6 +332,7 @@ impl CairnServer {
         if let Some(port) = config.coord_port {
             command.arg("--coord-port").arg(port.to_string());
         }
+        command.args(&config.extra_args);
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr_file);
         let mut child = command.spawn().map_err(|error| format!("cannot start {CAIRN}: {error}"))?;
         let stdout = child.stdout.take().expect("piped stdout");
@@ -386,6 +391,8 @@ impl CairnServer {
             .ready_line
             .split_whitespace()
             .find_map(|word| word.strip_prefix("nfs="))
+            // Several nodes: `nfs=A,B,C`; the first is node 1's gateway.
+            .and_then(|addresses| addresses.split(',').next())
             .map(|address| address.trim_end_matches([',', ';', ')']))
             .ok_or_else(|| format!("the ready line has no nfs=IP:PORT: {:?}", server.ready_line))?;
         server.nfs_address = nfs.parse().map_err(|error| {

@@ -1,0 +1,819 @@
+//! `cairn volume|container|alarm ...` and `cairn node list`: the cluster's administration
+//! commands. Each is one or two calls on the CLDB through [`CldbClient`], printed as an aligned
+//! table, or with `--json` as the CLDB's own reply types (`VolumeInfo`, `NodeInfo`,
+//! `ContainerInfo`, `Alarm`, serialized by serde).
+//!
+//! The CLDBs are named by `--cldb HOST:PORT,...`, or else read from the `cldb` list of
+//! `DATA_DIR/cluster.json`, which `cairn up --nodes N` writes. Reads go to the CLDB master when
+//! one is known: only it knows the volumes' sizes and the nodes' last heartbeats, and it always
+//! sees the latest writes.
+
+use std::fmt::Display;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use cairn_cldb::proto::{
+    Alarm, ContainerInfo, ContainerKind, NodeInfo, NodeState, ReplicationType, VolumeInfo, VolumeSpec,
+};
+use cairn_cldb::{CldbClient, CldbClientOptions, CldbError};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+
+/// The file of a data directory where `cairn up` says what runs where (see `up.rs`).
+const CLUSTER_FILE: &str = "cluster.json";
+/// Longest to open one connection to a CLDB.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest to wait for one answer of a CLDB.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the CLDB is, how long to try it, and how to print: shared by every command.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Cluster options")]
+pub struct Target {
+    /// CLDBs to ask, host:port, comma-separated [default: the `cldb` list of
+    /// DATA_DIR/cluster.json].
+    #[arg(long, global = true, value_delimiter = ',', value_name = "HOST:PORT")]
+    cldb: Vec<String>,
+    /// Data directory of a `cairn up --nodes N`, whose cluster.json names the CLDBs (used
+    /// without --cldb).
+    #[arg(long, global = true, default_value = "./cairn-data")]
+    data_dir: PathBuf,
+    /// Print the CLDB's answer as JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seconds to keep trying the CLDBs (redirections and master elections included).
+    #[arg(long, global = true, default_value_t = 10, value_name = "SECONDS")]
+    timeout: u64,
+}
+
+#[derive(Args)]
+pub struct VolumeArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    command: VolumeCommand,
+}
+
+#[derive(Subcommand)]
+enum VolumeCommand {
+    /// Create a volume.
+    Create(CreateArgs),
+    /// Every volume: mount path, replication, size, quota, placement.
+    List,
+    /// One volume in detail.
+    Info { name: String },
+    /// Remove a volume (its copies are deleted by the nodes that hold them).
+    Remove { name: String },
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// 1 to 64 characters of A-Z a-z 0-9 . _ -
+    name: String,
+    /// Where the volume is mounted in the cluster namespace [default: /NAME].
+    #[arg(long, value_name = "MOUNT_PATH")]
+    path: Option<String>,
+    /// Number of copies, 1 to 5 [default: 3].
+    #[arg(long, value_name = "N")]
+    replication: Option<u32>,
+    /// Fewest copies to create the volume with, 1 to the replication [default: 1].
+    #[arg(long, value_name = "N")]
+    min_replication: Option<u32>,
+    /// How writes travel from the master to the replicas: chain (master → replica → replica) or
+    /// star (master → every replica).
+    #[arg(long, value_enum, default_value_t = ReplicationTypeArg::Chain)]
+    replication_type: ReplicationTypeArg,
+    /// Number of data containers, 1 to 998 [default: 4].
+    #[arg(long, value_name = "N")]
+    data_containers: Option<u32>,
+    /// Hard quota: bytes, or with a unit K, M, G, T, P (powers of 1024), like 10G or 512M.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    quota: Option<u64>,
+    /// Advisory quota (raises an alarm only), same units as --quota.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    advisory_quota: Option<u64>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum ReplicationTypeArg {
+    /// Master → replica 1 → replica 2 ... (MapR's high_throughput).
+    #[value(alias = "high-throughput", alias = "high_throughput")]
+    Chain,
+    /// Master → every replica at once (MapR's low_latency).
+    #[value(alias = "low-latency", alias = "low_latency")]
+    Star,
+}
+
+impl From<ReplicationTypeArg> for ReplicationType {
+    fn from(arg: ReplicationTypeArg) -> ReplicationType {
+        match arg {
+            ReplicationTypeArg::Chain => ReplicationType::Chain,
+            ReplicationTypeArg::Star => ReplicationType::Star,
+        }
+    }
+}
+
+/// `cairn node list`.
+#[derive(Args)]
+pub struct NodeListArgs {
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Args)]
+pub struct ContainerArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    command: ContainerCommand,
+}
+
+#[derive(Subcommand)]
+enum ContainerCommand {
+    /// Every container of every volume: master, replicas, epoch.
+    List {
+        /// Only the containers of this volume.
+        #[arg(long)]
+        volume: Option<String>,
+    },
+    /// One container: its replicas in order, master, epoch, resyncing nodes.
+    Info { id: u64 },
+}
+
+#[derive(Args)]
+pub struct AlarmArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    command: AlarmCommand,
+}
+
+#[derive(Subcommand)]
+enum AlarmCommand {
+    /// Every raised alarm: nodes down, volumes under-replicated or over quota, ...
+    List,
+}
+
+/// `cairn volume ...`.
+pub fn volume(args: VolumeArgs) -> anyhow::Result<()> {
+    let target = args.target;
+    block_on(async move {
+        match args.command {
+            VolumeCommand::Create(create) => volume_create(&target, create).await,
+            VolumeCommand::List => volume_list(&target).await,
+            VolumeCommand::Info { name } => volume_info(&target, &name).await,
+            VolumeCommand::Remove { name } => volume_remove(&target, &name).await,
+        }
+    })
+}
+
+/// `cairn node list`.
+pub fn node_list(args: NodeListArgs) -> anyhow::Result<()> {
+    block_on(nodes(&args.target))
+}
+
+/// `cairn container ...`.
+pub fn container(args: ContainerArgs) -> anyhow::Result<()> {
+    let target = args.target;
+    block_on(async move {
+        match args.command {
+            ContainerCommand::List { volume } => container_list(&target, volume.as_deref()).await,
+            ContainerCommand::Info { id } => container_info(&target, id).await,
+        }
+    })
+}
+
+/// `cairn alarm ...`.
+pub fn alarm(args: AlarmArgs) -> anyhow::Result<()> {
+    let target = args.target;
+    block_on(async move {
+        match args.command {
+            AlarmCommand::List => alarms(&target).await,
+        }
+    })
+}
+
+fn block_on(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(work)
+}
+
+// ------------------------------------------------------------------------------------------
+// The CLDB
+
+/// The CLDBs named by `--cldb`, or else by DATA_DIR/cluster.json.
+fn cldb_addresses(target: &Target) -> anyhow::Result<Vec<String>> {
+    let given: Vec<String> =
+        target.cldb.iter().map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
+    if !given.is_empty() {
+        return Ok(given);
+    }
+    let path = target.data_dir.join(CLUSTER_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no --cldb HOST:PORT given, and cannot read {} (written by `cairn up --nodes N` \
+             with --data-dir {})",
+            path.display(),
+            target.data_dir.display()
+        )
+    })?;
+    addresses_from_cluster_file(&text, &path)
+}
+
+/// The `cldb` list of a cluster.json, or else its nodes' `address` and `cldb_port`.
+fn addresses_from_cluster_file(text: &str, path: &Path) -> anyhow::Result<Vec<String>> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let mut list: Vec<String> = value
+        .get("cldb")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    if list.is_empty() {
+        list = value
+            .get("nodes")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|node| {
+                let address = node.get("address")?.as_str()?;
+                let port = node.get("cldb_port")?.as_u64()?;
+                Some(format!("{address}:{port}"))
+            })
+            .collect();
+    }
+    if list.is_empty() {
+        anyhow::bail!(
+            "{} names no CLDB: a one-node `cairn up` runs none (start a cluster with \
+             `cairn up --nodes 3`), or pass --cldb HOST:PORT",
+            path.display()
+        );
+    }
+    Ok(list)
+}
+
+/// A CLDB client and what to say when it fails.
+struct Cldb {
+    client: CldbClient,
+    addresses: Vec<String>,
+    timeout: Duration,
+}
+
+impl Cldb {
+    fn new(target: &Target) -> anyhow::Result<Cldb> {
+        let addresses = cldb_addresses(target)?;
+        let timeout = Duration::from_secs(target.timeout.max(1));
+        Ok(Cldb { client: client(addresses.clone(), timeout), addresses, timeout })
+    }
+
+    /// Like [`Cldb::new`], but reads go to the master first: it alone knows the volumes' sizes
+    /// and the nodes' last heartbeats, and it has seen every write. Without a master (an election
+    /// is under way) any CLDB answers, from coord.
+    async fn for_reads(target: &Target, action: &str) -> anyhow::Result<Cldb> {
+        let mut cldb = Cldb::new(target)?;
+        let status = cldb.client.status().await.map_err(|e| cldb.failed(action, e))?;
+        let master = if status.is_master { Some(status.address) } else { status.master };
+        if let Some(master) = master {
+            let mut ordered = vec![master.clone()];
+            ordered.extend(cldb.addresses.iter().filter(|a| **a != master).cloned());
+            cldb.client = client(ordered, cldb.timeout);
+        }
+        Ok(cldb)
+    }
+
+    /// One line saying what failed and why; for an unreachable CLDB, the addresses tried.
+    fn failed(&self, action: impl Display, error: CldbError) -> anyhow::Error {
+        let tried = format!("tried {} for {}s", self.addresses.join(","), self.timeout.as_secs());
+        match error {
+            CldbError::Unavailable(detail) => {
+                anyhow::anyhow!("{action}: the CLDB is unavailable ({tried}): {detail}")
+            }
+            CldbError::NotMaster { .. } => anyhow::anyhow!(
+                "{action}: no CLDB master answered ({tried}); an election may be under way, or \
+                 coord is down"
+            ),
+            other => anyhow::anyhow!("{action}: {other}"),
+        }
+    }
+}
+
+fn client(addresses: Vec<String>, timeout: Duration) -> CldbClient {
+    CldbClient::with_options(
+        addresses,
+        CldbClientOptions {
+            request_timeout: timeout,
+            connect_timeout: CONNECT_TIMEOUT.min(timeout),
+            call_timeout: CALL_TIMEOUT.min(timeout),
+        },
+    )
+}
+
+// ------------------------------------------------------------------------------------------
+// Commands
+
+async fn volume_create(target: &Target, args: CreateArgs) -> anyhow::Result<()> {
+    let cldb = Cldb::new(target)?;
+    let spec = VolumeSpec {
+        name: args.name.clone(),
+        mount_path: args.path,
+        replication: args.replication,
+        min_replication: args.min_replication,
+        replication_type: args.replication_type.into(),
+        quota_bytes: args.quota,
+        advisory_quota_bytes: args.advisory_quota,
+        data_containers: args.data_containers,
+    };
+    let info = cldb
+        .client
+        .create_volume(spec)
+        .await
+        .map_err(|e| cldb.failed(format_args!("cannot create volume {}", args.name), e))?;
+    if target.json {
+        return print_json(&info);
+    }
+    let mut out = format!("Created volume {} (id {}).\n", info.volume.name, info.volume.id);
+    out.push_str(&volume_details(&info, now_ms()));
+    print(&out)
+}
+
+async fn volume_list(target: &Target) -> anyhow::Result<()> {
+    let action = "cannot list the volumes";
+    let cldb = Cldb::for_reads(target, action).await?;
+    let mut volumes = cldb.client.list_volumes().await.map_err(|e| cldb.failed(action, e))?;
+    volumes.sort_by(|a, b| a.volume.name.cmp(&b.volume.name));
+    if target.json {
+        return print_json(&volumes);
+    }
+    let mut table = Table::new(&[
+        "NAME",
+        "ID",
+        "MOUNT",
+        "REPLICATION",
+        "TYPE",
+        "USED",
+        "QUOTA",
+        "EPOCH",
+        "MASTER",
+        "REPLICAS",
+    ]);
+    for info in &volumes {
+        let v = &info.volume;
+        table.row(vec![
+            v.name.clone(),
+            v.id.to_string(),
+            v.mount_path.clone(),
+            format!("{}/{} (min {})", v.placement.replicas.len(), v.replication, v.min_replication),
+            replication_type(v.replication_type).to_owned(),
+            info.size_bytes.map_or_else(|| "?".to_owned(), size),
+            v.quota_bytes.map_or_else(|| "-".to_owned(), size),
+            v.placement.epoch.to_string(),
+            v.placement.master.clone(),
+            list(&v.placement.replicas),
+        ]);
+    }
+    print(&table.render_or("No volumes."))
+}
+
+async fn volume_info(target: &Target, name: &str) -> anyhow::Result<()> {
+    let action = format!("cannot get volume {name}");
+    let cldb = Cldb::for_reads(target, &action).await?;
+    let info = cldb.client.volume_info(name).await.map_err(|e| cldb.failed(&action, e))?;
+    if target.json {
+        return print_json(&info);
+    }
+    print(&volume_details(&info, now_ms()))
+}
+
+async fn volume_remove(target: &Target, name: &str) -> anyhow::Result<()> {
+    let cldb = Cldb::new(target)?;
+    let id = cldb
+        .client
+        .remove_volume(name)
+        .await
+        .map_err(|e| cldb.failed(format_args!("cannot remove volume {name}"), e))?;
+    if target.json {
+        return print_json(&serde_json::json!({ "name": name, "id": id, "removed": true }));
+    }
+    print(&format!("Removed volume {name} (id {id}); the nodes delete its copies.\n"))
+}
+
+async fn nodes(target: &Target) -> anyhow::Result<()> {
+    let action = "cannot list the nodes";
+    let cldb = Cldb::for_reads(target, action).await?;
+    let mut nodes = cldb.client.list_nodes().await.map_err(|e| cldb.failed(action, e))?;
+    nodes.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+    if target.json {
+        return print_json(&nodes);
+    }
+    print(&node_table(&nodes, now_ms()))
+}
+
+fn node_table(nodes: &[NodeInfo], now: u64) -> String {
+    let mut table =
+        Table::new(&["NAME", "STATE", "HEARTBEAT", "SERVICES", "FILESERVER", "NFS", "TOPOLOGY", "VOLUMES"]);
+    for node in nodes {
+        let r = &node.record;
+        let state = match r.state {
+            NodeState::Up => "up".to_owned(),
+            NodeState::Down => format!("down for {}", duration(now.saturating_sub(r.state_since_ms))),
+        };
+        table.row(vec![
+            r.name.clone(),
+            state,
+            ago(node.last_heartbeat_ms, now),
+            list(&r.services),
+            r.fileserver_address.clone(),
+            dash(&r.nfs_address),
+            r.topology.clone(),
+            node.volumes.to_string(),
+        ]);
+    }
+    table.render_or("No nodes have registered with the CLDB.")
+}
+
+async fn container_list(target: &Target, volume: Option<&str>) -> anyhow::Result<()> {
+    let action = "cannot list the containers";
+    let cldb = Cldb::for_reads(target, action).await?;
+    let mut containers = cldb.client.list_containers().await.map_err(|e| cldb.failed(action, e))?;
+    if let Some(volume) = volume {
+        containers.retain(|c| c.volume_name == volume);
+        if containers.is_empty() {
+            // Says whether the volume exists at all.
+            cldb.client
+                .volume_info(volume)
+                .await
+                .map_err(|e| cldb.failed(format_args!("cannot list the containers of {volume}"), e))?;
+        }
+    }
+    containers.sort_by_key(|c| c.id);
+    if target.json {
+        return print_json(&containers);
+    }
+    let mut table = Table::new(&["ID", "VOLUME", "KIND", "EPOCH", "MASTER", "REPLICAS", "RESYNCING"]);
+    for c in &containers {
+        table.row(vec![
+            c.id.to_string(),
+            c.volume_name.clone(),
+            kind(c.kind).to_owned(),
+            c.epoch.to_string(),
+            c.master.clone(),
+            list(&c.replicas),
+            list(&c.resyncing),
+        ]);
+    }
+    print(&table.render_or("No containers."))
+}
+
+async fn container_info(target: &Target, id: u64) -> anyhow::Result<()> {
+    let action = format!("cannot get container {id}");
+    let cldb = Cldb::for_reads(target, &action).await?;
+    let info = cldb.client.container_info(id).await.map_err(|e| cldb.failed(&action, e))?;
+    if target.json {
+        return print_json(&info);
+    }
+    // The CLDB keeps sizes and the replication type per volume, not per container.
+    let volume = cldb.client.volume_info(&info.volume_name).await.ok();
+    print(&container_details(&info, volume.as_ref()))
+}
+
+async fn alarms(target: &Target) -> anyhow::Result<()> {
+    let action = "cannot list the alarms";
+    let cldb = Cldb::for_reads(target, action).await?;
+    let mut alarms = cldb.client.list_alarms().await.map_err(|e| cldb.failed(action, e))?;
+    alarms.sort_by(|a, b| (a.since_ms, a.kind, &a.subject).cmp(&(b.since_ms, b.kind, &b.subject)));
+    if target.json {
+        return print_json(&alarms);
+    }
+    print(&alarm_table(&alarms, now_ms()))
+}
+
+fn alarm_table(alarms: &[Alarm], now: u64) -> String {
+    let mut table = Table::new(&["KIND", "SUBJECT", "SINCE", "MESSAGE"]);
+    for a in alarms {
+        table.row(vec![format!("{:?}", a.kind), a.subject.clone(), ago(a.since_ms, now), a.message.clone()]);
+    }
+    table.render_or("No alarms.")
+}
+
+// ------------------------------------------------------------------------------------------
+// Formatting
+
+/// `volume info`: one `key: value` line per property.
+fn volume_details(info: &VolumeInfo, now: u64) -> String {
+    let v = &info.volume;
+    let p = &v.placement;
+    let mut lines: Vec<(&str, String)> = vec![
+        ("name", v.name.clone()),
+        ("id", v.id.to_string()),
+        ("mount path", v.mount_path.clone()),
+        (
+            "replication",
+            format!(
+                "{} copies (at least {}), {}; {} placed",
+                v.replication,
+                v.min_replication,
+                replication_type(v.replication_type),
+                p.replicas.len()
+            ),
+        ),
+        ("quota", v.quota_bytes.map_or_else(|| "none".to_owned(), size)),
+        ("advisory quota", v.advisory_quota_bytes.map_or_else(|| "none".to_owned(), size)),
+        ("used", info.size_bytes.map_or_else(|| "unknown (not reported to this CLDB yet)".to_owned(), size)),
+        ("created", format!("{} ({})", utc(v.created_ms), ago(v.created_ms, now))),
+        ("epoch", p.epoch.to_string()),
+        ("master", dash(&p.master)),
+        ("replicas", replicas(&p.replicas, v.replication_type)),
+        ("resyncing", list(&p.resyncing)),
+    ];
+    if let Some(since) = p.lost_since_ms {
+        lines.push(("under-replicated", format!("since {} ({})", utc(since), ago(since, now))));
+    }
+    let first_data = cairn_cldb::model::name_container_id(v.id) + 1;
+    let data = match v.data_containers {
+        0 => "none".to_owned(),
+        1 => first_data.to_string(),
+        n => format!("{first_data}-{}", first_data + u64::from(n) - 1),
+    };
+    lines.push(("containers", format!("name {}, data {data}", cairn_cldb::model::name_container_id(v.id))));
+    key_values(&lines)
+}
+
+/// `container info`: one `key: value` line per property.
+fn container_details(c: &ContainerInfo, volume: Option<&VolumeInfo>) -> String {
+    let chain = volume.map_or(ReplicationType::Chain, |v| v.volume.replication_type);
+    let mut lines: Vec<(&str, String)> = vec![
+        ("id", c.id.to_string()),
+        ("volume", format!("{} (id {})", c.volume_name, c.volume)),
+        ("kind", kind(c.kind).to_owned()),
+        ("epoch", c.epoch.to_string()),
+        ("master", dash(&c.master)),
+        ("replicas", replicas(&c.replicas, chain)),
+        ("resyncing", list(&c.resyncing)),
+    ];
+    if let Some(v) = volume {
+        let used = v.size_bytes.map_or_else(|| "unknown".to_owned(), size);
+        lines.push(("volume size", format!("{used} (the CLDB keeps sizes per volume, not per container)")));
+    }
+    key_values(&lines)
+}
+
+/// Replicas in order, master first, with what the order means.
+fn replicas(nodes: &[String], how: ReplicationType) -> String {
+    if nodes.is_empty() {
+        return "-".to_owned();
+    }
+    match how {
+        ReplicationType::Chain => format!("{} (master first, in chain order)", nodes.join(" -> ")),
+        ReplicationType::Star => format!("{} (master first)", nodes.join(", ")),
+    }
+}
+
+fn key_values(lines: &[(&str, String)]) -> String {
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for (key, value) in lines {
+        out.push_str(&format!("{:<width$} {value}\n", format!("{key}:")));
+    }
+    out
+}
+
+fn replication_type(t: ReplicationType) -> &'static str {
+    match t {
+        ReplicationType::Chain => "chain",
+        ReplicationType::Star => "star",
+    }
+}
+
+fn kind(k: ContainerKind) -> &'static str {
+    match k {
+        ContainerKind::Name => "name",
+        ContainerKind::Data => "data",
+    }
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() { "-".to_owned() } else { items.join(",") }
+}
+
+fn dash(text: &str) -> String {
+    if text.is_empty() { "-".to_owned() } else { text.to_owned() }
+}
+
+/// A table with a header line, columns left-aligned and separated by two spaces.
+struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Table {
+        Table { rows: vec![header.iter().map(|h| (*h).to_owned()).collect()] }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// The table, or `empty` (and a newline) when it has no row below the header.
+    fn render_or(&self, empty: &str) -> String {
+        if self.rows.len() <= 1 {
+            return format!("{empty}\n");
+        }
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|i| self.rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (cell, width) in row.iter().zip(&widths) {
+                line.push_str(&format!("{cell:<width$}  "));
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Bytes with a binary unit: `512 B`, `10 GiB`, `1.5 MiB`.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut unit = 0;
+    while unit + 1 < UNITS.len() && bytes >> (10 * (unit + 2)) > 0 {
+        unit += 1;
+    }
+    let shift = 10 * (unit + 1);
+    if bytes & ((1u64 << shift) - 1) == 0 {
+        format!("{} {}", bytes >> shift, UNITS[unit])
+    } else {
+        format!("{:.1} {}", bytes as f64 / (1u64 << shift) as f64, UNITS[unit])
+    }
+}
+
+/// Parses `10G`, `512M`, `1.5T`, `4096`, `2GiB`: a number and an optional unit among B, K, M, G,
+/// T, P (powers of 1024; `KB`/`KiB` and lower case accepted too). Fractions of a byte are dropped.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let shift: u32 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        "P" | "PB" | "PIB" => 50,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use B, K, M, G, T or P (powers of 1024)")),
+    };
+    let not_a_size = || format!("{text:?} is not a size (like 4096, 512M, 10G, 1.5T)");
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() || fraction.contains('.') || fraction.len() > 9 {
+        return Err(not_a_size());
+    }
+    let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| not_a_size())? };
+    let mut bytes = whole.checked_shl(shift).filter(|b| b >> shift == whole).ok_or_else(not_a_size)?;
+    if !fraction.is_empty() {
+        let digits: u128 = fraction.parse().map_err(|_| not_a_size())?;
+        let scale = 10u128.pow(fraction.len() as u32);
+        if shift == 0 && digits != 0 {
+            return Err(format!("{text:?} is not a whole number of bytes"));
+        }
+        // Rounded down to a byte.
+        bytes += (digits << shift) / scale;
+    }
+    u64::try_from(bytes).map_err(|_| format!("{text:?} is too large"))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `3.2s ago`, `5m 10s ago`; `never` for 0.
+fn ago(then_ms: u64, now_ms: u64) -> String {
+    if then_ms == 0 {
+        return "never".to_owned();
+    }
+    format!("{} ago", duration(now_ms.saturating_sub(then_ms)))
+}
+
+fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..10 => format!("{:.1}s", ms as f64 / 1000.0),
+        10..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// `2024-05-01 12:00:00 UTC` (proleptic Gregorian calendar; H. Hinnant's days-to-civil).
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let z = i64::try_from(secs / 86_400).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let rem = secs % 86_400;
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // Whoever reads (`| head`) may stop early.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to stdout"),
+    }
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value).context("cannot encode the answer as JSON")?;
+    print(&format!("{text}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("10g"), Ok(10 << 30));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_size("1.5K"), Ok(1536));
+        assert_eq!(parse_size("2 P"), Ok(2 << 50));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("0.1K"), Ok(102));
+        assert_eq!(parse_size("1.3G"), Ok(1_395_864_371));
+        for bad in ["", "G", "10X", "1.2.3G", "-1", "1.5", ".", "16384P", "99999999999999999999999"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn sizes_print() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1024), "1 KiB");
+        assert_eq!(size(10 << 30), "10 GiB");
+        assert_eq!(size(1536 << 20), "1.5 GiB");
+        assert_eq!(size(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn times_print() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_700_000_000_123), "2023-11-14 22:13:20 UTC");
+        assert_eq!(ago(0, 5_000), "never");
+        assert_eq!(ago(1_000, 4_400), "3.4s ago");
+        assert_eq!(duration(125_000), "2m 5s");
+        assert_eq!(duration(90_000_000), "1d 1h");
+    }
+
+    #[test]
+    fn tables_align() {
+        let mut t = Table::new(&["NAME", "STATE"]);
+        t.row(vec!["n1".into(), "up".into()]);
+        t.row(vec!["node-long".into(), "down".into()]);
+        assert_eq!(t.render_or("none"), "NAME       STATE\nn1         up\nnode-long  down\n");
+        assert_eq!(Table::new(&["A"]).render_or("none"), "none\n");
+    }
+
+    #[test]
+    fn cluster_file_addresses() {
+        let path = Path::new("cluster.json");
+        let listed = r#"{"cldb": ["127.0.0.1:7222", "127.0.0.1:7223"], "nodes": []}"#;
+        assert_eq!(
+            addresses_from_cluster_file(listed, path).expect("listed"),
+            vec!["127.0.0.1:7222", "127.0.0.1:7223"]
+        );
+        let from_nodes =
+            r#"{"nodes": [{"address": "10.0.0.1", "cldb_port": 7222}, {"address": "10.0.0.2"}]}"#;
+        assert_eq!(addresses_from_cluster_file(from_nodes, path).expect("nodes"), vec!["10.0.0.1:7222"]);
+        let one_node = r#"{"coord": [{"id": 1, "address": "127.0.0.1:5181"}]}"#;
+        let error = addresses_from_cluster_file(one_node, path).expect_err("no CLDB").to_string();
+        assert!(error.contains("names no CLDB"), "{error}");
+    }
+}
