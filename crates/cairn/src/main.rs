@@ -63,7 +63,8 @@ struct UpArgs {
     /// `/ *(rw,no_root_squash)` when absent].
     #[arg(long)]
     exports: Option<PathBuf>,
-    /// Coord members to run on this machine, each its own process on loopback: 1, 3 or 5.
+    /// Nodes to run on this machine, each its own process: 1 (one process, no CLDB), or 3 to 9
+    /// (coord and CLDB on the first 3, or 5 from 5 nodes on).
     #[arg(long, default_value_t = 1)]
     nodes: u16,
     /// Port of the first coord member; the others use the next ports.
@@ -76,6 +77,10 @@ struct UpArgs {
     /// (NFS too: node i serves NFS on --nfs-port + i.)
     #[arg(long, default_value_t = 5660)]
     fileserver_port: u16,
+    /// With several nodes: seconds a volume may lack copies (a node down) before the CLDB makes
+    /// new ones on other nodes.
+    #[arg(long, default_value_t = 60)]
+    rereplication_timeout: u64,
 }
 
 #[derive(Subcommand)]
@@ -128,6 +133,7 @@ fn main() -> ExitCode {
                     up: config,
                     cldb_port: args.cldb_port,
                     fileserver_port: args.fileserver_port,
+                    rereplication_timeout: std::time::Duration::from_secs(args.rereplication_timeout),
                 })
             } else {
                 up::run(config)

@@ -139,7 +139,7 @@ impl CoordMembers {
     }
 
     fn addresses(&self) -> Vec<String> {
-        self.members.iter().map(|(_, a, _)| a.clone()).collect()
+        self.members.iter().filter(|(_, a, _)| !a.is_empty()).map(|(_, a, _)| a.clone()).collect()
     }
 
     /// Waits until a member reports a leader; fails early if a member process exits.
@@ -329,25 +329,34 @@ pub struct ClusterUpConfig {
     pub up: UpConfig,
     pub cldb_port: u16,
     pub fileserver_port: u16,
+    /// How long a volume may lack copies before the CLDB makes new ones.
+    pub rereplication_timeout: std::time::Duration,
 }
 
-/// `cairn up --nodes N` (N = 3 or 5): N node processes on this machine, each running a coord
-/// member, a CLDB, a file server and an NFS gateway on its own ports (the first port of each
+/// Most nodes `cairn up` starts on one machine.
+pub const NODES_MAX: u16 = 9;
+
+/// `cairn up --nodes N` (3 ≤ N ≤ 9): N node processes on this machine, each running a file
+/// server and an NFS gateway, the first 3 (5 from 5 nodes on) also a coord member and a CLDB on its own ports (the first port of each
 /// kind, then the next ones), and the `default` volume.
 pub fn run_cluster(config: ClusterUpConfig) -> anyhow::Result<()> {
     let up = &config.up;
     fs::create_dir_all(&up.data_dir)
         .with_context(|| format!("cannot create data directory {}", up.data_dir.display()))?;
     let _lock = lock_data_dir(&up.data_dir)?;
-    if !matches!(up.nodes, 3 | 5) {
-        bail!("--nodes must be 1, 3 or 5 (a quorum needs an odd number of members), not {}", up.nodes);
+    if !(3..=NODES_MAX).contains(&up.nodes) {
+        bail!("--nodes must be 1, or 3 to {NODES_MAX}, not {}", up.nodes);
     }
+    // Coord members and CLDBs run on the first 3 nodes (5 from 5 nodes on): a quorum needs an
+    // odd number of members, and more than 5 only slows it down. The other nodes hold data and
+    // serve NFS.
+    let control = if up.nodes >= 5 { 5 } else { 3 };
     let host =
         if up.bind_address.is_unspecified() { "127.0.0.1".to_owned() } else { up.bind_address.to_string() };
     let port = |base: u16, i: u16| base.checked_add(i).context("port out of range");
     let mut coord_members = Vec::new();
     let mut cldbs = Vec::new();
-    for i in 0..up.nodes {
+    for i in 0..control {
         coord_members.push(format!("{}={host}:{}", i + 1, port(up.coord_port, i)?));
         cldbs.push(format!("{host}:{}", port(config.cldb_port, i)?));
     }
@@ -358,10 +367,10 @@ pub fn run_cluster(config: ClusterUpConfig) -> anyhow::Result<()> {
             data_dir: up.data_dir.join("nodes").join(&name),
             name,
             bind: up.bind_address,
-            coord_id: Some(u64::from(i) + 1),
-            coord_port: Some(port(up.coord_port, i)?),
+            coord_id: (i < control).then_some(u64::from(i) + 1),
+            coord_port: if i < control { Some(port(up.coord_port, i)?) } else { None },
             coord_members: coord_members.clone(),
-            cldb_port: Some(port(config.cldb_port, i)?),
+            cldb_port: if i < control { Some(port(config.cldb_port, i)?) } else { None },
             cldbs: cldbs.clone(),
             fileserver_port: port(config.fileserver_port, i)?,
             nfs_port: port(up.nfs_port, i)?,
@@ -370,7 +379,8 @@ pub fn run_cluster(config: ClusterUpConfig) -> anyhow::Result<()> {
             nfs_volume: "default".to_string(),
             topology: String::new(),
             node_timeout_ms: 6_000,
-            rereplication_timeout_ms: 60_000,
+            rereplication_timeout_ms: u64::try_from(config.rereplication_timeout.as_millis())
+                .unwrap_or(u64::MAX),
         });
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -420,7 +430,13 @@ async fn serve_cluster(
             });
         }
         let child = command.spawn().with_context(|| format!("cannot start node {}", config.name))?;
-        let coord = config.coord_members[i].split_once('=').map(|(_, a)| a.to_string()).unwrap_or_default();
+        // A data-only node has no coord member: no address.
+        let coord = match config.coord_id {
+            Some(_) => {
+                config.coord_members[i].split_once('=').map(|(_, a)| a.to_string()).unwrap_or_default()
+            }
+            None => String::new(),
+        };
         nodes.members.push((i as u64 + 1, coord, child));
     }
     let leader = nodes.wait_for_node_leader(&configs).await?;
@@ -486,7 +502,7 @@ async fn serve_cluster(
         "pid": std::process::id(),
         "nfs": format!("{}:{}", host(&configs[0]), configs[0].nfs_port),
         "cldb": cldbs,
-        "coord": nodes.members.iter().map(|(id, address, child)| serde_json::json!({
+        "coord": nodes.members.iter().filter(|(_, address, _)| !address.is_empty()).map(|(id, address, child)| serde_json::json!({
             "id": id, "address": address, "pid": child.id(),
         })).collect::<Vec<_>>(),
         "nodes": configs.iter().zip(&nodes.members).map(|(c, (_, _, child))| serde_json::json!({
@@ -500,7 +516,8 @@ async fn serve_cluster(
     fs::write(&cluster_file, format!("{cluster:#}\n"))
         .with_context(|| format!("cannot write {}", cluster_file.display()))?;
     let nfs: Vec<String> = configs.iter().map(|c| format!("{}:{}", host(c), c.nfs_port)).collect();
-    let coord: Vec<&str> = nodes.members.iter().map(|(_, a, _)| a.as_str()).collect();
+    let coord: Vec<&str> =
+        nodes.members.iter().map(|(_, a, _)| a.as_str()).filter(|a| !a.is_empty()).collect();
     say!(
         "Cairn is ready: cluster={cluster_id:016x} nodes={} nfs={} cldb={} coord={} coord_leader={leader}",
         configs.len(),

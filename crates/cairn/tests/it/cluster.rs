@@ -29,12 +29,18 @@ impl Cluster {
 
     /// `cairn up --nodes COUNT` on 127.0.0.1.
     pub(crate) fn start_nodes(data_dir: &std::path::Path, count: usize) -> Cluster {
+        Cluster::start_with(data_dir, count, &[])
+    }
+
+    /// `cairn up --nodes COUNT` on 127.0.0.1 with more arguments.
+    pub(crate) fn start_with(data_dir: &std::path::Path, count: usize, extra: &[&str]) -> Cluster {
         let mut last_error = String::new();
         for _ in 0..4 {
             // Four runs of `count` consecutive ports, in a range of their own.
             let base = 21_000 + (free_port() % 9_000) / 10 * 6;
             let mut up = Command::new(CAIRN)
                 .args(["up", "--no-portmap", "--nodes", &count.to_string()])
+                .args(extra)
                 .args(["--nfs-port", &base.to_string()])
                 .args(["--coord-port", &(base + 10_000).to_string()])
                 .args(["--cldb-port", &(base + 20_000).to_string()])

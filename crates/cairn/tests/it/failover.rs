@@ -18,10 +18,18 @@ const FAILOVER_WRITE_SCRIPT: &str = include_str!("guest/failover_write.sh");
 const REJOIN_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// `cairn volume info default --json` of the cluster whose data directory is `data`, run in
-/// `netns`: the volume's placement (`master`, `replicas`, `resyncing`, `epoch`).
-fn default_placement(netns: &Netns, data: &Path) -> serde_json::Value {
-    let output = Command::new("ip")
-        .args(["netns", "exec", &netns.name, CAIRN, "volume", "info", "default", "--json", "--data-dir"])
+/// `netns` if given: the volume's placement (`master`, `replicas`, `resyncing`, `epoch`).
+pub(crate) fn default_placement(netns: Option<&Netns>, data: &Path) -> serde_json::Value {
+    let mut command = match netns {
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", &netns.name, CAIRN]);
+            command
+        }
+        None => Command::new(CAIRN),
+    };
+    let output = command
+        .args(["volume", "info", "default", "--json", "--data-dir"])
         .arg(data)
         .output()
         .expect("run cairn volume info");
@@ -70,7 +78,7 @@ fn killing_the_volume_master_during_a_256_mib_kernel_write_loses_nothing_and_it_
     // Three copies, and the master is known.
     let deadline = Instant::now() + Duration::from_secs(30);
     let placement = loop {
-        let placement = default_placement(&netns, &data);
+        let placement = default_placement(Some(&netns), &data);
         if placement["replicas"].as_array().is_some_and(|replicas| replicas.len() == 3) {
             break placement;
         }
@@ -106,7 +114,7 @@ fn killing_the_volume_master_during_a_256_mib_kernel_write_loses_nothing_and_it_
     eprintln!("the guest finished {:?} after the kill", killed_at.elapsed());
 
     // The new master is another node, and a third gateway reads the same bytes.
-    let placement = default_placement(&netns, &data);
+    let placement = default_placement(Some(&netns), &data);
     assert_ne!(placement["master"].as_str(), Some(master.as_str()), "no failover: {placement}");
     let reader = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), nfs_port(reader_index));
     let copy = dir.path().join("big.bin");
@@ -135,7 +143,7 @@ fn killing_the_volume_master_during_a_256_mib_kernel_write_loses_nothing_and_it_
     );
     let deadline = Instant::now() + REJOIN_TIMEOUT;
     loop {
-        let placement = default_placement(&netns, &data);
+        let placement = default_placement(Some(&netns), &data);
         let replicas: Vec<&str> = placement["replicas"]
             .as_array()
             .map(|r| r.iter().filter_map(|n| n.as_str()).collect())
@@ -308,4 +316,72 @@ fn write_stable(
         }
         Ok(())
     })
+}
+
+#[test]
+fn a_copy_lost_with_its_node_is_made_again_on_a_fourth_node() {
+    crate::support::require_libnfs_utils();
+    let dir = test_dir("rereplication");
+    let data = dir.path().join("data");
+    let cluster = crate::cluster::Cluster::start_with(&data, 4, &["--rereplication-timeout", "5"]);
+    let bytes = crate::support::random_bytes(24 << 20);
+    let source = dir.path().join("source.bin");
+    std::fs::write(&source, &bytes).expect("write the source");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let placement = loop {
+        let placement = default_placement(None, &data);
+        if placement["replicas"].as_array().is_some_and(|replicas| replicas.len() == 3) {
+            break placement;
+        }
+        assert!(Instant::now() < deadline, "the default volume never had 3 replicas: {placement}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let names = |placement: &serde_json::Value, field: &str| -> Vec<String> {
+        placement[field]
+            .as_array()
+            .map(|list| list.iter().filter_map(|n| n.as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    };
+    let replicas = names(&placement, "replicas");
+    let master = placement["master"].as_str().expect("master").to_owned();
+    let nodes = cluster.cluster["nodes"].as_array().expect("nodes").clone();
+    let index_of =
+        |name: &str| nodes.iter().position(|node| node["name"] == name).expect("a node of cluster.json");
+    let spare = nodes
+        .iter()
+        .map(|node| node["name"].as_str().expect("name").to_owned())
+        .find(|name| !replicas.contains(name))
+        .expect("a fourth node outside the placement");
+    let victim =
+        replicas.iter().find(|name| **name != master).expect("a replica that is not the master").clone();
+
+    // Data in the volume, written through the spare node's gateway.
+    let to = nfs_file_url(cluster.nfs[index_of(&spare)], "/before-loss.bin", "");
+    libnfs_ok(None, "nfs-cp", &[source.to_str().expect("path"), &to]);
+
+    let pid = nodes[index_of(&victim)]["pid"].as_i64().expect("pid") as i32;
+    // SAFETY: kill(2) of a node process of this test's cluster.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill -9 {victim}");
+    let killed_at = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let placement = default_placement(None, &data);
+        let replicas = names(&placement, "replicas");
+        if replicas.len() == 3
+            && replicas.contains(&spare)
+            && !replicas.contains(&victim)
+            && names(&placement, "resyncing").is_empty()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{spare} did not replace {victim} within 90 s: {placement}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("{spare} replaced {victim} {:?} after the kill", killed_at.elapsed());
+
+    // The file is whole, read through the new copy's node.
+    let read = dir.path().join("read.bin");
+    let from = nfs_file_url(cluster.nfs[index_of(&spare)], "/before-loss.bin", "");
+    libnfs_ok(None, "nfs-cp", &[&from, read.to_str().expect("path")]);
+    assert_eq!(md5_of_file(&read), md5_of_file(&source), "the file differs after re-replication");
 }
