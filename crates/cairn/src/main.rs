@@ -81,6 +81,9 @@ struct UpArgs {
     /// new ones on other nodes.
     #[arg(long, default_value_t = 60)]
     rereplication_timeout: u64,
+    /// With several nodes: copies of the default volume (DESIGN.md: 3).
+    #[arg(long, default_value_t = 3)]
+    replication: u32,
 }
 
 #[derive(Subcommand)]
@@ -134,6 +137,7 @@ fn main() -> ExitCode {
                     cldb_port: args.cldb_port,
                     fileserver_port: args.fileserver_port,
                     rereplication_timeout: std::time::Duration::from_secs(args.rereplication_timeout),
+                    replication: args.replication,
                 })
             } else {
                 up::run(config)

@@ -331,6 +331,8 @@ pub struct ClusterUpConfig {
     pub fileserver_port: u16,
     /// How long a volume may lack copies before the CLDB makes new ones.
     pub rereplication_timeout: std::time::Duration,
+    /// Copies of the default volume (at most the number of nodes).
+    pub replication: u32,
 }
 
 /// Most nodes `cairn up` starts on one machine.
@@ -388,13 +390,21 @@ pub fn run_cluster(config: ClusterUpConfig) -> anyhow::Result<()> {
         .thread_name("cairn")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve_cluster(&up.data_dir, configs, cldbs))
+    if !(1..=u32::from(up.nodes).min(5)).contains(&config.replication) {
+        bail!(
+            "--replication must be 1 to {} (the nodes, at most 5), not {}",
+            up.nodes.min(5),
+            config.replication
+        );
+    }
+    runtime.block_on(serve_cluster(&up.data_dir, configs, cldbs, config.replication))
 }
 
 async fn serve_cluster(
     data_dir: &Path,
     configs: Vec<crate::node::NodeConfig>,
     cldbs: Vec<String>,
+    replication: u32,
 ) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -460,8 +470,7 @@ async fn serve_cluster(
                 let spec = cairn_cldb::proto::VolumeSpec {
                     name: "default".to_string(),
                     mount_path: Some("/".to_string()),
-                    // Three copies (DESIGN.md), or one per node on a smaller cluster.
-                    replication: Some(3.min(configs.len() as u32)),
+                    replication: Some(replication),
                     min_replication: Some(1),
                     ..Default::default()
                 };
