@@ -151,7 +151,13 @@ impl ClusterFs {
     }
 
     async fn call_async(&self, op: FsOp) -> StoreResult<FsReply> {
-        let request_id = if op.is_change() { rand::random::<u128>() | 1 } else { 0 };
+        // A change served for a client request takes its id from the request (retransmissions
+        // through any gateway get the same one); others get a random one.
+        let request_id = if op.is_change() {
+            cairn_store::next_change_id().unwrap_or_else(|| rand::random::<u128>() | 1)
+        } else {
+            0
+        };
         let deadline = Instant::now() + RETRY_WINDOW;
         let mut backoff = BACKOFF_MIN;
         loop {

@@ -529,13 +529,42 @@ fn holds_complete_record(buffer: &[u8]) -> bool {
     mark & 0x8000_0000 != 0 && buffer.len() - 4 >= (mark & 0x7fff_ffff) as usize
 }
 
+/// Most argument bytes that go into a request key.
+const REQUEST_KEY_ARGUMENT_BYTES: usize = 4096;
+
+/// The identity of one client call, the same on every gateway: a 128-bit FNV-1a hash of the
+/// client's address, the xid, the program, version and procedure, the arguments' length and
+/// their first bytes. The volume's master remembers the answers of changes by it (through
+/// [`cairn_store::serving_request`]), so a retransmission that reaches another gateway (after a
+/// virtual IP moved) gets the first answer again, not a wrong error.
+fn request_key(client: IpAddr, header: &CallHeader, arguments: &[u8]) -> u128 {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    let address = match client {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let numbers = [header.xid, header.program, header.version, header.procedure];
+    let length = (arguments.len() as u64).to_be_bytes();
+    let prefix = &arguments[..arguments.len().min(REQUEST_KEY_ARGUMENT_BYTES)];
+    let bytes = address
+        .into_iter()
+        .chain(numbers.into_iter().flat_map(u32::to_be_bytes))
+        .chain(length)
+        .chain(prefix.iter().copied());
+    bytes.fold(OFFSET, |hash, byte| (hash ^ u128::from(byte)).wrapping_mul(PRIME))
+}
+
 /// Executes one call (on a blocking thread unless [`runs_inline`]). A panic (a bug) becomes one SYSTEM_ERR reply.
 fn run_job(shared: &Shared, peer: SocketAddr, job: &Job, record: &[u8]) -> Reply {
     let header = &job.header;
     let arguments = &record[header.arguments_offset..];
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| match header.program {
         crate::NFS_PROGRAM => {
-            nfs::execute(shared, &job.caller, job.read_only, header.xid, header.procedure, arguments)
+            let key = request_key(peer.ip().to_canonical(), header, arguments);
+            cairn_store::serving_request(key, || {
+                nfs::execute(shared, &job.caller, job.read_only, header.xid, header.procedure, arguments)
+            })
         }
         _ => mount::execute(shared, peer, header.xid, header.version, header.procedure, arguments),
     }));

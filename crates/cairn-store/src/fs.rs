@@ -3,6 +3,8 @@
 //! [`Store`] implements it on local disk (a one-node cluster); the cluster client implements it by
 //! calling the volume's master file server over the network. The gateway only knows this trait.
 
+use std::cell::Cell;
+
 use cairn_types::{ClusterId, Fid, VolumeId};
 
 use crate::{
@@ -202,4 +204,39 @@ impl FileSystem for Store {
     fn fsstat(&self) -> StoreResult<FsStat> {
         Store::fsstat(self)
     }
+}
+
+thread_local! {
+    /// The client request this thread is serving: its key and the changes made for it so far.
+    static REQUEST: Cell<Option<(u128, u64)>> = const { Cell::new(None) };
+}
+
+/// Runs `work` as the handling of one client request identified by `key` (the gateway derives it
+/// from the client's address, the RPC xid and the call's arguments, so a retransmission has the
+/// same key whichever gateway it reaches). Changes made through a [`FileSystem`] that crosses the
+/// network take their request ids from it ([`next_change_id`]): the volume's master then answers a
+/// retransmission with the first answer instead of running the change again.
+pub fn serving_request<T>(key: u128, work: impl FnOnce() -> T) -> T {
+    struct Restore(Option<(u128, u64)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REQUEST.set(self.0);
+        }
+    }
+    let _restore = Restore(REQUEST.replace(Some((key, 0))));
+    work()
+}
+
+/// The id of the next change made for the request being served (`None` outside
+/// [`serving_request`]): the request's key mixed with the number of changes made for it so far,
+/// so each change of one request gets its own id, and a retransmission of the request gives its
+/// changes the same ids again.
+pub fn next_change_id() -> Option<u128> {
+    REQUEST.with(|cell| {
+        let (key, count) = cell.get()?;
+        cell.set(Some((key, count + 1)));
+        // A multiplicative mix of the count into both halves (nonzero: 0 means "no id").
+        let mixed = key ^ u128::from(count).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        Some(mixed | 1)
+    })
 }

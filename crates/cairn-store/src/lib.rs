@@ -82,7 +82,7 @@ pub use api::*;
 use cairn_types::{ClusterId, ContainerId, Epoch, Fid, TxnId, VolumeId};
 #[doc(hidden)]
 pub use faults::FailPoint;
-pub use fs::FileSystem;
+pub use fs::{FileSystem, next_change_id, serving_request};
 use parking_lot::{Mutex, RwLock};
 
 use crate::data::{ChunkFiles, DataContainer};

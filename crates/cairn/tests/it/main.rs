@@ -10,6 +10,7 @@
 mod admin;
 mod cluster;
 mod coord;
+mod drc;
 mod exports;
 mod failover;
 mod kernel_client;
