@@ -6,8 +6,9 @@
 //! are opened lazily, kept, and replaced when they break. Every call has an overall deadline.
 //!
 //! Requests that are safe to repeat (reads, heartbeats) are retried on another CLDB after a
-//! broken connection. CreateVolume and RemoveVolume are not: if the connection breaks after one
-//! was sent, the call fails with `Unavailable` and the caller must look before retrying.
+//! broken connection, and so is ModifyVolume (it sets values: applied twice, it changes nothing
+//! more). CreateVolume and RemoveVolume are not: if the connection breaks after one was sent,
+//! the call fails with `Unavailable` and the caller must look before retrying.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::proto::{
     Alarm, CldbError, CldbStatus, ContainerInfo, Heartbeat, HeartbeatReply, NodeInfo, Request, Response,
-    RpcClient, VolumeInfo, VolumeLocation, VolumeSpec,
+    RpcClient, VolumeChange, VolumeInfo, VolumeLocation, VolumeSpec,
 };
 
 /// Pause after a pass over every CLDB without an answer, or while a master is being elected.
@@ -220,6 +221,14 @@ impl CldbClient {
     pub async fn remove_volume(&self, name: &str) -> Result<u32, CldbError> {
         match self.call(Request::RemoveVolume { name: name.to_owned() }).await? {
             Response::Removed { id } => Ok(id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Changes a volume's quotas or replication; returns the new record.
+    pub async fn modify_volume(&self, change: VolumeChange) -> Result<VolumeInfo, CldbError> {
+        match self.call(Request::ModifyVolume(change)).await? {
+            Response::Volume(v) => Ok(v),
             other => Err(unexpected(other)),
         }
     }

@@ -1,6 +1,6 @@
 //! Limits, names, container ids and the checks on what callers send.
 
-use crate::proto::{CldbError, ContainerKind, Heartbeat, Placement, Volume, VolumeSpec};
+use crate::proto::{CldbError, ContainerKind, Heartbeat, Placement, Volume, VolumeChange, VolumeSpec};
 
 /// Topology of a node that announces none.
 pub const DEFAULT_TOPOLOGY: &str = "/default-rack";
@@ -133,6 +133,47 @@ pub fn check_mount_path(path: &str) -> Result<(), CldbError> {
     Ok(())
 }
 
+/// Replication 1..=[`REPLICATION_MAX`], minimum replication 1..=replication.
+fn check_replication(replication: u32, min_replication: u32) -> Result<(), CldbError> {
+    if !(1..=REPLICATION_MAX).contains(&replication) {
+        return Err(CldbError::InvalidSpec(format!("replication {replication}: 1 to {REPLICATION_MAX}")));
+    }
+    if !(1..=replication).contains(&min_replication) {
+        return Err(CldbError::InvalidSpec(format!(
+            "minimum replication {min_replication}: 1 to the replication ({replication})"
+        )));
+    }
+    Ok(())
+}
+
+/// The advisory quota may not be above the hard quota.
+fn check_quotas(hard: Option<u64>, advisory: Option<u64>) -> Result<(), CldbError> {
+    if let (Some(hard), Some(advisory)) = (hard, advisory)
+        && advisory > hard
+    {
+        return Err(CldbError::InvalidSpec(format!(
+            "advisory quota {advisory} is above the hard quota {hard}"
+        )));
+    }
+    Ok(())
+}
+
+/// The record of `v` with the quotas and replication of `change` (the placement untouched:
+/// [`crate::planner::modify_volume`] adapts it), checked like a spec: the resulting values must
+/// be valid together, so lowering the replication below the current minimum replication needs a
+/// lower `min_replication` in the same change.
+pub fn check_change(v: &Volume, change: &VolumeChange) -> Result<Volume, CldbError> {
+    check_volume_name(&change.name)?;
+    let mut changed = v.clone();
+    changed.quota_bytes = change.quota.apply(v.quota_bytes);
+    changed.advisory_quota_bytes = change.advisory_quota.apply(v.advisory_quota_bytes);
+    changed.replication = change.replication.unwrap_or(v.replication);
+    changed.min_replication = change.min_replication.unwrap_or(v.min_replication);
+    check_replication(changed.replication, changed.min_replication)?;
+    check_quotas(changed.quota_bytes, changed.advisory_quota_bytes)?;
+    Ok(changed)
+}
+
 /// A spec with its defaults filled in and checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckedSpec {
@@ -149,28 +190,15 @@ pub fn check_spec(spec: &VolumeSpec) -> Result<CheckedSpec, CldbError> {
     let mount_path = spec.mount_path.clone().unwrap_or_else(|| format!("/{}", spec.name));
     check_mount_path(&mount_path)?;
     let replication = spec.replication.unwrap_or(DEFAULT_REPLICATION);
-    if !(1..=REPLICATION_MAX).contains(&replication) {
-        return Err(CldbError::InvalidSpec(format!("replication {replication}: 1 to {REPLICATION_MAX}")));
-    }
     let min_replication = spec.min_replication.unwrap_or(1);
-    if !(1..=replication).contains(&min_replication) {
-        return Err(CldbError::InvalidSpec(format!(
-            "minimum replication {min_replication}: 1 to the replication ({replication})"
-        )));
-    }
+    check_replication(replication, min_replication)?;
     let data_containers = spec.data_containers.unwrap_or(DEFAULT_DATA_CONTAINERS);
     if !(1..=DATA_CONTAINERS_MAX).contains(&data_containers) {
         return Err(CldbError::InvalidSpec(format!(
             "data containers {data_containers}: 1 to {DATA_CONTAINERS_MAX}"
         )));
     }
-    if let (Some(hard), Some(advisory)) = (spec.quota_bytes, spec.advisory_quota_bytes)
-        && advisory > hard
-    {
-        return Err(CldbError::InvalidSpec(format!(
-            "advisory quota {advisory} is above the hard quota {hard}"
-        )));
-    }
+    check_quotas(spec.quota_bytes, spec.advisory_quota_bytes)?;
     Ok(CheckedSpec {
         name: spec.name.clone(),
         mount_path,

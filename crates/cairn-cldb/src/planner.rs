@@ -19,15 +19,16 @@
 //!    targets (spread across topologies, least loaded first) until `replicas + resyncing` reaches
 //!    `replication`.
 //!
-//! A removed volume's record is deleted once no Up node reports a copy of it.
+//! A removed volume's record is deleted once no Up node reports a copy of it. A change of a
+//! volume's replication by an administrator adapts its placement at once ([`modify_volume`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::model::CheckedSpec;
 use crate::proto::{
-    Alarm, AlarmKind, AssignedRole, Assignment, CldbError, NodeRecord, NodeState, ReportedRole, Volume,
-    VolumeReport, alarm_key,
+    Alarm, AlarmKind, AssignedRole, Assignment, CldbError, NodeRecord, NodeState, Placement, ReportedRole,
+    Volume, VolumeReport, alarm_key,
 };
 
 /// The timings the planner uses.
@@ -341,13 +342,7 @@ fn plan_volume(
     let wanted = v.replication as usize;
     if master_up {
         // 4. Nodes that come back with a copy are the preferred resync targets.
-        let mut returning: Vec<(u64, &String)> = up
-            .iter()
-            .filter(|n| !p.replicas.contains(n) && !p.resyncing.contains(n))
-            .filter_map(|n| report(tables, n, v.id).map(|r| (r.position, n)))
-            .collect();
-        returning.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
-        for (_, n) in returning {
+        for n in returning_copies(tables, up, &p, v.id) {
             if p.replicas.len() + p.resyncing.len() >= wanted {
                 break;
             }
@@ -415,6 +410,96 @@ fn plan_volume(
     let mut changed = v.clone();
     changed.placement = p;
     (Some(changed), alarms)
+}
+
+/// The Up nodes outside placement `p` that report a copy of volume `id`, most advanced first.
+fn returning_copies<'a>(
+    tables: &Tables,
+    up: &'a BTreeSet<String>,
+    p: &Placement,
+    id: u32,
+) -> Vec<&'a String> {
+    let mut returning: Vec<(u64, &String)> = up
+        .iter()
+        .filter(|n| !p.replicas.contains(n) && !p.resyncing.contains(n))
+        .filter_map(|n| report(tables, n, id).map(|r| (r.position, n)))
+        .collect();
+    returning.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    returning.into_iter().map(|(_, n)| n).collect()
+}
+
+/// The record of volume `v` after a ModifyVolume: `changed` is `v` with the new quotas and
+/// replication ([`crate::model::check_change`]), and its placement is adapted to the new
+/// replication at once (see [`crate::proto::VolumeChange`]):
+/// - higher: as many new resync targets as the replication grew (no more: a deficit left by
+///   dead nodes still waits for the re-replication timeout, rule 5), nodes reporting a copy
+///   first (rule 4), then picked like re-replication targets; none while the master is down
+///   (rules 4 and 5 add them once a new master is elected);
+/// - lower: the surplus leaves the placement, nodes that are down first, then resync targets
+///   (the latest first), then replicas from the end of the chain; never the master. Refused
+///   while the master is down, since the replica to be elected could be dropped.
+///
+/// The epoch goes up by one if the placement changed; `lost_since_ms` follows the new
+/// replication. Notes for the log go to `notes`.
+pub fn modify_volume(
+    config: &PlannerConfig,
+    tables: &Tables,
+    v: &Volume,
+    mut changed: Volume,
+    now_ms: u64,
+    notes: &mut Vec<String>,
+) -> Result<Volume, CldbError> {
+    let up = up_nodes(tables, now_ms, config);
+    let label = format!("volume {} ({})", v.name, v.id);
+    let wanted = changed.replication as usize;
+    let p = &mut changed.placement;
+    let master_up = up.contains(&p.master);
+    let members = p.replicas.len() + p.resyncing.len();
+    if members > wanted {
+        if !master_up {
+            return Err(CldbError::InvalidSpec(format!(
+                "volume {}: its master {} is down; lower the replication once a new master is elected",
+                v.name, p.master
+            )));
+        }
+        // Resync targets (latest first), then replicas from the end of the chain; the stable
+        // sort puts the nodes that are down before all of them.
+        let mut candidates: Vec<String> =
+            p.resyncing.iter().rev().chain(p.replicas.iter().skip(1).rev()).cloned().collect();
+        candidates.sort_by_key(|n| up.contains(n));
+        for n in candidates.into_iter().take(members - wanted) {
+            notes.push(format!("{label}: replication lowered to {wanted}, {n} leaves the placement"));
+            p.replicas.retain(|r| *r != n);
+            p.resyncing.retain(|r| *r != n);
+        }
+    } else if changed.replication > v.replication && master_up {
+        let grown = (changed.replication - v.replication) as usize;
+        let mut missing = wanted.saturating_sub(members).min(grown);
+        for n in returning_copies(tables, &up, p, v.id) {
+            if missing == 0 {
+                break;
+            }
+            notes.push(format!("{label}: replication raised to {wanted}, {n} has a copy, resyncing it"));
+            p.resyncing.push(n.clone());
+            missing -= 1;
+        }
+        let placed: Vec<String> = p.replicas.iter().chain(&p.resyncing).cloned().collect();
+        let exclude: BTreeSet<&String> = placed.iter().collect();
+        for n in choose(missing, &up, &exclude, &placed, tables, &load(tables)) {
+            notes.push(format!("{label}: replication raised to {wanted}, resyncing to {n}"));
+            p.resyncing.push(n);
+        }
+    }
+    if p.replicas.len() < wanted {
+        p.lost_since_ms.get_or_insert(now_ms);
+    } else {
+        p.lost_since_ms = None;
+    }
+    let old = &v.placement;
+    if p.master != old.master || p.replicas != old.replicas || p.resyncing != old.resyncing {
+        p.epoch = old.epoch.saturating_add(1);
+    }
+    Ok(changed)
 }
 
 /// The node address pairs of a list of node names.

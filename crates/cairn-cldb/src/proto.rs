@@ -34,12 +34,21 @@ pub enum Request {
     },
     ListAlarms,
     Status,
+    /// Master only. Changes a live volume's quotas or replication; answered with the new
+    /// record (`Response::Volume`).
+    ModifyVolume(VolumeChange),
 }
 
 impl Request {
     /// Writes and heartbeats go to the master; everything else may be answered by any CLDB.
     pub fn needs_master(&self) -> bool {
-        matches!(self, Request::Heartbeat(_) | Request::CreateVolume(_) | Request::RemoveVolume { .. })
+        matches!(
+            self,
+            Request::Heartbeat(_)
+                | Request::CreateVolume(_)
+                | Request::RemoveVolume { .. }
+                | Request::ModifyVolume(_)
+        )
     }
 }
 
@@ -162,10 +171,12 @@ pub enum AssignedRole {
     Remove,
 }
 
-/// One volume's placement as seen by one node. Assignments of a volume with the same epoch are
-/// identical, and a higher epoch always supersedes a lower one: a node keeps the highest epoch
-/// it has applied per volume and ignores older assignments (they can only come from a deposed
-/// CLDB master). `Remove` of a volume the CLDB no longer knows at all carries `u64::MAX`.
+/// One volume's placement as seen by one node. Assignments of a volume with the same epoch have
+/// the same placement (only the quotas may differ: ModifyVolume changes them without an epoch
+/// bump, and the master applies those of every assignment), and a higher epoch always supersedes
+/// a lower one: a node keeps the highest epoch it has applied per volume and ignores older
+/// assignments (they can only come from a deposed CLDB master). `Remove` of a volume the CLDB no
+/// longer knows at all carries `u64::MAX`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Assignment {
     pub volume: u32,
@@ -217,6 +228,56 @@ pub struct VolumeSpec {
     /// Default [`crate::model::DEFAULT_DATA_CONTAINERS`].
     #[serde(default)]
     pub data_containers: Option<u32>,
+}
+
+/// What [`VolumeChange`] does with one quota.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum QuotaChange {
+    /// Leave it as it is.
+    #[default]
+    Keep,
+    /// Set it to this many bytes (it may be below the bytes already used: growth is refused from
+    /// then on, nothing is deleted).
+    Set(u64),
+    /// No quota any more.
+    Remove,
+}
+
+impl QuotaChange {
+    /// The quota after the change.
+    pub fn apply(self, current: Option<u64>) -> Option<u64> {
+        match self {
+            QuotaChange::Keep => current,
+            QuotaChange::Set(bytes) => Some(bytes),
+            QuotaChange::Remove => None,
+        }
+    }
+}
+
+/// A request to change a live volume (ModifyVolume). Fields left at their default change
+/// nothing; the new values are checked like a [`VolumeSpec`]'s (replication 1..=5, minimum
+/// replication 1..=replication, advisory quota not above the hard quota). Setting the same
+/// values again changes nothing, so the request is safe to repeat.
+///
+/// A higher replication makes the CLDB add that many resync targets at once (nodes that report
+/// a copy first, then the placement rules of re-replication), without waiting for the
+/// re-replication timeout; a lower one drops the surplus at once: nodes that are down first,
+/// then resync targets, then replicas from the end of the chain, never the master; their nodes
+/// are told to delete their copies at their next heartbeat. Either bumps the placement epoch. A
+/// quota change keeps the epoch: the master applies the quotas of every assignment it gets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct VolumeChange {
+    pub name: String,
+    #[serde(default)]
+    pub quota: QuotaChange,
+    #[serde(default)]
+    pub advisory_quota: QuotaChange,
+    /// New number of copies, 1..=5.
+    #[serde(default)]
+    pub replication: Option<u32>,
+    /// New fewest copies (checked against the replication; only volume creation uses it).
+    #[serde(default)]
+    pub min_replication: Option<u32>,
 }
 
 /// A volume record, as kept in coord.

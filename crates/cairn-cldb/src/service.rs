@@ -15,7 +15,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::model::{check_heartbeat, check_node_name, check_spec, check_volume_name};
+use crate::model::{check_change, check_heartbeat, check_node_name, check_spec, check_volume_name};
 use crate::planner::{self, PlannerConfig, Tables};
 use crate::proto::{
     CldbError, CldbStatus, Heartbeat, HeartbeatReply, NodeRecord, NodeState, Request, Response, VolumeInfo,
@@ -266,6 +266,43 @@ impl Shared {
                 st.loaded.names.remove(&name);
                 st.loaded.tables.volumes.insert(id, volume);
                 Ok(Response::Removed { id })
+            }
+            Request::ModifyVolume(change) => {
+                check_volume_name(&change.name)?;
+                let mut st = m.ready_state().await?;
+                let Some(id) = st.loaded.names.get(&change.name).copied() else {
+                    return Err(CldbError::NoSuchVolume { what: change.name });
+                };
+                let old = view::live_volume(&st.loaded.tables, id)?.clone();
+                let changed = check_change(&old, &change)?;
+                let mut notes = Vec::new();
+                let volume = planner::modify_volume(
+                    &self.planner,
+                    &st.loaded.tables,
+                    &old,
+                    changed,
+                    now_ms(),
+                    &mut notes,
+                )?;
+                if volume != old {
+                    m.write(&mut st, vec![store::set(store::volume_path(id), store::to_json(&volume))])
+                        .await?;
+                    tracing::info!(
+                        "volume {} ({id}) modified: quota {:?}, advisory quota {:?}, replication {} (min {}), \
+                         epoch {}",
+                        volume.name,
+                        volume.quota_bytes,
+                        volume.advisory_quota_bytes,
+                        volume.replication,
+                        volume.min_replication,
+                        volume.placement.epoch
+                    );
+                    for note in &notes {
+                        tracing::info!("{note}");
+                    }
+                    st.loaded.tables.volumes.insert(id, volume.clone());
+                }
+                Ok(Response::Volume(view::volume_info(&st.loaded.tables, &volume)))
             }
             Request::Status => Ok(Response::Status(CldbStatus {
                 name: self.config.name.clone(),

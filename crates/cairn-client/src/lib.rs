@@ -12,14 +12,12 @@
 //! Only when the window runs out does the caller see [`StoreError::Unavailable`] (NFS3ERR_JUKEBOX:
 //! the NFS client tries again later).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_fileserver::proto::{FsOp, FsReply, Request, Response};
-use cairn_rpc::Client;
 use cairn_store::{
     Attributes, Caller, CommitResult, CreateHow, Created, DirectoryPage, FileSystem, FsStat, Linked, Lookup,
     ReadResult, Renamed, SetAttributes, SpecialKind, Stability, StoreError, StoreResult, Timestamp, WccData,
@@ -34,8 +32,7 @@ pub const RETRY_WINDOW: Duration = Duration::from_secs(90);
 /// Longest wait for one answer. A change may wait for a failover of its replicas, which the CLDB
 /// settles within a node timeout (6 s by default); a call that times out is retried.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait to connect to a file server.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub use cairn_fileserver::CONNECT_TIMEOUT;
 /// First and last pause between retries (doubling in between).
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -81,32 +78,8 @@ impl Locator for CldbLocator {
     }
 }
 
-type FsClient = Client<Request, Response, ()>;
-
 /// Connections to file servers, one per address, shared by every [`ClusterFs`] of a process.
-#[derive(Default)]
-pub struct Connections {
-    clients: Mutex<HashMap<String, FsClient>>,
-}
-
-impl Connections {
-    async fn get(&self, address: &str) -> Result<FsClient, String> {
-        if let Some(client) = self.clients.lock().get(address).filter(|client| !client.is_closed()) {
-            return Ok(client.clone());
-        }
-        let client = FsClient::connect_tcp(address, CONNECT_TIMEOUT, None)
-            .await
-            .map_err(|error| format!("cannot reach file server {address}: {error}"))?;
-        self.clients.lock().insert(address.to_string(), client.clone());
-        Ok(client)
-    }
-
-    fn forget(&self, address: &str) {
-        if let Some(client) = self.clients.lock().remove(address) {
-            client.close();
-        }
-    }
-}
+pub use cairn_fileserver::Connections;
 
 /// One volume of the cluster as a [`FileSystem`]. Its methods block: call them from blocking
 /// threads (never from an async task of `runtime`).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_cldb::CldbClient;
-use cairn_cldb::proto::{AssignedRole, Assignment, Heartbeat, ReportedRole, VolumeReport};
+use cairn_cldb::proto::{AssignedRole, Assignment, Heartbeat, ReplicationType, ReportedRole, VolumeReport};
 use cairn_types::ClusterId;
 use cairn_types::VolumeId;
 use tokio::sync::watch;
@@ -118,10 +118,11 @@ impl FileServer {
         let held = self.inner.volumes.read().get(&volume).cloned();
         let targets: Vec<(String, String)> =
             assignment.replicas.iter().chain(&assignment.resyncing).cloned().collect();
+        let chain = assignment.replication_type == ReplicationType::Chain;
         match (assignment.your_role, held) {
             (AssignedRole::Master, Some(Held::Master(master))) => {
                 master.store.set_quota(assignment.quota_bytes);
-                master.replicator.set_placement(epoch, targets);
+                master.replicator.set_placement(epoch, targets, chain);
             }
             (AssignedRole::Master, held) => {
                 let promoted = match held {
@@ -140,7 +141,7 @@ impl FileServer {
                 match opened {
                     Ok(Ok((store, replicator))) => {
                         store.set_quota(assignment.quota_bytes);
-                        replicator.set_placement(epoch, targets);
+                        replicator.set_placement(epoch, targets, chain);
                         tracing::info!(volume, epoch, promoted, "serving the volume as master");
                     }
                     Ok(Err(error)) => {
@@ -158,6 +159,8 @@ impl FileServer {
                 {
                     return;
                 }
+                // Our reference must go before the volume is released (it waits for sole use).
+                drop(held);
                 let inner = self.inner.clone();
                 let data_containers = Some(assignment.data_containers);
                 let opened = tokio::task::spawn_blocking(move || {
@@ -172,7 +175,8 @@ impl FileServer {
                     Err(error) => tracing::error!(volume, %error, "replica open task failed"),
                 }
             }
-            (AssignedRole::Remove, _) => {
+            (AssignedRole::Remove, held) => {
+                drop(held);
                 let inner = self.inner.clone();
                 let removed = tokio::task::spawn_blocking(move || inner.remove_copy(volume)).await;
                 match removed {

@@ -16,10 +16,12 @@
 
 mod heartbeat;
 pub mod proto;
+mod repair;
 mod replica;
 mod replicator;
 mod replies;
 mod server;
 
 pub use heartbeat::{HEARTBEAT_INTERVAL, NodeIdentity};
-pub use server::{FileServer, FileServerConfig, FileServerError};
+pub use replicator::{CONNECT_TIMEOUT, Connections, FileServerClient};
+pub use server::{FileServer, FileServerConfig, FileServerError, SCRUB_INTERVAL_DEFAULT};

@@ -5,10 +5,10 @@
 //! not the volume's master at that epoch answers [`WireError::NotMaster`], and the caller looks
 //! the volume up again (in the CLDB) and retries.
 
-use cairn_store::replication::{Record, SnapshotPiece};
+use cairn_store::replication::{Block, Record, SnapshotPiece};
 use cairn_store::{
-    Attributes, Caller, CommitResult, CreateHow, Created, DirectoryPage, FsStat, Linked, Lookup, ReadResult,
-    Renamed, SetAttributes, SpecialKind, Stability, StoreError, Timestamp, WccData, WriteResult,
+    Attributes, BadBlock, Caller, CommitResult, CreateHow, Created, DirectoryPage, FsStat, Linked, Lookup,
+    ReadResult, Renamed, SetAttributes, SpecialKind, Stability, StoreError, Timestamp, WccData, WriteResult,
 };
 use cairn_types::{ClusterId, Fid, VolumeId};
 use serde::{Deserialize, Serialize};
@@ -49,12 +49,28 @@ pub enum Response {
 pub enum ReplRequest {
     /// The master introduces itself; the replica answers where its copy stands
     /// ([`ReplReply::Position`]) and stops following any older master.
-    Hello { volume: u32, epoch: u64, master: String },
+    Hello {
+        volume: u32,
+        epoch: u64,
+        master: String,
+        /// Where the master serves (the replica asks it for blocks its scrub finds bad).
+        #[serde(default)]
+        master_address: String,
+    },
     /// The replica follows from its position on: the master checked that the replica's copy is
     /// a prefix of its own history.
     Follow { volume: u32, epoch: u64 },
-    /// Records to apply, consecutive, starting at most at the replica's position + 1.
-    Records { volume: u32, epoch: u64, records: Vec<Record> },
+    /// Records to apply, consecutive, starting at most at the replica's position + 1 (the
+    /// ones at or below it are skipped). Chain replication: the replica also sends them on to
+    /// the first of `forward` (node, address), with the rest of the list, and answers
+    /// [`ReplReply::Chain`].
+    Records {
+        volume: u32,
+        epoch: u64,
+        records: Vec<Record>,
+        #[serde(default)]
+        forward: Vec<(String, String)>,
+    },
     /// A full copy starts: the replica empties its copy.
     SnapshotBegin { volume: u32, epoch: u64 },
     /// Pieces of the full copy, in order.
@@ -64,6 +80,17 @@ pub enum ReplRequest {
     /// Records after `after` that the replica still keeps in memory (at most `bytes_max`):
     /// a newly promoted master catching up from a replica that got further than it.
     Fetch { volume: u32, epoch: u64, after: u64, bytes_max: u64 },
+    /// Verified chunk blocks ([`ReplReply::Blocks`]), to repair a bad block on another copy:
+    /// from a master to a replica, or from a replica to its master.
+    ReadBlocks {
+        volume: u32,
+        epoch: u64,
+        container: u32,
+        inode: u64,
+        chunk: u64,
+        first_block: u64,
+        count: u64,
+    },
 }
 
 impl ReplRequest {
@@ -75,7 +102,8 @@ impl ReplRequest {
             | ReplRequest::SnapshotBegin { volume, .. }
             | ReplRequest::SnapshotPieces { volume, .. }
             | ReplRequest::SnapshotEnd { volume, .. }
-            | ReplRequest::Fetch { volume, .. } => *volume,
+            | ReplRequest::Fetch { volume, .. }
+            | ReplRequest::ReadBlocks { volume, .. } => *volume,
         }
     }
 
@@ -87,7 +115,8 @@ impl ReplRequest {
             | ReplRequest::SnapshotBegin { epoch, .. }
             | ReplRequest::SnapshotPieces { epoch, .. }
             | ReplRequest::SnapshotEnd { epoch, .. }
-            | ReplRequest::Fetch { epoch, .. } => *epoch,
+            | ReplRequest::Fetch { epoch, .. }
+            | ReplRequest::ReadBlocks { epoch, .. } => *epoch,
         }
     }
 }
@@ -101,6 +130,13 @@ pub enum ReplReply {
     /// Answer to `Fetch`: the copy's history epoch and the records (consecutive from the
     /// asked-for one, or none if they are no longer kept).
     Records { history_epoch: u64, records: Vec<Record> },
+    /// Answer to `Records` along a chain: the position of each node that applied them (this
+    /// one first, then downstream), and the nodes further down that failed.
+    Chain { positions: Vec<(String, u64)>, failed: Vec<(String, ReplError)> },
+    /// Answer to `ReadBlocks` (`None`: a hole), and the replication position of the copy that
+    /// read them, after reading: a replica repairs its copy with them only once it has applied
+    /// that far (never with a block newer than its copy).
+    Blocks { blocks: Vec<Option<Block>>, position: u64 },
 }
 
 /// Why a replica refused a master's call.
@@ -115,6 +151,12 @@ pub enum ReplError {
     /// The records do not continue the copy, or it could not apply them: it needs a full copy.
     #[error("the replica needs a full resync: {0}")]
     NeedResync(String),
+    /// The next replica of a chain could not be reached or did not answer.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The replica could not do what was asked (e.g. its own block is bad too).
+    #[error("failed: {0}")]
+    Failed(String),
 }
 
 /// What a file server holds.
@@ -351,6 +393,9 @@ pub enum WireError {
     CrossVolume,
     #[error("checksum mismatch in {what} at byte {offset}")]
     Corrupt { what: String, offset: u64 },
+    /// A chunk block does not match its checksum (not retryable as such: repair it first).
+    #[error("checksum mismatch in {0}")]
+    BadBlock(BadBlock),
     #[error("container is poisoned: {0}")]
     Poisoned(String),
     #[error("I/O error: {0}")]
@@ -387,6 +432,7 @@ impl WireError {
             WireError::NotSupported(_) => StoreError::NotSupported("not supported by the file server"),
             WireError::CrossVolume => StoreError::CrossVolume,
             WireError::Corrupt { what, offset } => StoreError::Corrupt { what, offset },
+            WireError::BadBlock(block) => StoreError::BadBlock(block),
             WireError::Poisoned(message) => StoreError::Poisoned(message),
             WireError::Io(message) => StoreError::Io(std::io::Error::other(message)),
         }
@@ -412,6 +458,7 @@ impl From<StoreError> for WireError {
             StoreError::NotSupported(message) => WireError::NotSupported(message.to_owned()),
             StoreError::CrossVolume => WireError::CrossVolume,
             StoreError::Corrupt { what, offset } => WireError::Corrupt { what, offset },
+            StoreError::BadBlock(block) => WireError::BadBlock(block),
             StoreError::Poisoned(message) => WireError::Poisoned(message),
             StoreError::QuotaExceeded => WireError::QuotaExceeded,
             StoreError::Unavailable(message) => WireError::Unavailable(message),

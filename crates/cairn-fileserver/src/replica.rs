@@ -13,8 +13,8 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use cairn_store::replication::{Record, Replica};
-use cairn_store::{StoreConfig, StoreError};
+use cairn_store::replication::{Block, Record, Replica};
+use cairn_store::{BadBlock, ScrubCursor, StoreConfig, StoreError};
 use cairn_types::{ClusterId, VolumeId};
 use parking_lot::Mutex;
 
@@ -39,8 +39,9 @@ struct State {
     epoch: u64,
     /// The master this copy follows (node name), once it checked the copy or copied it anew.
     following: Option<String>,
-    /// The master that said hello last (it may not have decided yet).
+    /// The master that said hello last (it may not have decided yet), and its address.
     master: String,
+    master_address: String,
     history_epoch: u64,
     /// A full copy is being applied.
     copying: bool,
@@ -76,6 +77,7 @@ impl ReplicaVolume {
                 epoch,
                 following: None,
                 master: String::new(),
+                master_address: String::new(),
                 history_epoch,
                 copying: false,
                 retained: VecDeque::new(),
@@ -115,6 +117,36 @@ impl ReplicaVolume {
         (state.history_epoch, self.replica.position(), records)
     }
 
+    /// The master this copy follows: (address, epoch), for fetching good blocks from it.
+    pub(crate) fn master(&self) -> Option<(String, u64)> {
+        let state = self.state.lock();
+        state
+            .following
+            .as_ref()
+            .filter(|_| !state.master_address.is_empty())
+            .map(|_| (state.master_address.clone(), state.epoch))
+    }
+
+    /// One step of this copy's scrub (see [`Replica::scrub`]).
+    pub(crate) fn scrub(
+        &self,
+        cursor: ScrubCursor,
+        blocks_max: u64,
+    ) -> Result<(Vec<BadBlock>, Option<ScrubCursor>), StoreError> {
+        self.replica.scrub(cursor, blocks_max)
+    }
+
+    /// The last record applied.
+    pub(crate) fn position(&self) -> u64 {
+        self.replica.position()
+    }
+
+    /// Rewrites this copy's bad blocks among `blocks` (good ones from the master).
+    pub(crate) fn repair(&self, bad: BadBlock, blocks: Vec<Option<Block>>) -> Result<u64, StoreError> {
+        let _apply = self.apply.lock();
+        self.replica.repair_blocks(bad.container, bad.inode, bad.chunk, bad.block, blocks)
+    }
+
     /// Closes the copy durably (before it is opened as a master).
     pub(crate) fn close(self) -> Result<(), StoreError> {
         self.replica.close()
@@ -149,10 +181,11 @@ impl ReplicaVolume {
         }
         let need_resync = |error: StoreError| ReplError::NeedResync(error.to_string());
         match request {
-            ReplRequest::Hello { master, .. } => {
+            ReplRequest::Hello { master, master_address, .. } => {
                 let mut state = self.state.lock();
                 state.following = None;
                 state.master = master;
+                state.master_address = master_address;
                 Ok(ReplReply::Position {
                     history_epoch: state.history_epoch,
                     position: self.replica.position(),
@@ -221,6 +254,11 @@ impl ReplicaVolume {
                 state.following = Some(state.master.clone());
                 Ok(ReplReply::Position { history_epoch: epoch, position: self.replica.position() })
             }
+            ReplRequest::ReadBlocks { container, inode, chunk, first_block, count, .. } => self
+                .replica
+                .read_blocks(container, inode, chunk, first_block, count)
+                .map(|blocks| ReplReply::Blocks { blocks, position: self.replica.position() })
+                .map_err(|error| ReplError::Failed(error.to_string())),
             ReplRequest::Fetch { after, bytes_max, .. } => {
                 let mut state = self.state.lock();
                 // The caller is a new master: this copy stops following the old one.

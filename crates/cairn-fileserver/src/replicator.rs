@@ -46,29 +46,34 @@ pub(crate) const LOG_RETAINED_BYTES: usize = 64 << 20;
 const BATCH_BYTES_MAX: usize = 8 << 20;
 /// Longest wait for a replica's answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait to connect to a file server.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub(crate) type PeerClient = cairn_rpc::Client<Request, Response, ()>;
+/// A `cairn-rpc` connection to a file server.
+pub type FileServerClient = cairn_rpc::Client<Request, Response, ()>;
 
-/// Connections to other file servers, one per address.
+/// Connections to file servers, one per address, shared by everything in a process that calls
+/// them (a file server's replication links, the cluster client's `ClusterFs`).
 #[derive(Default)]
-pub(crate) struct Peers {
-    clients: Mutex<HashMap<String, PeerClient>>,
+pub struct Connections {
+    clients: Mutex<HashMap<String, FileServerClient>>,
 }
 
-impl Peers {
-    pub(crate) async fn get(&self, address: &str) -> Result<PeerClient, String> {
+impl Connections {
+    /// The open connection to `address`, or a new one.
+    pub async fn get(&self, address: &str) -> Result<FileServerClient, String> {
         if let Some(client) = self.clients.lock().get(address).filter(|client| !client.is_closed()) {
             return Ok(client.clone());
         }
-        let client = PeerClient::connect_tcp(address, CONNECT_TIMEOUT, None)
+        let client = FileServerClient::connect_tcp(address, CONNECT_TIMEOUT, None)
             .await
             .map_err(|error| format!("cannot reach file server {address}: {error}"))?;
         self.clients.lock().insert(address.to_string(), client.clone());
         Ok(client)
     }
 
-    pub(crate) fn forget(&self, address: &str) {
+    /// Closes and forgets the connection to `address` (after an error on it).
+    pub fn forget(&self, address: &str) {
         if let Some(client) = self.clients.lock().remove(address) {
             client.close();
         }
@@ -102,6 +107,16 @@ pub(crate) enum LinkError {
     Retry(String),
 }
 
+impl From<LinkError> for ReplError {
+    fn from(error: LinkError) -> ReplError {
+        match error {
+            LinkError::Fenced(epoch) => ReplError::Fenced { epoch },
+            LinkError::NeedCopy(why) => ReplError::NeedResync(why),
+            LinkError::Retry(why) => ReplError::Unreachable(why),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Connecting,
@@ -120,6 +135,8 @@ struct Link {
     acked: u64,
     /// While a full copy runs: records after this stay in the log.
     pin: Option<u64>,
+    /// Chain replication: the replica before it could not pass it records (the link starts over).
+    broken: Option<String>,
 }
 
 struct State {
@@ -133,17 +150,34 @@ struct State {
     log: VecDeque<Arc<Record>>,
     log_bytes: usize,
     links: BTreeMap<String, Link>,
+    /// The other replicas in chain order (the CLDB's order).
+    order: Vec<String>,
+    /// Chain replication: records go to the first following replica, which passes them on.
+    chain: bool,
     /// A replica knew this newer epoch.
     fenced: Option<u64>,
     /// The volume stopped being served here.
     stopped: bool,
 }
 
+impl State {
+    /// The replicas waited for that have not acknowledged record `seq`.
+    fn lagging(&self, seq: u64) -> Vec<&String> {
+        self.links
+            .iter()
+            .filter(|(_, link)| link.waited_for && link.acked < seq)
+            .map(|(node, _)| node)
+            .collect()
+    }
+}
+
 /// See the module documentation.
 pub(crate) struct NetReplicator {
     volume: u32,
     node: String,
-    peers: Arc<Peers>,
+    /// Where this file server serves.
+    address: String,
+    peers: Arc<Connections>,
     runtime: Handle,
     state: Mutex<State>,
     acked: Condvar,
@@ -155,13 +189,15 @@ pub(crate) struct NetReplicator {
 impl NetReplicator {
     /// A replicator for a master at `epoch` whose copy had `history_epoch` and, in `retained`,
     /// its latest records (consecutive, ending at its position).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         volume: u32,
         node: String,
+        address: String,
         epoch: u64,
         history_epoch: u64,
         retained: Vec<Record>,
-        peers: Arc<Peers>,
+        peers: Arc<Connections>,
         runtime: Handle,
     ) -> Arc<NetReplicator> {
         let log_bytes = retained.iter().map(|record| record.body.size_bytes()).sum();
@@ -169,6 +205,7 @@ impl NetReplicator {
         Arc::new(NetReplicator {
             volume,
             node,
+            address,
             peers,
             runtime,
             state: Mutex::new(State {
@@ -179,6 +216,8 @@ impl NetReplicator {
                 log: retained.into_iter().map(Arc::new).collect(),
                 log_bytes,
                 links: BTreeMap::new(),
+                order: Vec::new(),
+                chain: false,
                 fenced: None,
                 stopped: false,
             }),
@@ -208,6 +247,18 @@ impl NetReplicator {
         self.state.lock().fenced
     }
 
+    /// The replicas that follow and have acknowledged record `position`: copies a bad block
+    /// can be repaired from.
+    pub(crate) fn repair_sources(&self, position: u64) -> Vec<(String, String)> {
+        let state = self.state.lock();
+        state
+            .links
+            .iter()
+            .filter(|(_, link)| link.phase == Phase::Following && link.acked >= position)
+            .map(|(node, link)| (node.clone(), link.address.clone()))
+            .collect()
+    }
+
     /// The replicas that follow (receive every record): the CLDB counts resyncing nodes listed
     /// here as caught up.
     pub(crate) fn in_sync(&self) -> Vec<String> {
@@ -221,13 +272,17 @@ impl NetReplicator {
     }
 
     /// The CLDB's placement at `epoch`: (node, address) of every other replica and resync
-    /// target. Starts links to new ones, stops links to the ones that left.
-    pub(crate) fn set_placement(self: &Arc<Self>, epoch: u64, targets: Vec<(String, String)>) {
+    /// target, in chain order, and the replication type. Starts links to new ones, stops links
+    /// to the ones that left.
+    pub(crate) fn set_placement(self: &Arc<Self>, epoch: u64, targets: Vec<(String, String)>, chain: bool) {
         let mut state = self.state.lock();
         if epoch < state.epoch || state.stopped {
             return;
         }
         state.epoch = epoch;
+        state.chain = chain;
+        state.order =
+            targets.iter().map(|(node, _)| node.clone()).filter(|node| *node != self.node).collect();
         let wanted: BTreeMap<String, String> =
             targets.into_iter().filter(|(node, _)| *node != self.node).collect();
         let before = state.links.len();
@@ -247,6 +302,7 @@ impl NetReplicator {
                     waited_for: false,
                     acked: 0,
                     pin: None,
+                    broken: None,
                 },
             );
             let replicator = self.clone();
@@ -342,6 +398,7 @@ impl NetReplicator {
             self.update_link(&node, generation, |link| {
                 link.phase = Phase::Connecting;
                 link.pin = None;
+                link.broken = None;
             });
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(2));
@@ -358,7 +415,12 @@ impl NetReplicator {
     ) -> Result<(), LinkError> {
         let volume = self.volume;
         let epoch = self.epoch();
-        let hello = ReplRequest::Hello { volume, epoch, master: self.node.clone() };
+        let hello = ReplRequest::Hello {
+            volume,
+            epoch,
+            master: self.node.clone(),
+            master_address: self.address.clone(),
+        };
         let ReplReply::Position { history_epoch, position } = self.peers.call(address, hello).await? else {
             return Err(LinkError::Retry("unexpected answer to hello".to_string()));
         };
@@ -384,7 +446,7 @@ impl NetReplicator {
             link.acked = acked;
             link.pin = None;
         });
-        self.stream(node, address, generation, acked, epoch).await
+        self.stream(node, address, generation, epoch).await
     }
 
     /// A full copy; returns the sequence number it is consistent with.
@@ -453,63 +515,118 @@ impl NetReplicator {
         Ok(copied)
     }
 
-    /// Sends the records after `acked`, as they come, until the link is replaced or fails.
+    /// Sends the records the replica lacks, as they come, until the link is replaced or fails.
+    /// Star: to this link's replica. Chain: only the link of the first following replica sends,
+    /// from the lowest position along the chain (each replica skips what it has), and the
+    /// replicas pass the records on; the other links wait, and start over when the replica
+    /// before them reports that it could not reach them.
     async fn stream(
         &self,
         node: &str,
         address: &str,
         generation: u64,
-        mut acked: u64,
         mut sent_epoch: u64,
     ) -> Result<(), LinkError> {
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (batch, epoch) = {
+            let (batch, epoch, forward) = {
                 let state = self.state.lock();
-                if state.stopped || state.links.get(node).is_none_or(|link| link.generation != generation) {
+                let Some((me, link)) = state
+                    .links
+                    .get_key_value(node)
+                    .filter(|(_, link)| link.generation == generation && !state.stopped)
+                else {
                     return Ok(());
-                }
+                };
                 if let Some(epoch) = state.fenced {
                     return Err(LinkError::Fenced(epoch));
                 }
-                let mut batch = Vec::new();
-                if acked < state.last {
-                    let Some(first) = state.log.front() else {
-                        return Err(LinkError::Retry(
-                            "the log no longer holds what the replica lacks".into(),
-                        ));
-                    };
-                    if first.seq > acked + 1 {
-                        return Err(LinkError::Retry(
-                            "the log no longer holds what the replica lacks".into(),
-                        ));
-                    }
-                    let skip = usize::try_from(acked + 1 - first.seq).unwrap_or(usize::MAX);
-                    let mut bytes = 0;
-                    for record in state.log.iter().skip(skip) {
-                        bytes += record.body.size_bytes();
-                        if bytes > BATCH_BYTES_MAX && !batch.is_empty() {
-                            break;
-                        }
-                        batch.push(Record::clone(record));
-                    }
+                if let Some(why) = &link.broken {
+                    return Err(LinkError::Retry(why.clone()));
                 }
-                (batch, state.epoch)
+                let chain: Vec<(&String, &Link)> = if state.chain {
+                    state
+                        .order
+                        .iter()
+                        .filter_map(|name| state.links.get_key_value(name))
+                        .filter(|(_, link)| link.phase == Phase::Following)
+                        .collect()
+                } else {
+                    vec![(me, link)]
+                };
+                if chain.first().is_none_or(|(first, _)| first.as_str() != node) {
+                    // Chain replication, and another replica heads the chain: wait.
+                    (Vec::new(), sent_epoch, Vec::new())
+                } else {
+                    let from = chain.iter().map(|(_, link)| link.acked).min().unwrap_or(link.acked) + 1;
+                    let forward: Vec<(String, String)> = chain[1..]
+                        .iter()
+                        .map(|(name, link)| ((*name).clone(), link.address.clone()))
+                        .collect();
+                    let mut batch = Vec::new();
+                    if from <= state.last {
+                        let lacking =
+                            || LinkError::Retry("the log no longer holds what a replica lacks".into());
+                        let first = state.log.front().ok_or_else(lacking)?;
+                        if first.seq > from {
+                            return Err(lacking());
+                        }
+                        let skip = usize::try_from(from - first.seq).unwrap_or(usize::MAX);
+                        let mut bytes = 0;
+                        for record in state.log.iter().skip(skip) {
+                            bytes += record.body.size_bytes();
+                            if bytes > BATCH_BYTES_MAX && !batch.is_empty() {
+                                break;
+                            }
+                            batch.push(Record::clone(record));
+                        }
+                    }
+                    (batch, state.epoch, forward)
+                }
             };
             if batch.is_empty() && epoch == sent_epoch {
                 let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
                 continue;
             }
-            let request = ReplRequest::Records { volume: self.volume, epoch, records: batch };
-            let ReplReply::Position { position, .. } = self.peers.call(address, request).await? else {
-                return Err(LinkError::Retry("unexpected answer to records".to_string()));
-            };
+            let request = ReplRequest::Records { volume: self.volume, epoch, records: batch, forward };
+            let reply = self.peers.call(address, request).await?;
             sent_epoch = epoch;
-            acked = position;
-            self.update_link(node, generation, |link| link.acked = position);
+            match reply {
+                ReplReply::Position { position, .. } => {
+                    self.update_link(node, generation, |link| link.acked = position)
+                }
+                ReplReply::Chain { positions, failed } => self.chain_answer(positions, failed),
+                ReplReply::Records { .. } | ReplReply::Blocks { .. } => {
+                    return Err(LinkError::Retry("unexpected answer to records".to_string()));
+                }
+            }
         }
+    }
+
+    /// The positions a chain reports, and the replicas it could not reach.
+    fn chain_answer(&self, positions: Vec<(String, u64)>, failed: Vec<(String, ReplError)>) {
+        let mut state = self.state.lock();
+        for (node, position) in positions {
+            if let Some(link) = state.links.get_mut(&node).filter(|link| link.phase == Phase::Following) {
+                link.acked = link.acked.max(position);
+            }
+        }
+        for (node, error) in failed {
+            if let ReplError::Fenced { epoch } = error {
+                if epoch > state.epoch && state.fenced.is_none() {
+                    tracing::warn!(volume = self.volume, epoch, "fenced: a newer epoch took the volume over");
+                    state.fenced = Some(epoch);
+                }
+            } else if let Some(link) = state.links.get_mut(&node) {
+                link.broken = Some(format!("the chain could not pass records on: {error}"));
+            }
+        }
+        self.trim(&mut state);
+        self.acked.notify_all();
+        drop(state);
+        self.wake.notify_waiters();
     }
 }
 
@@ -546,24 +663,13 @@ impl Replicator for NetReplicator {
             if state.stopped {
                 return Err(ReplicationError::Unavailable("the volume is no longer served here".to_string()));
             }
-            let lagging: Vec<&String> = state
-                .links
-                .iter()
-                .filter(|(_, link)| link.waited_for && link.acked < seq)
-                .map(|(node, _)| node)
-                .collect();
-            if lagging.is_empty() {
+            if state.lagging(seq).is_empty() {
                 return Ok(());
             }
             if self.acked.wait_until(&mut state, deadline).timed_out() {
-                let lagging: Vec<&String> = state
-                    .links
-                    .iter()
-                    .filter(|(_, link)| link.waited_for && link.acked < seq)
-                    .map(|(node, _)| node)
-                    .collect();
                 return Err(ReplicationError::Unavailable(format!(
-                    "replicas {lagging:?} did not acknowledge record {seq} within {WAIT_MAX:?}"
+                    "replicas {:?} did not acknowledge record {seq} within {WAIT_MAX:?}",
+                    state.lagging(seq)
                 )));
             }
         }

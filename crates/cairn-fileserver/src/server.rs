@@ -20,7 +20,7 @@ use crate::proto::{
     WireError,
 };
 use crate::replica::{self, ReplicaVolume};
-use crate::replicator::{NetReplicator, Peers};
+use crate::replicator::{Connections, NetReplicator};
 use crate::replies::{Begin, ReplyCache};
 
 /// Settings of a [`FileServer`].
@@ -36,7 +36,12 @@ pub struct FileServerConfig {
     pub advertise: Option<String>,
     /// Store settings used for every volume (its `data_dir` and `identity` are set per volume).
     pub store: StoreConfig,
+    /// A scrub pass over each copy starts this long after the previous one ended.
+    pub scrub_interval: Duration,
 }
+
+/// Default time between two scrub passes over a copy.
+pub const SCRUB_INTERVAL_DEFAULT: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileServerError {
@@ -61,9 +66,11 @@ pub(crate) struct MasterVolume {
 
 pub(crate) struct Inner {
     pub(crate) config: FileServerConfig,
+    /// The address other nodes reach this server at.
+    pub(crate) advertised: String,
     pub(crate) volumes: RwLock<HashMap<u32, Held>>,
     replies: ReplyCache,
-    pub(crate) peers: Arc<Peers>,
+    pub(crate) peers: Arc<Connections>,
     pub(crate) runtime: Handle,
 }
 
@@ -87,15 +94,18 @@ impl FileServer {
         let address = listener
             .local_addr()
             .map_err(|source| FileServerError::Bind { address: config.listen, source })?;
+        let advertised = config.advertise.clone().unwrap_or_else(|| address.to_string());
         let inner = Arc::new(Inner {
+            advertised,
             config,
             volumes: RwLock::new(HashMap::new()),
             replies: ReplyCache::default(),
-            peers: Arc::new(Peers::default()),
+            peers: Arc::new(Connections::default()),
             runtime: Handle::current(),
         });
         let (shutdown, mut shutdown_rx) = watch::channel(false);
         let handler = Arc::new(RpcHandler { inner: inner.clone() });
+        tokio::spawn(inner.clone().run_scrub(shutdown_rx.clone()));
         let task = tokio::spawn(async move {
             let stop = async move {
                 let _ = shutdown_rx.wait_for(|stop| *stop).await;
@@ -122,6 +132,7 @@ impl FileServer {
         let replicator = NetReplicator::new(
             volume.0,
             self.inner.config.node.clone(),
+            self.inner.advertised.clone(),
             epoch,
             0,
             Vec::new(),
@@ -138,7 +149,7 @@ impl FileServer {
 
     /// The address other nodes reach this server at.
     pub fn advertised_address(&self) -> String {
-        self.inner.config.advertise.clone().unwrap_or_else(|| self.address.to_string())
+        self.inner.advertised.clone()
     }
 
     /// The epoch at which this server masters the volume, if it does.
@@ -265,6 +276,7 @@ impl Inner {
         let replicator = NetReplicator::new(
             volume.0,
             self.config.node.clone(),
+            self.advertised.clone(),
             epoch,
             history_epoch,
             retained,
@@ -395,7 +407,7 @@ impl Inner {
     ) -> Result<FsReply, WireError> {
         let held = self.master(volume, epoch)?;
         if request_id == 0 || !op.is_change() {
-            return execute(held.store.clone(), op).await;
+            return self.execute_repairing(volume, &held, op).await;
         }
         loop {
             match self.replies.begin(request_id) {
@@ -404,11 +416,31 @@ impl Inner {
                     let _ = tokio::time::timeout(Duration::from_millis(200), notify.notified()).await;
                 }
                 Begin::Run => {
-                    let answer = execute(held.store.clone(), op).await;
+                    let answer = self.execute_repairing(volume, &held, op).await;
                     self.replies.finish(request_id, &answer);
                     return answer;
                 }
             }
+        }
+    }
+
+    /// Runs an operation; if it meets a bad block, repairs it from a replica and runs a read
+    /// or write again (once).
+    async fn execute_repairing(
+        &self,
+        volume: u32,
+        master: &Arc<MasterVolume>,
+        op: FsOp,
+    ) -> Result<FsReply, WireError> {
+        let again = matches!(op, FsOp::Read { .. } | FsOp::Write { .. }).then(|| op.clone());
+        match execute(master.store.clone(), op).await {
+            Err(WireError::BadBlock(bad)) => match again {
+                Some(op) if self.repair_on_master(volume, master, bad).await => {
+                    execute(master.store.clone(), op).await
+                }
+                _ => Err(WireError::BadBlock(bad)),
+            },
+            answer => answer,
         }
     }
 
@@ -418,13 +450,54 @@ impl Inner {
         let held = self.volumes.read().get(&volume).cloned();
         match held {
             Some(Held::Replica(replica)) => {
-                match tokio::task::spawn_blocking(move || replica.handle(request)).await {
-                    Ok(result) => result,
-                    Err(error) => Err(ReplError::NeedResync(format!("replica task failed: {error}"))),
+                let downstream = match &request {
+                    ReplRequest::Records { volume, epoch, records, forward } if !forward.is_empty() => {
+                        let (next, rest) = (&forward[0], &forward[1..]);
+                        let request = ReplRequest::Records {
+                            volume: *volume,
+                            epoch: *epoch,
+                            records: records.clone(),
+                            forward: rest.to_vec(),
+                        };
+                        Some((next.clone(), request))
+                    }
+                    _ => None,
+                };
+                let local = async move {
+                    match tokio::task::spawn_blocking(move || replica.handle(request)).await {
+                        Ok(result) => result,
+                        Err(error) => Err(ReplError::NeedResync(format!("replica task failed: {error}"))),
+                    }
+                };
+                let Some(((next_node, next_address), request)) = downstream else {
+                    return local.await;
+                };
+                // Chain: apply here while the next replica applies too, then answer for both.
+                let (local, remote) = tokio::join!(local, self.peers.call(&next_address, request));
+                let ReplReply::Position { position, .. } = local? else {
+                    return Err(ReplError::NeedResync("unexpected local answer".to_string()));
+                };
+                let mut positions = vec![(self.config.node.clone(), position)];
+                let mut failed = Vec::new();
+                match remote {
+                    Ok(ReplReply::Position { position, .. }) => positions.push((next_node, position)),
+                    Ok(ReplReply::Chain { positions: theirs, failed: their_failures }) => {
+                        positions.extend(theirs);
+                        failed.extend(their_failures);
+                    }
+                    Ok(ReplReply::Records { .. } | ReplReply::Blocks { .. }) => {
+                        failed.push((next_node, ReplError::Unreachable("unexpected answer".to_string())))
+                    }
+                    Err(error) => failed.push((next_node, error.into())),
                 }
+                Ok(ReplReply::Chain { positions, failed })
             }
             Some(Held::Master(master)) => {
                 let epoch = master.replicator.epoch();
+                if matches!(request, ReplRequest::ReadBlocks { .. }) && request.epoch() <= epoch {
+                    // A replica repairing a bad block of its copy.
+                    return self.read_blocks_on_master(&master, request).await;
+                }
                 if request.epoch() > epoch {
                     // Another node masters the volume at a newer epoch: stop acknowledging
                     // changes now; the CLDB's next answer turns this copy into a replica.

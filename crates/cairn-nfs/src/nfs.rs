@@ -65,7 +65,7 @@ pub fn nfs_status(error: &StoreError) -> nfsstat3 {
             tracing::warn!(%error, "volume unavailable answered with NFS3ERR_JUKEBOX");
             nfsstat3::NFS3ERR_JUKEBOX
         }
-        StoreError::Corrupt { .. } | StoreError::Poisoned(_) => {
+        StoreError::Corrupt { .. } | StoreError::BadBlock(_) | StoreError::Poisoned(_) => {
             tracing::error!(%error, "store failure answered with NFS3ERR_IO");
             nfsstat3::NFS3ERR_IO
         }

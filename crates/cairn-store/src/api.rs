@@ -238,6 +238,41 @@ pub struct FsStat {
     pub available_files: u64,
 }
 
+/// A chunk block whose bytes do not match their checksum entry: `block` is the 8 KiB block's
+/// index within chunk `chunk` of inode `inode`, whose files live in data container `container`.
+/// The same coordinates name the block on every replica of the volume (see
+/// [`crate::Store::read_blocks`] and [`crate::Store::repair_blocks`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct BadBlock {
+    pub container: u32,
+    pub inode: u64,
+    pub chunk: u64,
+    pub block: u64,
+}
+
+impl std::fmt::Display for BadBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "block {} of chunk {} of inode {} in data container {}",
+            self.block, self.chunk, self.inode, self.container
+        )
+    }
+}
+
+/// Where a scrub ([`crate::Store::scrub`]) goes on: an opaque position in the walk over the chunk
+/// files (`docs/format.md`, "Repair and scrub"). [`ScrubCursor::default`] starts a pass; keep
+/// the cursor a step returns (serde: the file server may persist it) to go on. The position
+/// need not exist any more (files come and go between steps): the walk goes on from the first
+/// block after it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct ScrubCursor {
+    pub(crate) container: u32,
+    pub(crate) inode: u64,
+    pub(crate) chunk: u64,
+    pub(crate) block: u64,
+}
+
 /// Everything that can go wrong in the store. Each front end maps these to its own codes in one
 /// place (the NFS gateway: `cairn-nfs`'s status mapping).
 #[derive(Debug, thiserror::Error)]
@@ -277,9 +312,16 @@ pub enum StoreError {
     /// A rename or link across volumes: NFS3ERR_XDEV.
     #[error("cross-volume link or rename")]
     CrossVolume,
-    /// A block's checksum did not match: the bytes on disk are not what was written.
+    /// A block's checksum did not match: the bytes on disk are not what was written. Chunk
+    /// blocks answer [`StoreError::BadBlock`] instead; this is for everything else (inline
+    /// blocks, metadata, the journal).
     #[error("checksum mismatch in {what} at byte {offset}")]
     Corrupt { what: String, offset: u64 },
+    /// A chunk block's bytes do not match its checksum: a read or a partial write met it. Another
+    /// replica's copy can repair it ([`crate::Store::read_blocks`] there,
+    /// [`crate::Store::repair_blocks`] here).
+    #[error("checksum mismatch in {0}")]
+    BadBlock(BadBlock),
     /// A failed fsync or write earlier: the container refuses writes until it is recovered.
     #[error("container is poisoned after an earlier I/O failure: {0}")]
     Poisoned(String),

@@ -20,7 +20,9 @@ use cairn_types::{Epoch, Fid, TxnId};
 use parking_lot::Mutex;
 use redb::ReadableTable;
 
-use crate::api::{Caller, FileKind, ReadResult, Stability, StoreError, StoreResult, WccData, WriteResult};
+use crate::api::{
+    BadBlock, Caller, FileKind, ReadResult, Stability, StoreError, StoreResult, WccData, WriteResult,
+};
 use crate::faults::Faults;
 use crate::format::{
     self, BLOCK, BlockSum, CHECKSUM_ENTRY_BYTES, CHECKSUM_HEADER_BYTES, ContainerKind, ContainerMeta,
@@ -106,7 +108,7 @@ impl DataContainer {
 }
 
 /// The data container with this id (read from disk: checked, never trusted).
-fn data_container(store: &Store, container: u32) -> StoreResult<&DataContainer> {
+pub(crate) fn data_container(store: &Store, container: u32) -> StoreResult<&DataContainer> {
     store.containers.iter().find(|data| data.id == container).ok_or_else(|| StoreError::Corrupt {
         what: format!("chunk map names data container {container}, which does not exist"),
         offset: 0,
@@ -288,11 +290,9 @@ pub(crate) fn punch_hole(file: &File, offset: u64, length: u64) {
     }
 }
 
-fn block_mismatch(number: u64, chunk: u64, container: u32, offset: u64) -> StoreError {
-    StoreError::Corrupt {
-        what: format!("chunk {chunk} of inode {number} in data container {container}"),
-        offset,
-    }
+/// A chunk block that does not match its checksum entry (`block`: its index in the chunk).
+pub(crate) fn block_mismatch(number: u64, chunk: u64, container: u32, block: u64) -> StoreError {
+    StoreError::BadBlock(BadBlock { container, inode: number, chunk, block })
 }
 
 /// fdatasync, through the failure points. A failure poisons the store.
@@ -448,7 +448,7 @@ fn read_chunk_part(
         if !sum.written {
             block.fill(0);
         } else if crc32c::crc32c(block) != sum.crc {
-            return Err(block_mismatch(number, chunk, container, (first + index as u64) * BLOCK_U64));
+            return Err(block_mismatch(number, chunk, container, first + index as u64));
         }
     }
     let skip = (offset - first * BLOCK_U64) as usize;
@@ -674,7 +674,9 @@ fn write_locked(
         );
         match written {
             Ok(count) => new_blocks += count,
-            Err(error @ (StoreError::Corrupt { .. } | StoreError::NoSpace)) => return Err(error),
+            Err(error @ (StoreError::BadBlock(_) | StoreError::Corrupt { .. } | StoreError::NoSpace)) => {
+                return Err(error);
+            }
             Err(error) => {
                 store.poison(format!("write to a chunk file failed: {error}"));
                 return Err(error);
@@ -750,7 +752,7 @@ fn write_chunk_part(
         let block = &mut buffer[(index * BLOCK_U64) as usize..((index + 1) * BLOCK_U64) as usize];
         read_full_at(&files.data, block, (first + index) * BLOCK_U64)?;
         if crc32c::crc32c(block) != sum.crc {
-            return Err(block_mismatch(number, chunk, container, (first + index) * BLOCK_U64));
+            return Err(block_mismatch(number, chunk, container, first + index));
         }
         Ok(())
     };
@@ -1005,7 +1007,7 @@ pub(crate) fn check_truncate(
         let mut block = vec![0u8; BLOCK];
         read_full_at(&files.data, &mut block, index * BLOCK_U64)?;
         if crc32c::crc32c(&block) != sum.crc {
-            return Err(block_mismatch(number, chunk, container, index * BLOCK_U64));
+            return Err(block_mismatch(number, chunk, container, index));
         }
     }
     Ok(())

@@ -46,6 +46,12 @@
 //! ([`Store::snapshot`]) and promoted (close it, open it with `open_replicated`). Durable
 //! positions, roll-forward and resync rules: `docs/format.md`, "Replication".
 //!
+//! Bad blocks: a chunk block that does not match its checksum fails reads with
+//! [`StoreError::BadBlock`], which names it; [`Store::read_blocks`] / [`Store::repair_blocks`]
+//! (and the same on a [`replication::Replica`]) let the file server rewrite it from another copy
+//! (only ever over a bad block), and [`Store::scrub`] verifies every written block, a step at a
+//! time. `docs/format.md`, "Repair and scrub".
+//!
 //! Space accounting and quota: [`Store::used_bytes`] is the sum of the logical sizes of the
 //! regular files, kept in memory (unstable writes included) and persisted as a meta row that
 //! every batch writes together with the inode records it sums, so it is crash-consistent and

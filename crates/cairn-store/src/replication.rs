@@ -46,9 +46,11 @@
 
 mod image;
 mod master;
+mod repair;
 mod replica;
 
 pub(crate) use master::{Link, send_initial_state, send_region_image};
+pub use repair::REPAIR_BLOCKS_MAX;
 pub use replica::Replica;
 
 use serde::{Deserialize, Serialize};

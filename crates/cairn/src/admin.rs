@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use cairn_cldb::proto::{
-    Alarm, ContainerInfo, ContainerKind, NodeInfo, NodeState, ReplicationType, VolumeInfo, VolumeSpec,
+    Alarm, ContainerInfo, ContainerKind, NodeInfo, NodeState, QuotaChange, ReplicationType, VolumeChange,
+    VolumeInfo, VolumeSpec,
 };
 use cairn_cldb::{CldbClient, CldbClientOptions, CldbError};
 use clap::{Args, Subcommand, ValueEnum};
@@ -66,6 +67,8 @@ enum VolumeCommand {
     Info { name: String },
     /// Remove a volume (its copies are deleted by the nodes that hold them).
     Remove { name: String },
+    /// Change a volume's quotas or replication (options not given are left as they are).
+    Modify(ModifyArgs),
 }
 
 #[derive(Args)]
@@ -96,8 +99,28 @@ struct CreateArgs {
     advisory_quota: Option<u64>,
 }
 
+#[derive(Args)]
+struct ModifyArgs {
+    name: String,
+    /// New hard quota: bytes, or with a unit K, M, G, T, P (powers of 1024), like 10G; `none`
+    /// removes it. Below the bytes used, the volume refuses to grow but loses nothing.
+    #[arg(long, value_name = "SIZE|none", value_parser = parse_quota)]
+    quota: Option<QuotaChange>,
+    /// New advisory quota (raises an alarm only), same units as --quota; `none` removes it. It
+    /// may not be above the hard quota.
+    #[arg(long, value_name = "SIZE|none", value_parser = parse_quota)]
+    advisory_quota: Option<QuotaChange>,
+    /// New number of copies, 1 to 5. Higher: new copies are made at once; lower: the surplus
+    /// copies (never the master's) are deleted.
+    #[arg(long, value_name = "N")]
+    replication: Option<u32>,
+    /// New fewest copies, 1 to the replication.
+    #[arg(long, value_name = "N")]
+    min_replication: Option<u32>,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
-enum ReplicationTypeArg {
+pub(crate) enum ReplicationTypeArg {
     /// Master → replica 1 → replica 2 ... (MapR's high_throughput).
     #[value(alias = "high-throughput", alias = "high_throughput")]
     Chain,
@@ -165,6 +188,7 @@ pub fn volume(args: VolumeArgs) -> anyhow::Result<()> {
             VolumeCommand::List => volume_list(&target).await,
             VolumeCommand::Info { name } => volume_info(&target, &name).await,
             VolumeCommand::Remove { name } => volume_remove(&target, &name).await,
+            VolumeCommand::Modify(modify) => volume_modify(&target, modify).await,
         }
     })
 }
@@ -339,6 +363,39 @@ async fn volume_create(target: &Target, args: CreateArgs) -> anyhow::Result<()> 
         return print_json(&info);
     }
     let mut out = format!("Created volume {} (id {}).\n", info.volume.name, info.volume.id);
+    out.push_str(&volume_details(&info, now_ms()));
+    print(&out)
+}
+
+async fn volume_modify(target: &Target, args: ModifyArgs) -> anyhow::Result<()> {
+    if args.quota.is_none()
+        && args.advisory_quota.is_none()
+        && args.replication.is_none()
+        && args.min_replication.is_none()
+    {
+        anyhow::bail!(
+            "cannot modify volume {}: nothing to change (give --quota, --advisory-quota, --replication \
+             or --min-replication)",
+            args.name
+        );
+    }
+    let cldb = Cldb::new(target)?;
+    let change = VolumeChange {
+        name: args.name.clone(),
+        quota: args.quota.unwrap_or_default(),
+        advisory_quota: args.advisory_quota.unwrap_or_default(),
+        replication: args.replication,
+        min_replication: args.min_replication,
+    };
+    let info = cldb
+        .client
+        .modify_volume(change)
+        .await
+        .map_err(|e| cldb.failed(format_args!("cannot modify volume {}", args.name), e))?;
+    if target.json {
+        return print_json(&info);
+    }
+    let mut out = format!("Modified volume {} (id {}).\n", info.volume.name, info.volume.id);
     out.push_str(&volume_details(&info, now_ms()));
     print(&out)
 }
@@ -694,6 +751,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     u64::try_from(bytes).map_err(|_| format!("{text:?} is too large"))
 }
 
+/// A quota for `volume modify`: a size ([`parse_size`]) or `none`.
+fn parse_quota(text: &str) -> Result<QuotaChange, String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Ok(QuotaChange::Remove);
+    }
+    parse_size(text).map(QuotaChange::Set)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -769,6 +834,16 @@ mod tests {
         for bad in ["", "G", "10X", "1.2.3G", "-1", "1.5", ".", "16384P", "99999999999999999999999"] {
             assert!(parse_size(bad).is_err(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn quotas_parse() {
+        assert_eq!(parse_quota("8M"), Ok(QuotaChange::Set(8 << 20)));
+        assert_eq!(parse_quota("0"), Ok(QuotaChange::Set(0)));
+        assert_eq!(parse_quota("none"), Ok(QuotaChange::Remove));
+        assert_eq!(parse_quota("None"), Ok(QuotaChange::Remove));
+        assert!(parse_quota("nothing").is_err());
+        assert!(parse_quota("").is_err());
     }
 
     #[test]

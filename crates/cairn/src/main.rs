@@ -84,6 +84,13 @@ struct UpArgs {
     /// With several nodes: copies of the default volume (DESIGN.md: 3).
     #[arg(long, default_value_t = 3)]
     replication: u32,
+    /// With several nodes: how the default volume's writes travel to its replicas.
+    #[arg(long, value_enum, default_value = "chain")]
+    replication_type: admin::ReplicationTypeArg,
+    /// With several nodes: seconds between two scrub passes (every block checked against its
+    /// checksum, bad ones repaired from another copy) over each copy [default: one day].
+    #[arg(long)]
+    scrub_interval: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -138,6 +145,10 @@ fn main() -> ExitCode {
                     fileserver_port: args.fileserver_port,
                     rereplication_timeout: std::time::Duration::from_secs(args.rereplication_timeout),
                     replication: args.replication,
+                    replication_type: args.replication_type.into(),
+                    scrub_interval: args
+                        .scrub_interval
+                        .map_or(cairn_fileserver::SCRUB_INTERVAL_DEFAULT, std::time::Duration::from_secs),
                 })
             } else {
                 up::run(config)

@@ -56,6 +56,9 @@ pub struct NodeConfig {
     /// CLDB: an under-replicated volume gets a new copy after this long.
     #[serde(default = "default_rereplication_timeout_ms")]
     pub rereplication_timeout_ms: u64,
+    /// File server: a scrub pass over each copy starts this long after the previous one ended.
+    #[serde(default = "default_scrub_interval_ms")]
+    pub scrub_interval_ms: u64,
 }
 
 fn default_volume() -> String {
@@ -66,6 +69,9 @@ fn default_node_timeout_ms() -> u64 {
 }
 fn default_rereplication_timeout_ms() -> u64 {
     60_000
+}
+fn default_scrub_interval_ms() -> u64 {
+    u64::try_from(cairn_fileserver::SCRUB_INTERVAL_DEFAULT.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl NodeConfig {
@@ -140,6 +146,7 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
             listen: SocketAddr::new(config.bind, config.fileserver_port),
             advertise: Some(format!("{host}:{}", config.fileserver_port)),
             store: StoreConfig::new(config.data_dir.join("volumes")),
+            scrub_interval: Duration::from_millis(config.scrub_interval_ms),
         })
         .await
         .context("cannot start the file server")?,

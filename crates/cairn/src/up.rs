@@ -333,6 +333,10 @@ pub struct ClusterUpConfig {
     pub rereplication_timeout: std::time::Duration,
     /// Copies of the default volume (at most the number of nodes).
     pub replication: u32,
+    /// How the default volume's writes travel to its replicas.
+    pub replication_type: cairn_cldb::proto::ReplicationType,
+    /// Time between two scrub passes over a copy.
+    pub scrub_interval: std::time::Duration,
 }
 
 /// Most nodes `cairn up` starts on one machine.
@@ -383,6 +387,7 @@ pub fn run_cluster(config: ClusterUpConfig) -> anyhow::Result<()> {
             node_timeout_ms: 6_000,
             rereplication_timeout_ms: u64::try_from(config.rereplication_timeout.as_millis())
                 .unwrap_or(u64::MAX),
+            scrub_interval_ms: u64::try_from(config.scrub_interval.as_millis()).unwrap_or(u64::MAX),
         });
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -397,7 +402,7 @@ pub fn run_cluster(config: ClusterUpConfig) -> anyhow::Result<()> {
             config.replication
         );
     }
-    runtime.block_on(serve_cluster(&up.data_dir, configs, cldbs, config.replication))
+    runtime.block_on(serve_cluster(&up.data_dir, configs, cldbs, config.replication, config.replication_type))
 }
 
 async fn serve_cluster(
@@ -405,6 +410,7 @@ async fn serve_cluster(
     configs: Vec<crate::node::NodeConfig>,
     cldbs: Vec<String>,
     replication: u32,
+    replication_type: cairn_cldb::proto::ReplicationType,
 ) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -471,6 +477,7 @@ async fn serve_cluster(
                     name: "default".to_string(),
                     mount_path: Some("/".to_string()),
                     replication: Some(replication),
+                    replication_type,
                     min_replication: Some(1),
                     ..Default::default()
                 };

@@ -19,8 +19,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// One coord member serving on a free port.
-struct Coord {
-    address: String,
+pub(crate) struct Coord {
+    pub(crate) address: String,
     member: Member,
     stop: oneshot::Sender<()>,
     server: JoinHandle<()>,
@@ -28,7 +28,7 @@ struct Coord {
 }
 
 impl Coord {
-    async fn start() -> Coord {
+    pub(crate) async fn start() -> Coord {
         let dir = tempfile::tempdir().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
@@ -53,14 +53,14 @@ impl Coord {
         Coord { address, member, stop, server, _dir: dir }
     }
 
-    async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         let _ = self.stop.send(());
         let _ = self.server.await;
         self.member.shutdown().await;
     }
 }
 
-fn cldb_config(name: &str, coord: &Coord) -> CldbConfig {
+pub(crate) fn cldb_config(name: &str, coord: &Coord) -> CldbConfig {
     let mut c = CldbConfig::new(name, "127.0.0.1:0".parse().unwrap(), vec![coord.address.clone()]);
     c.node_timeout = Duration::from_secs(2);
     c.rereplication_timeout = Duration::from_secs(3);
@@ -70,7 +70,7 @@ fn cldb_config(name: &str, coord: &Coord) -> CldbConfig {
 }
 
 /// Waits until `check` is true, for at most `limit`.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -87,23 +87,23 @@ where
 
 /// What a fake fileserver believes: the assignments it applied, by volume.
 #[derive(Default)]
-struct View {
-    cldb_epoch: u64,
-    volumes: BTreeMap<u32, Assignment>,
-    removed: Vec<u32>,
+pub(crate) struct View {
+    pub(crate) cldb_epoch: u64,
+    pub(crate) volumes: BTreeMap<u32, Assignment>,
+    pub(crate) removed: Vec<u32>,
 }
 
 /// A fake fileserver: heartbeats every 200 ms, applies its assignments (highest epoch wins),
 /// reports them back, and as a master reports every resyncing node in sync at once.
-struct FakeNode {
+pub(crate) struct FakeNode {
     name: String,
-    view: Arc<Mutex<View>>,
+    pub(crate) view: Arc<Mutex<View>>,
     stop: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
 impl FakeNode {
-    fn start(name: &str, cldbs: Vec<String>) -> FakeNode {
+    pub(crate) fn start(name: &str, cldbs: Vec<String>) -> FakeNode {
         let view = Arc::new(Mutex::new(View::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let client = CldbClient::new(cldbs);
@@ -164,12 +164,12 @@ impl FakeNode {
         }
     }
 
-    fn assignment(&self, volume: u32) -> Option<Assignment> {
+    pub(crate) fn assignment(&self, volume: u32) -> Option<Assignment> {
         self.view.lock().volumes.get(&volume).cloned()
     }
 
     /// Stops heartbeating, as if the node died.
-    async fn kill(self) {
+    pub(crate) async fn kill(self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.task.await;
     }

@@ -14,6 +14,7 @@ async fn server(dir: &std::path::Path, port: u16) -> FileServer {
         listen: format!("127.0.0.1:{port}").parse().expect("address"),
         advertise: None,
         store: StoreConfig::new(dir),
+        scrub_interval: cairn_fileserver::SCRUB_INTERVAL_DEFAULT,
     };
     let server = FileServer::start(config).await.expect("start file server");
     server.open_master(ClusterId(7), VolumeId(3), 1).expect("open volume");

@@ -98,18 +98,31 @@ pub(crate) fn list_chunks(data_dir: &Path, data_containers: u32) -> StoreResult<
     let mut found = BTreeSet::new();
     for container in 2..2 + data_containers {
         let dir = container_dir(data_dir, container);
-        for fanout in 0..256u64 {
-            let entries = match std::fs::read_dir(data::fanout_dir(&dir, fanout)) {
-                Ok(entries) => entries,
-                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-                Err(error) => return Err(StoreError::Io(error)),
-            };
-            for entry in entries {
-                let entry = entry?;
-                if let Some((inode, chunk)) = entry.file_name().to_str().and_then(parse_chunk_file_name) {
-                    found.insert((container, inode, chunk));
-                }
+        for fanout in 0..FANOUT_DIRS {
+            for (inode, chunk) in list_fanout(&dir, fanout)? {
+                found.insert((container, inode, chunk));
             }
+        }
+    }
+    Ok(found.into_iter().collect())
+}
+
+/// Number of fan-out directories of a data container (`chunks/00` … `chunks/ff`).
+pub(crate) const FANOUT_DIRS: u64 = 256;
+
+/// The chunks that have a file in one fan-out directory of a data container, as (inode, chunk),
+/// sorted.
+pub(crate) fn list_fanout(container_dir: &Path, fanout: u64) -> StoreResult<Vec<(u64, u64)>> {
+    let entries = match std::fs::read_dir(data::fanout_dir(container_dir, fanout)) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(StoreError::Io(error)),
+    };
+    let mut found = BTreeSet::new();
+    for entry in entries {
+        let entry = entry?;
+        if let Some((inode, chunk)) = entry.file_name().to_str().and_then(parse_chunk_file_name) {
+            found.insert((inode, chunk));
         }
     }
     Ok(found.into_iter().collect())

@@ -24,8 +24,8 @@ use parking_lot::Mutex;
 use redb::{Durability, ReadableTable};
 
 use super::image::{self, LOCAL_META_KEYS};
-use super::{Record, RecordBody, RowChange, SnapshotPiece};
-use crate::api::{StoreError, StoreResult};
+use super::{Block, Record, RecordBody, RowChange, SnapshotPiece, repair};
+use crate::api::{BadBlock, ScrubCursor, StoreError, StoreResult};
 use crate::data::{self, ChunkFiles};
 use crate::faults::Faults;
 use crate::format::{
@@ -376,6 +376,118 @@ impl Replica {
         image::digest(&self.db, &self.config.data_dir, self.config.data_containers)
     }
 
+    /// `count` blocks of a chunk from `first_block` on, each verified against its checksum
+    /// entry (`None`: a hole), as [`crate::Store::read_blocks`] on a master: what repairs a
+    /// bad block of another copy of the volume. Under the replica's apply lock, so the blocks
+    /// are those of the records applied so far ([`Replica::position`]). Refused while a full
+    /// copy is applied into the replica (its blocks are fuzzy until it ends).
+    pub fn read_blocks(
+        &self,
+        container: u32,
+        inode: u64,
+        chunk: u64,
+        first_block: u64,
+        count: u64,
+    ) -> StoreResult<Vec<Option<Block>>> {
+        let mut state = self.state.lock();
+        Self::check_whole(&state)?;
+        repair::check_request(
+            self.config.data_containers,
+            self.blocks_per_chunk,
+            container,
+            first_block,
+            count,
+        )?;
+        let Some(files) = self.chunk_files(&mut state, container, inode, chunk, false)? else {
+            return Ok(vec![None; count as usize]);
+        };
+        repair::read_verified(&files, (container, inode, chunk), first_block, count)
+    }
+
+    /// Repairs this replica's bad blocks from another copy (the master's
+    /// [`crate::Store::read_blocks`]), with the rule of [`crate::Store::repair_blocks`]: every
+    /// given block must match its own CRC ([`StoreError::Invalid`] otherwise, before anything
+    /// changes), and only local blocks that are bad (written, bytes not matching their checksum
+    /// entry) are rewritten. Local only (no record), under the apply lock, durable when it
+    /// returns (the chunk's files are fdatasynced, with every other change since the last
+    /// durable point). Returns the number of blocks repaired. A failed write or fdatasync
+    /// leaves the replica refusing everything, as in [`Replica::apply`].
+    ///
+    /// The blocks must not be newer than what this replica has applied: read them on the
+    /// master, note the master's [`crate::Store::replication_position`] after that read, and
+    /// call this once [`Replica::position`] has reached it. (A block from further ahead would
+    /// survive a crash of this replica in a region that is clean at its durable position, where
+    /// a promotion would not overwrite it.)
+    pub fn repair_blocks(
+        &self,
+        container: u32,
+        inode: u64,
+        chunk: u64,
+        first_block: u64,
+        blocks: Vec<Option<Block>>,
+    ) -> StoreResult<u64> {
+        let mut state = self.state.lock();
+        Self::check_whole(&state)?;
+        repair::check_request(
+            self.config.data_containers,
+            self.blocks_per_chunk,
+            container,
+            first_block,
+            blocks.len() as u64,
+        )?;
+        repair::check_given(&blocks)?;
+        let Some(files) = self.chunk_files(&mut state, container, inode, chunk, false)? else {
+            return Ok(0);
+        };
+        let bad = repair::find_bad_local(&files, first_block, &blocks)?;
+        if bad.is_empty() {
+            return Ok(0);
+        }
+        let written = repair::write_blocks(&files, first_block, &blocks, &bad, &self.faults);
+        let result = match written {
+            Ok(_) => {
+                state.unsynced_chunks.insert((container, inode, chunk));
+                self.sync_pending(&mut state)
+            }
+            Err(error) => Err(data::io_error(error)),
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "repairing a chunk block failed; the replica needs a full resync");
+            state.broken = Some(error.to_string());
+            return Err(error);
+        }
+        tracing::warn!(container, inode, chunk, first_block, blocks = bad.len(), "repaired bad chunk blocks");
+        Ok(bad.len() as u64)
+    }
+
+    /// One step of a scrub of this replica, as [`crate::Store::scrub`]: verifies up to
+    /// `blocks_max` written blocks from `cursor` on and returns the bad ones and where to go on
+    /// (`None`: the pass is complete). Reads without the apply lock; a mismatch is read again
+    /// under it. Refused while a full copy is applied. Right after a full copy, until the
+    /// records after its sequence number are applied, it may find blocks the fuzzy copy tore;
+    /// repairing them from the master is harmless.
+    pub fn scrub(
+        &self,
+        cursor: ScrubCursor,
+        blocks_max: u64,
+    ) -> StoreResult<(Vec<BadBlock>, Option<ScrubCursor>)> {
+        Self::check_whole(&self.state.lock())?;
+        repair::scrub_walk(
+            &self.config.data_dir,
+            self.config.data_containers,
+            cursor,
+            blocks_max,
+            &mut |bad| {
+                let state = self.state.lock();
+                if state.resync.is_some() {
+                    // A copy began meanwhile: its blocks are fuzzy until it ends.
+                    return Ok(false);
+                }
+                repair::block_is_bad(&self.config.data_dir, bad)
+            },
+        )
+    }
+
     /// Simulates a crash of the replica's process: no more I/O reaches the disk, then the
     /// replica is dropped. What was written to the page cache stays (as after `kill -9`).
     #[doc(hidden)]
@@ -427,6 +539,15 @@ impl Replica {
             Some(reason) => Err(StoreError::Poisoned(reason.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Usable, and not in the middle of a full copy (for reads and repairs of blocks).
+    fn check_whole(state: &State) -> StoreResult<()> {
+        Self::check_usable(state)?;
+        if state.resync.is_some() {
+            return Err(StoreError::Invalid("a full resync is in progress"));
+        }
+        Ok(())
     }
 
     fn check_container(&self, container: u32) -> StoreResult<()> {

@@ -1,5 +1,6 @@
 //! Per-block checksums: a flipped byte on disk, in a chunk file or in an inline block, makes the
-//! read that touches it fail with `Corrupt` instead of returning wrong bytes.
+//! read that touches it fail (`BadBlock` naming the chunk block, `Corrupt` for an inline block)
+//! instead of returning wrong bytes.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use cairn_types::limits::INLINE_DATA_BYTES_MAX;
 
 use crate::common::{Rng, create_file, open, root, write_all};
 
-fn files_with_extension(dir: &Path, extension: &str, out: &mut Vec<PathBuf>) {
+pub(crate) fn files_with_extension(dir: &Path, extension: &str, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read_dir") {
         let path = entry.expect("entry").path();
         if path.is_dir() {
@@ -20,7 +21,7 @@ fn files_with_extension(dir: &Path, extension: &str, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn flip(path: &Path, offset: u64) {
+pub(crate) fn flip(path: &Path, offset: u64) {
     let file = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open for flip");
     let mut byte = [0u8];
     file.read_exact_at(&mut byte, offset).expect("read byte");
@@ -30,7 +31,7 @@ fn flip(path: &Path, offset: u64) {
 }
 
 #[test]
-fn flipped_chunk_byte_reads_as_corrupt() {
+fn flipped_chunk_byte_reads_as_a_bad_block() {
     let dir = tempfile::tempdir().unwrap();
     let data = Rng(3).bytes(300_000);
     let fid = {
@@ -47,17 +48,23 @@ fn flipped_chunk_byte_reads_as_corrupt() {
     flip(&chunks[0], 100_000);
     let store = open(dir.path());
     let result = store.read(&root(), fid, 99_000, 4096);
-    assert!(matches!(result, Err(StoreError::Corrupt { .. })), "{result:?}");
+    // Byte 100_000 is in block 12 of chunk 0 (chunks of 1 MiB).
+    let bad = match result {
+        Err(StoreError::BadBlock(bad)) => bad,
+        other => panic!("expected a bad block: {other:?}"),
+    };
+    assert_eq!((bad.inode, bad.chunk, bad.block), (fid.inode, 0, 12));
+    assert!(chunks[0].starts_with(dir.path().join("containers").join(bad.container.to_string())));
     // Other blocks still read, and the inline part too.
     assert_eq!(store.read(&root(), fid, 200_000, 1000).unwrap().data, &data[200_000..201_000]);
     assert_eq!(store.read(&root(), fid, 0, 1000).unwrap().data, &data[..1000]);
     // A partial write into the corrupt block must not silently bless it either.
     let write = store.write(&root(), fid, 100_001, b"x", Stability::Unstable);
-    assert!(matches!(write, Err(StoreError::Corrupt { .. })), "{write:?}");
+    assert!(matches!(write, Err(StoreError::BadBlock(block)) if block == bad), "{write:?}");
     // Nor a truncation that cuts through it.
     let cut = SetAttributes { size_bytes: Some(100_001), ..Default::default() };
     let truncate = store.setattr(&root(), fid, cut, None);
-    assert!(matches!(truncate, Err(StoreError::Corrupt { .. })), "{truncate:?}");
+    assert!(matches!(truncate, Err(StoreError::BadBlock(block)) if block == bad), "{truncate:?}");
     assert!(!store.is_poisoned());
 }
 

@@ -15,4 +15,5 @@ mod nospace;
 mod permissions;
 mod poison;
 mod quota;
+mod repair;
 mod replication;

@@ -22,13 +22,13 @@ use serde::de::DeserializeOwned;
 use crate::common::{Rng, read_all, root, walk_used_bytes};
 
 /// Small chunks (one dirty region each), so that writes cross chunks.
-const CHUNK: u64 = 128 * 1024;
+pub(crate) const CHUNK: u64 = 128 * 1024;
 const CLUSTER: ClusterId = ClusterId(0x00c0_ffee_0000_0001);
 const VOLUME: VolumeId = VolumeId(1);
 /// Seeds of the crash simulation (`CAIRN_REPL_SEED` replays one).
 const SIM_SEEDS: [u64; 6] = [1, 2, 3, 4, 5, 6];
 
-fn config(dir: &Path) -> StoreConfig {
+pub(crate) fn config(dir: &Path) -> StoreConfig {
     let mut config = StoreConfig::new(dir);
     config.chunk_size_bytes = CHUNK;
     config.data_containers = 3;
@@ -44,7 +44,7 @@ fn wire<T: Serialize + DeserializeOwned>(value: &T) -> T {
     rmp_serde::from_slice(&rmp_serde::to_vec_named(value).unwrap()).unwrap()
 }
 
-fn replica(dir: &Path) -> Replica {
+pub(crate) fn replica(dir: &Path) -> Replica {
     Replica::open(config(dir), CLUSTER, VOLUME).unwrap()
 }
 
@@ -64,6 +64,7 @@ fn benign<T>(result: StoreResult<T>) -> Option<T> {
         Err(
             error @ (StoreError::Poisoned(_)
             | StoreError::Corrupt { .. }
+            | StoreError::BadBlock(_)
             | StoreError::Io(_)
             | StoreError::NotMaster
             | StoreError::Unavailable(_)),
@@ -83,14 +84,14 @@ struct Progress {
 }
 
 /// Each replica has a channel and an applier thread; `wait` waits for every counted replica.
-struct Threaded {
+pub(crate) struct Threaded {
     sending: Mutex<(u64, Vec<mpsc::Sender<Record>>)>,
     progress: Mutex<Vec<Progress>>,
     changed: Condvar,
 }
 
 impl Threaded {
-    fn new() -> Arc<Threaded> {
+    pub(crate) fn new() -> Arc<Threaded> {
         Arc::new(Threaded {
             sending: Mutex::new((0, Vec::new())),
             progress: Mutex::new(Vec::new()),
@@ -99,7 +100,7 @@ impl Threaded {
     }
 
     /// A new replica's channel: records queue in it from now on.
-    fn attach(&self) -> (usize, mpsc::Receiver<Record>) {
+    pub(crate) fn attach(&self) -> (usize, mpsc::Receiver<Record>) {
         let (sender, receiver) = mpsc::channel();
         let mut sending = self.sending.lock().unwrap();
         sending.1.push(sender);
@@ -108,7 +109,7 @@ impl Threaded {
     }
 
     /// Starts applying the queued records to `replica`; from now on `wait` waits for it.
-    fn start(
+    pub(crate) fn start(
         self: &Arc<Self>,
         index: usize,
         replica: Arc<Replica>,
@@ -136,7 +137,7 @@ impl Threaded {
     }
 
     /// Ends the applier threads (once their channels are drained).
-    fn close(&self) {
+    pub(crate) fn close(&self) {
         self.sending.lock().unwrap().1.clear();
     }
 }

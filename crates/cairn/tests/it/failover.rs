@@ -198,7 +198,9 @@ fn cldb_master_and_coord_leader(cluster: &serde_json::Value) -> (String, u64) {
 fn killing_the_cldb_master_and_the_coord_leader_during_a_copy_does_not_stop_it() {
     crate::support::require_libnfs_utils();
     let dir = test_dir("cldb-failover");
-    let cluster = crate::cluster::Cluster::start_nodes(&dir.path().join("data"), 5);
+    // Star replication here (the other cluster tests use the default, chain).
+    let cluster =
+        crate::cluster::Cluster::start_with(&dir.path().join("data"), 5, &["--replication-type", "star"]);
     let nodes = cluster.cluster["nodes"].as_array().expect("nodes").clone();
     let (cldb_master, leader) = cldb_master_and_coord_leader(&cluster.cluster);
     // Node i runs coord member i.

@@ -15,4 +15,6 @@ mod exports;
 mod failover;
 mod kernel_client;
 mod libnfs;
+mod quota;
+mod repair;
 mod support;
