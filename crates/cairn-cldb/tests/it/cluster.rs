@@ -280,11 +280,13 @@ async fn cldb_failover_keeps_the_tables_and_volume_masters_fail_over() {
     assert_eq!(location.epoch, 2);
     assert_ne!(location.master, victim_name);
     assert_eq!(location.replicas.len(), 2);
-    for n in nodes.values() {
-        let a = n.assignment(alpha.id).unwrap();
-        assert_eq!(a.epoch, 2);
-        assert_eq!(a.master, location.master);
-    }
+    // Every surviving node learns the new placement at its next heartbeat.
+    eventually("every node has alpha's epoch 2 placement", Duration::from_secs(10), || async {
+        nodes
+            .values()
+            .all(|n| n.assignment(alpha.id).is_some_and(|a| a.epoch == 2 && a.master == location.master))
+    })
+    .await;
     let alarms = reader_b.list_alarms().await.unwrap();
     assert!(alarms.iter().any(|a| a.kind == AlarmKind::NodeDown && a.subject == victim_name), "{alarms:?}");
     assert!(
