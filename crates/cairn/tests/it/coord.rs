@@ -474,8 +474,18 @@ fn a_member_far_behind_catches_up_from_a_snapshot() {
         only.sync().await.expect("sync on the lagging member");
         assert_eq!(only.children("/s").await.expect("children").len(), 600);
         assert_eq!(only.get("/s/n599").await.expect("get").0, b"599");
-        let status = member_status(&quorum.address(lagging), Duration::from_secs(2)).await.expect("status");
-        assert!(status.last_applied >= Some(601), "the member did not catch up: {status:?}");
+        // The status reports Raft's applied index, which may trail the reads above by a few
+        // entries for a moment: wait for it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status =
+                member_status(&quorum.address(lagging), Duration::from_secs(2)).await.expect("status");
+            if status.last_applied >= Some(601) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the member did not catch up: {status:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     });
 }
 
