@@ -22,6 +22,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::json::{self, Json};
 use crate::nfs::Endpoint;
+use crate::system::child_processes;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Direction {
@@ -72,9 +73,6 @@ pub fn run(
     job: &[String],
     expect: Expect,
 ) -> Result<FioFigures> {
-    let output_dir = tempfile::tempdir()?;
-    let stdout_path = output_dir.path().join("stdout");
-    let stderr_path = output_dir.path().join("stderr");
     let mut command = Command::new("ip");
     command
         .args(["netns", "exec", &endpoint.netns])
@@ -82,7 +80,38 @@ pub fn run(
         .args(["--output-format=json", &format!("--name={name}"), "--ioengine=nfs"])
         .arg(format!("--nfs_url={}", endpoint.libnfs_url()))
         .arg(format!("--filename={file_name}"))
-        .args(job)
+        .args(job);
+    execute(command, name, direction, expect, true)
+}
+
+/// Runs one fio job on a local file (no network namespace, no watchdog: the job's own engine,
+/// e.g. `--ioengine=psync`, and file, `--filename=...`, are in `job`).
+pub fn run_local(
+    fio: &Path,
+    name: &str,
+    direction: Direction,
+    job: &[String],
+    expect: Expect,
+) -> Result<FioFigures> {
+    let mut command = Command::new(fio);
+    command.args(["--output-format=json", &format!("--name={name}")]).args(job);
+    execute(command, name, direction, expect, false)
+}
+
+/// Runs `command` (fio with `--output-format=json` and one job) and reads the job's figures.
+/// With `watchdog`, a job process that uses no CPU for [`STALL_TIMEOUT`] is killed (see the
+/// module docs).
+fn execute(
+    mut command: Command,
+    name: &str,
+    direction: Direction,
+    expect: Expect,
+    watchdog: bool,
+) -> Result<FioFigures> {
+    let output_dir = tempfile::tempdir()?;
+    let stdout_path = output_dir.path().join("stdout");
+    let stderr_path = output_dir.path().join("stderr");
+    command
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout_path)?)
         .stderr(std::fs::File::create(&stderr_path)?);
@@ -103,6 +132,9 @@ pub fn run(
             bail!("fio {name} did not finish within {JOB_TIMEOUT:?}");
         }
         std::thread::sleep(Duration::from_millis(200));
+        if !watchdog {
+            continue;
+        }
         let jobs = child_processes(fio_pid);
         let cpu_ticks: u64 = jobs.iter().map(|(_, ticks)| ticks).sum();
         if jobs.is_empty() || last_cpu_ticks != Some(cpu_ticks) {
@@ -170,29 +202,6 @@ pub fn run(
         );
     }
     Ok(figures)
-}
-
-/// The children of process `parent` and the CPU time (user + system, in clock ticks) of each.
-fn child_processes(parent: u32) -> Vec<(u32, u64)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut children = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // The command name may contain spaces and parentheses: the fields start after the last ')'.
-        let Some((_, fields)) = stat.rsplit_once(')') else { continue };
-        let fields: Vec<&str> = fields.split_whitespace().collect();
-        // fields[0] is the state (field 3 of proc(5)), so field N is fields[N - 3].
-        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
-        if field(4) == Some(u64::from(parent))
-            && let (Some(user), Some(system)) = (field(14), field(15))
-        {
-            children.push((pid, user + system));
-        }
-    }
-    children
 }
 
 /// The last few lines of fio's stderr, for error messages.

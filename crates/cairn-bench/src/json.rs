@@ -35,6 +35,13 @@ impl Json {
         }
     }
 
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::String(text) => Some(text),
+            _ => None,
+        }
+    }
+
     /// Follows a path of object keys.
     pub fn path(&self, keys: &[&str]) -> Option<&Json> {
         keys.iter().try_fold(self, |value, key| value.get(key))

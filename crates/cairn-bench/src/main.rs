@@ -6,7 +6,8 @@
 //! tests. See `docs/benchmarks.md` for what each figure means. Needs root.
 //!
 //! `cairn-bench coord` is a second benchmark: Cairn's coord quorum against Apache ZooKeeper (see
-//! [`coord`]).
+//! [`coord`]); `cairn-bench replication` a third: a 3-node cluster with 3 copies of its volume
+//! against the same with 1 copy, through one NFS gateway (see [`replication`]).
 
 mod coord;
 mod fio;
@@ -14,6 +15,7 @@ mod json;
 mod meta;
 mod netns;
 mod nfs;
+mod replication;
 mod report;
 mod rpc;
 mod servers;
@@ -97,6 +99,12 @@ enum BenchCommand {
     /// leader is killed. Needs the Debian packages zookeeper and default-jre-headless; root is not
     /// needed. See docs/benchmarks.md.
     Coord(coord::CoordArgs),
+    /// A 3-node cluster's volume with 3 copies against 1 copy: sequential NFS writes and reads.
+    ///
+    /// The reference is the disk's fsync write rate, measured in the same run. Each cluster (`cairn up --nodes 3 --replication 3|1`) runs in a network namespace of its
+    /// own on a fresh loop-mounted ext4; fio's `nfs` engine writes then reads one file through
+    /// the first node's gateway. Needs root. See docs/benchmarks.md.
+    Replication(replication::ReplicationArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -127,6 +135,7 @@ fn main() -> std::process::ExitCode {
     system::install_signal_handlers();
     let result = match &args.command {
         Some(BenchCommand::Coord(coord_args)) => coord::run(coord_args),
+        Some(BenchCommand::Replication(replication_args)) => replication::run(replication_args),
         None => run(&args),
     };
     match result {
@@ -142,10 +151,16 @@ fn progress(message: &str) {
     eprintln!("cairn-bench: {message}");
 }
 
-fn run(args: &Args) -> Result<()> {
+/// Fails unless the benchmark runs as root (mounts, network namespaces, drop_caches).
+fn ensure_root() -> Result<()> {
     // /proc/self belongs to the process's effective uid.
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?);
     ensure!(uid == 0, "cairn-bench must run as root (mounts, network namespaces, drop_caches)");
+    Ok(())
+}
+
+fn run(args: &Args) -> Result<()> {
+    ensure_root()?;
     ensure!(args.runs >= 1, "--runs must be at least 1");
     ensure!(args.size >= 16 << 20, "--size must be at least 16M");
     ensure!(args.files >= 1 && args.dir_entries >= 1, "--files and --dir-entries must be positive");
@@ -199,12 +214,18 @@ fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
 }
 
-fn prepare_tools(args: &Args, sides: &[Side]) -> Result<Tools> {
-    if !args.fio.exists() {
-        progress(&format!("{} is missing; running nfsvm --setup", args.fio.display()));
-        run_checked(Command::new(args.nfsvm_dir.join("nfsvm")).arg("--setup"))?;
-        ensure!(args.fio.exists(), "{} still missing after nfsvm --setup", args.fio.display());
+/// The static fio with libnfs's `nfs` engine: built by `nfsvm --setup` when missing.
+fn ensure_fio(fio: &Path, nfsvm_dir: &Path) -> Result<()> {
+    if !fio.exists() {
+        progress(&format!("{} is missing; running nfsvm --setup", fio.display()));
+        run_checked(Command::new(nfsvm_dir.join("nfsvm")).arg("--setup"))?;
+        ensure!(fio.exists(), "{} still missing after nfsvm --setup", fio.display());
     }
+    Ok(())
+}
+
+fn prepare_tools(args: &Args, sides: &[Side]) -> Result<Tools> {
+    ensure_fio(&args.fio, &args.nfsvm_dir)?;
     let ganesha_script = args.nfsvm_dir.join("ganesha-server");
     if sides.contains(&Side::Ganesha) {
         ensure!(ganesha_script.exists(), "{} not found", ganesha_script.display());

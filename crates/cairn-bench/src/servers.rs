@@ -9,12 +9,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::json::{self, Json};
 use crate::netns::Netns;
 use crate::nfs::Endpoint;
-use crate::system::run_checked;
+use crate::system::{self, run_checked};
 
 /// How long a server may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `cairn up --nodes N` may take to come up (a coord quorum, CLDB registrations, the
+/// default volume).
+const CLUSTER_START_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long a server may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -48,8 +52,35 @@ pub struct RunningServer {
 }
 
 enum Guard {
-    Ganesha { script: PathBuf, netns: String },
-    Cairn { child: Child, log: PathBuf, _netns: Netns },
+    Ganesha {
+        script: PathBuf,
+        netns: String,
+    },
+    /// `cairn up`, and with `--nodes N` its node processes (read from `cluster.json` once it is
+    /// ready).
+    Cairn {
+        child: Child,
+        log: PathBuf,
+        nodes: Vec<NodeProcess>,
+        netns: Netns,
+    },
+}
+
+/// One node process of `cairn up --nodes N`.
+#[derive(Clone, Debug)]
+pub struct NodeProcess {
+    pub name: String,
+    pub pid: u32,
+    log: PathBuf,
+}
+
+/// A `cairn up --nodes N` cluster's settings, beyond what the single server gets.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterSpec {
+    pub nodes: u16,
+    pub replication: u32,
+    /// `--replication-type` (`chain` or `star`); cairn's default when `None`.
+    pub replication_type: Option<&'static str>,
 }
 
 impl RunningServer {
@@ -62,15 +93,93 @@ impl RunningServer {
         }
     }
 
-    /// Fails if the server process is gone (Cairn only; ganesha-server watches its own).
+    /// Starts `cairn up --nodes N --replication R` serving from `dir` (created if missing), in a
+    /// namespace named `netns`; the endpoint is the first node's gateway.
+    pub fn start_cairn_cluster(binary: &Path, dir: &Path, netns: &str, spec: ClusterSpec) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut extra = vec![
+            "--nodes".to_owned(),
+            spec.nodes.to_string(),
+            "--replication".to_owned(),
+            spec.replication.to_string(),
+        ];
+        if let Some(replication_type) = spec.replication_type {
+            extra.extend(["--replication-type".to_owned(), replication_type.to_owned()]);
+        }
+        let mut server = start_cairn_with(binary, dir, netns, &extra, CLUSTER_START_TIMEOUT)?;
+        let nodes = cluster_nodes(dir)?;
+        if nodes.len() != usize::from(spec.nodes) {
+            bail!("{}/cluster.json lists {} nodes, not {}", dir.display(), nodes.len(), spec.nodes);
+        }
+        if let Guard::Cairn { nodes: slot, .. } = &mut server.guard {
+            *slot = nodes;
+        }
+        server.check_alive()?;
+        Ok(server)
+    }
+
+    /// Fails if the server process, or one of its node processes, is gone (Cairn only;
+    /// ganesha-server watches its own).
     pub fn check_alive(&mut self) -> Result<()> {
-        if let Guard::Cairn { child, log, .. } = &mut self.guard
-            && let Some(status) = child.try_wait()?
-        {
-            bail!("cairn exited ({status}); the end of its log:\n{}", log_tail(log));
+        if let Guard::Cairn { child, log, nodes, .. } = &mut self.guard {
+            if let Some(status) = child.try_wait()? {
+                bail!("cairn exited ({status}); the end of its log:\n{}", log_tail(log));
+            }
+            for node in nodes.iter() {
+                if !system::process_running(node.pid) {
+                    bail!(
+                        "cairn node {} (pid {}) exited; the end of {}:\n{}",
+                        node.name,
+                        node.pid,
+                        node.log.display(),
+                        log_tail(&node.log)
+                    );
+                }
+            }
         }
         Ok(())
     }
+
+    /// The server's processes: `cairn up`'s and its nodes' (Cairn only; empty for Ganesha).
+    pub fn pids(&self) -> Vec<u32> {
+        match &self.guard {
+            Guard::Ganesha { .. } => Vec::new(),
+            Guard::Cairn { child, nodes, .. } => {
+                std::iter::once(child.id()).chain(nodes.iter().map(|node| node.pid)).collect()
+            }
+        }
+    }
+
+    /// The node processes of a `cairn up --nodes N` (empty for one node).
+    pub fn nodes(&self) -> &[NodeProcess] {
+        match &self.guard {
+            Guard::Cairn { nodes, .. } => nodes,
+            Guard::Ganesha { .. } => &[],
+        }
+    }
+}
+
+/// The nodes `cairn up --nodes N` wrote into DIR/cluster.json: name, pid, log.
+fn cluster_nodes(dir: &Path) -> Result<Vec<NodeProcess>> {
+    let path = dir.join("cluster.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let cluster = json::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let Some(Json::Array(nodes)) = cluster.get("nodes") else {
+        bail!("{} has no nodes", path.display());
+    };
+    nodes
+        .iter()
+        .map(|node| {
+            let name = node.get("name").and_then(Json::as_str).context("a node without a name")?;
+            let pid = node.get("pid").and_then(Json::as_f64).context("a node without a pid")?;
+            let data_dir = node.get("data_dir").and_then(Json::as_str).context("a node without data_dir")?;
+            Ok(NodeProcess {
+                name: name.to_owned(),
+                pid: pid as u32,
+                log: Path::new(data_dir).join("node.log"),
+            })
+        })
+        .collect()
 }
 
 fn start_ganesha(script: &Path, dir: &Path, netns: &str) -> Result<RunningServer> {
@@ -97,6 +206,18 @@ fn start_ganesha(script: &Path, dir: &Path, netns: &str) -> Result<RunningServer
 }
 
 fn start_cairn(binary: &Path, dir: &Path, netns_name: &str) -> Result<RunningServer> {
+    start_cairn_with(binary, dir, netns_name, &[], START_TIMEOUT)
+}
+
+/// `ip netns exec NETNS cairn up --data-dir DIR --nfs-port 2049 --bind 127.0.0.1 --no-portmap
+/// EXTRA...` in a new namespace, until its ready line; the endpoint is the first gateway it names.
+fn start_cairn_with(
+    binary: &Path,
+    dir: &Path,
+    netns_name: &str,
+    extra: &[String],
+    timeout: Duration,
+) -> Result<RunningServer> {
     let netns = Netns::create(netns_name)?;
     let log = std::env::temp_dir().join(format!("cairn-bench.{}.cairn.log", std::process::id()));
     let log_file = std::fs::File::create(&log)?;
@@ -107,6 +228,7 @@ fn start_cairn(binary: &Path, dir: &Path, netns_name: &str) -> Result<RunningSer
         .arg("--data-dir")
         .arg(dir)
         .args(["--nfs-port", &NFS_PORT.to_string(), "--bind", "127.0.0.1", "--no-portmap"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log_file)
@@ -120,7 +242,7 @@ fn start_cairn(binary: &Path, dir: &Path, netns_name: &str) -> Result<RunningSer
             mount_port: NFS_PORT,
             export: "/".to_owned(),
         },
-        guard: Guard::Cairn { child, log: log.clone(), _netns: netns },
+        guard: Guard::Cairn { child, log: log.clone(), nodes: Vec::new(), netns },
     };
     // A thread owns stdout for the server's life (so the pipe never fills) and reports the
     // ready line; it ends at EOF, when the server exits.
@@ -149,8 +271,8 @@ fn start_cairn(binary: &Path, dir: &Path, netns_name: &str) -> Result<RunningSer
             }
         }
         server.check_alive()?;
-        if start.elapsed() > START_TIMEOUT {
-            bail!("cairn not ready after {START_TIMEOUT:?}; the end of its log:\n{}", log_tail(&log));
+        if start.elapsed() > timeout {
+            bail!("cairn not ready after {timeout:?}; the end of its log:\n{}", log_tail(&log));
         }
     }
 }
@@ -162,10 +284,12 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
-/// The port in a ready line such as `Cairn is ready: nfs=127.0.0.1:2049 ...`.
+/// The port in a ready line such as `Cairn is ready: nfs=127.0.0.1:2049 ...`; of the first
+/// gateway when it lists several (`nfs=127.0.0.1:2049,127.0.0.1:2050,...`).
 fn ready_port(line: &str) -> Option<u16> {
-    let address = line.split_whitespace().find_map(|word| word.strip_prefix("nfs="))?;
-    address.trim_end_matches([',', ';']).rsplit_once(':')?.1.parse().ok()
+    let addresses = line.split_whitespace().find_map(|word| word.strip_prefix("nfs="))?;
+    let first = addresses.split(',').next()?;
+    first.trim_end_matches(';').rsplit_once(':')?.1.parse().ok()
 }
 
 impl Drop for RunningServer {
@@ -176,7 +300,7 @@ impl Drop for RunningServer {
                     eprintln!("cairn-bench: stopping ganesha: {error:#}");
                 }
             }
-            Guard::Cairn { child, log, .. } => {
+            Guard::Cairn { child, log, netns, .. } => {
                 let _ = std::fs::remove_file(&*log);
                 if let Ok(pid) = libc::pid_t::try_from(child.id()) {
                     // SAFETY: kill(2) on the pid of our own child, which we have not reaped yet,
@@ -186,17 +310,60 @@ impl Drop for RunningServer {
                     }
                 }
                 let start = Instant::now();
+                let mut exited = false;
                 while start.elapsed() < STOP_TIMEOUT {
                     if matches!(child.try_wait(), Ok(Some(_))) {
-                        return;
+                        exited = true;
+                        break;
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                eprintln!("cairn-bench: cairn did not exit after SIGTERM; killing it");
-                let _ = child.kill();
-                let _ = child.wait();
+                if !exited {
+                    eprintln!("cairn-bench: cairn did not exit after SIGTERM; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                // Whatever still runs in the namespace (node processes of `cairn up --nodes N`
+                // that outlived it) was started by this benchmark: kill it before the namespace
+                // and the file system go.
+                kill_namespace_processes(&netns.name);
             }
         }
+    }
+}
+
+/// SIGKILLs every process left in network namespace `name` (only this benchmark's processes run
+/// there) and waits up to [`STOP_TIMEOUT`] for them to be gone.
+fn kill_namespace_processes(name: &str) {
+    let pids = || -> Vec<u32> {
+        Command::new("ip")
+            .args(["netns", "pids", name])
+            .output()
+            .map(|output| {
+                String::from_utf8_lossy(&output.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let left = pids();
+    if left.is_empty() {
+        return;
+    }
+    eprintln!("cairn-bench: killing {} process(es) left in netns {name}", left.len());
+    for pid in &left {
+        if let Ok(pid) = libc::pid_t::try_from(*pid) {
+            // SAFETY: kill(2) of a process inside the benchmark's own namespace; no memory is
+            // involved.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+    let start = Instant::now();
+    while start.elapsed() < STOP_TIMEOUT && pids().iter().any(|pid| system::process_running(*pid)) {
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -209,5 +376,11 @@ mod tests {
         assert_eq!(ready_port("Cairn is ready: nfs=127.0.0.1:2049 mount=same"), Some(2049));
         assert_eq!(ready_port("Cairn is ready: data=/x nfs=[::1]:3049, exports=/"), Some(3049));
         assert_eq!(ready_port("Cairn is ready"), None);
+        assert_eq!(
+            ready_port(
+                "Cairn is ready: cluster=00ab nodes=3 nfs=127.0.0.1:2049,127.0.0.1:2050,127.0.0.1:2051 cldb=x"
+            ),
+            Some(2049)
+        );
     }
 }

@@ -43,21 +43,50 @@ pub fn check_interrupted() -> Result<()> {
 /// CPUs kept busy by others: sampled over one second while the benchmark itself is idle (no
 /// server running). The machine is shared, and a busy one makes the figures noisy.
 pub fn busy_cpus_elsewhere() -> f64 {
-    fn sample() -> Option<(u64, u64)> {
+    let Some(before) = CpuSample::take() else { return f64::NAN };
+    std::thread::sleep(Duration::from_secs(1));
+    CpuSample::take().map_or(f64::NAN, |after| after.since(&before).busy)
+}
+
+/// The machine's CPU time counters (`/proc/stat`'s first line), in clock ticks.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSample {
+    total: u64,
+    idle: u64,
+    iowait: u64,
+}
+
+/// CPUs in use between two [`CpuSample`]s: busy (everything but idle and iowait), and idle
+/// waiting for I/O.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuUse {
+    pub busy: f64,
+    pub iowait: f64,
+}
+
+impl CpuSample {
+    pub fn take() -> Option<Self> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let line = stat.lines().next()?;
         let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
-        // user nice system idle iowait irq softirq steal ...: idle time is idle + iowait.
-        let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
-        Some((fields.iter().take(8).sum(), idle))
+        // user nice system idle iowait irq softirq steal ...
+        Some(Self {
+            total: fields.iter().take(8).sum(),
+            idle: *fields.get(3)?,
+            iowait: fields.get(4).copied().unwrap_or(0),
+        })
     }
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
-    let Some((total_before, idle_before)) = sample() else { return f64::NAN };
-    std::thread::sleep(Duration::from_secs(1));
-    let Some((total_after, idle_after)) = sample() else { return f64::NAN };
-    let total = total_after.saturating_sub(total_before) as f64;
-    let idle = idle_after.saturating_sub(idle_before) as f64;
-    if total == 0.0 { f64::NAN } else { cpus * (total - idle) / total }
+
+    pub fn since(&self, before: &Self) -> CpuUse {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        let total = self.total.saturating_sub(before.total) as f64;
+        let idle = self.idle.saturating_sub(before.idle) as f64;
+        let iowait = self.iowait.saturating_sub(before.iowait) as f64;
+        if total == 0.0 {
+            return CpuUse { busy: f64::NAN, iowait: f64::NAN };
+        }
+        CpuUse { busy: cpus * (total - idle - iowait) / total, iowait: cpus * iowait / total }
+    }
 }
 
 /// Runs a command to completion; fails with its stderr when it fails.
@@ -199,4 +228,96 @@ pub fn loopback_bandwidth(netns_name: &str, duration: Duration) -> Result<f64> {
     drop(sender);
     let (bytes, end) = reader.join().map_err(|_| anyhow!("loopback reader panicked"))??;
     Ok(bytes as f64 / MIB / end.duration_since(start).as_secs_f64())
+}
+
+/// CPU time (user + system) and bytes written to storage by a set of processes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub cpu_seconds: f64,
+    pub write_bytes: u64,
+}
+
+impl Usage {
+    /// What was used between `before` and `self`.
+    pub fn since(&self, before: &Usage) -> Usage {
+        Usage {
+            cpu_seconds: self.cpu_seconds - before.cpu_seconds,
+            write_bytes: self.write_bytes.saturating_sub(before.write_bytes),
+        }
+    }
+}
+
+/// Sums [`Usage`] over `pids` from /proc (a process that is gone counts nothing).
+pub fn usage(pids: &[u32]) -> Usage {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut total = Usage::default();
+    for pid in pids {
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            && let Some((_, rest)) = stat.rsplit_once(')')
+        {
+            // Fields after the command name start at field 3 (state); utime and stime are 14, 15.
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+            total.cpu_seconds += (tick(11) + tick(12)) as f64 / ticks;
+        }
+        if let Ok(io) = std::fs::read_to_string(format!("/proc/{pid}/io")) {
+            total.write_bytes += io
+                .lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// The children of process `parent` and the CPU time (user + system, in clock ticks) of each.
+pub fn child_processes(parent: u32) -> Vec<(u32, u64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut children = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The command name may contain spaces and parentheses: the fields start after the last ')'.
+        let Some((_, fields)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = fields.split_whitespace().collect();
+        // fields[0] is the state (field 3 of proc(5)), so field N is fields[N - 3].
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        if field(4) == Some(u64::from(parent))
+            && let (Some(user), Some(system)) = (field(14), field(15))
+        {
+            children.push((pid, user + system));
+        }
+    }
+    children
+}
+
+/// Whether process `pid` exists and has not exited (a zombie that its parent has not reaped yet
+/// counts as exited).
+pub fn process_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])))
+        .is_some_and(|exited| !exited)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_of_this_process() {
+        let used = usage(&[std::process::id()]);
+        assert!(used.cpu_seconds >= 0.0);
+        assert_eq!(usage(&[]).write_bytes, 0);
+    }
+
+    #[test]
+    fn this_process_runs() {
+        assert!(process_running(std::process::id()));
+        assert!(!process_running(0));
+    }
 }

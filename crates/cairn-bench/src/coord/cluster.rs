@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::system::check_interrupted;
+pub use crate::system::{Usage, usage};
 
 /// Members in each quorum.
 pub const MEMBERS: usize = 3;
@@ -436,38 +437,6 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
-/// CPU time (user + system) and bytes written to storage by a set of processes.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Usage {
-    pub cpu_seconds: f64,
-    pub write_bytes: u64,
-}
-
-/// Sums [`Usage`] over `pids` from /proc (a process that is gone counts nothing).
-pub fn usage(pids: &[u32]) -> Usage {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let mut total = Usage::default();
-    for pid in pids {
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            && let Some((_, rest)) = stat.rsplit_once(')')
-        {
-            // Fields after the command name start at field 3 (state); utime and stime are 14, 15.
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-            total.cpu_seconds += (tick(11) + tick(12)) as f64 / ticks;
-        }
-        if let Ok(io) = std::fs::read_to_string(format!("/proc/{pid}/io")) {
-            total.write_bytes += io
-                .lines()
-                .find_map(|l| l.strip_prefix("write_bytes:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    total
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,12 +447,5 @@ mod tests {
         ports.sort_unstable();
         ports.dedup();
         assert_eq!(ports.len(), 9);
-    }
-
-    #[test]
-    fn usage_of_this_process() {
-        let used = usage(&[std::process::id()]);
-        assert!(used.cpu_seconds >= 0.0);
-        assert_eq!(usage(&[]).write_bytes, 0);
     }
 }
