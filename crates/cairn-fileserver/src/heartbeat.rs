@@ -200,8 +200,8 @@ impl FileServer {
             }
             loop {
                 let copy = replica.clone();
-                let Ok((history_epoch, position, _)) =
-                    tokio::task::spawn_blocking(move || copy.history()).await
+                let Ok((history_epoch, position)) =
+                    tokio::task::spawn_blocking(move || copy.stands_at()).await
                 else {
                     return;
                 };

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use cairn_store::{BadBlock, ScrubCursor};
 use tokio::sync::watch;
 
-use crate::proto::{ReplReply, ReplRequest, WireError};
+use crate::proto::{ReplError, ReplReply, ReplRequest, WireError};
 use crate::replica::ReplicaVolume;
 use crate::server::{Held, Inner, MasterVolume};
 
@@ -112,9 +112,9 @@ impl Inner {
         &self,
         master: &Arc<MasterVolume>,
         request: ReplRequest,
-    ) -> Result<ReplReply, crate::proto::ReplError> {
+    ) -> Result<ReplReply, ReplError> {
         let ReplRequest::ReadBlocks { container, inode, chunk, first_block, count, .. } = request else {
-            return Err(crate::proto::ReplError::Failed("not a block read".to_string()));
+            return Err(ReplError::Failed("not a block read".to_string()));
         };
         let store = master.store.clone();
         let read = move || {
@@ -123,8 +123,8 @@ impl Inner {
         };
         match tokio::task::spawn_blocking(read).await {
             Ok(Ok((blocks, position))) => Ok(ReplReply::Blocks { blocks, position }),
-            Ok(Err(error)) => Err(crate::proto::ReplError::Failed(WireError::from(error).to_string())),
-            Err(error) => Err(crate::proto::ReplError::Failed(format!("block read task failed: {error}"))),
+            Ok(Err(error)) => Err(ReplError::Failed(WireError::from(error).to_string())),
+            Err(error) => Err(ReplError::Failed(format!("block read task failed: {error}"))),
         }
     }
 

@@ -109,12 +109,19 @@ impl ReplicaVolume {
         }
     }
 
-    /// The history epoch and position, and the records kept in memory (for a promotion).
-    pub(crate) fn history(&self) -> (u64, u64, Vec<Record>) {
+    /// The history epoch and position (taken together, between two changes).
+    pub(crate) fn stands_at(&self) -> (u64, u64) {
         let _apply = self.apply.lock();
-        let state = self.state.lock();
-        let records = state.retained.iter().cloned().collect();
-        (state.history_epoch, self.replica.position(), records)
+        (self.state.lock().history_epoch, self.replica.position())
+    }
+
+    /// The history epoch, and the records kept in memory (for a promotion: the copy is closed
+    /// right after, so they are moved out).
+    fn take_history(&self) -> (u64, Vec<Record>) {
+        let _apply = self.apply.lock();
+        let mut state = self.state.lock();
+        state.retained_bytes = 0;
+        (state.history_epoch, std::mem::take(&mut state.retained).into())
     }
 
     /// The master this copy follows: (address, epoch), for fetching good blocks from it.
@@ -150,6 +157,13 @@ impl ReplicaVolume {
     /// Closes the copy durably (before it is opened as a master).
     pub(crate) fn close(self) -> Result<(), StoreError> {
         self.replica.close()
+    }
+
+    /// Closes the copy durably for a promotion: its history epoch and the records it kept.
+    pub(crate) fn close_for_promotion(self) -> Result<(u64, Vec<Record>), StoreError> {
+        let history = self.take_history();
+        self.replica.close()?;
+        Ok(history)
     }
 
     /// Applies records fetched from a peer (a promotion catching up): they must continue the

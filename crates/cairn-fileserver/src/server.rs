@@ -251,11 +251,7 @@ impl Inner {
     ) -> Result<(Arc<Store>, Arc<NetReplicator>), FileServerError> {
         let failed = |source| FileServerError::Store { volume: volume.0, source };
         let (history_epoch, retained) = match self.release(volume.0) {
-            Some(Released::Replica(replica)) => {
-                let (history_epoch, _, retained) = replica.history();
-                replica.close().map_err(failed)?;
-                (history_epoch, retained)
-            }
+            Some(Released::Replica(replica)) => replica.close_for_promotion().map_err(failed)?,
             Some(Released::Master(store)) => {
                 store.sync_all().map_err(failed)?;
                 (0, Vec::new())
@@ -432,14 +428,13 @@ impl Inner {
         master: &Arc<MasterVolume>,
         op: FsOp,
     ) -> Result<FsReply, WireError> {
-        let again = matches!(op, FsOp::Read { .. } | FsOp::Write { .. }).then(|| op.clone());
-        match execute(master.store.clone(), op).await {
-            Err(WireError::BadBlock(bad)) => match again {
-                Some(op) if self.repair_on_master(volume, master, bad).await => {
-                    execute(master.store.clone(), op).await
-                }
-                _ => Err(WireError::BadBlock(bad)),
-            },
+        // Shared, not copied: a write's data is not duplicated for the rare retry.
+        let op = Arc::new(op);
+        let again = matches!(*op, FsOp::Read { .. } | FsOp::Write { .. });
+        match execute(master.store.clone(), op.clone()).await {
+            Err(WireError::BadBlock(bad)) if again && self.repair_on_master(volume, master, bad).await => {
+                execute(master.store.clone(), op).await
+            }
             answer => answer,
         }
     }
@@ -533,60 +528,62 @@ pub(crate) enum Released {
 }
 
 /// Runs one operation on a blocking thread (the store blocks on disk and on group commits).
-async fn execute(store: Arc<Store>, op: FsOp) -> Result<FsReply, WireError> {
-    match tokio::task::spawn_blocking(move || run(&*store, op)).await {
+async fn execute(store: Arc<Store>, op: Arc<FsOp>) -> Result<FsReply, WireError> {
+    match tokio::task::spawn_blocking(move || run(&*store, &op)).await {
         Ok(result) => result,
         Err(error) => Err(WireError::Io(format!("operation failed: {error}"))),
     }
 }
 
-fn run(store: &dyn FileSystem, op: FsOp) -> Result<FsReply, WireError> {
+fn run(store: &dyn FileSystem, op: &FsOp) -> Result<FsReply, WireError> {
     let reply = match op {
         FsOp::Identity => {
             FsReply::Identity { cluster: store.cluster_id(), volume: store.volume_id(), root: store.root() }
         }
-        FsOp::Getattr { fid } => FsReply::Attributes(store.getattr(fid)?),
+        FsOp::Getattr { fid } => FsReply::Attributes(store.getattr(*fid)?),
         FsOp::Setattr { caller, fid, changes, guard_ctime } => {
-            FsReply::Wcc(store.setattr(&caller, fid, changes, guard_ctime)?)
+            FsReply::Wcc(store.setattr(caller, *fid, *changes, *guard_ctime)?)
         }
-        FsOp::Lookup { caller, directory, name } => FsReply::Lookup(store.lookup(&caller, directory, &name)?),
+        FsOp::Lookup { caller, directory, name } => FsReply::Lookup(store.lookup(caller, *directory, name)?),
         FsOp::Access { caller, fid, requested } => {
-            let (granted, attributes) = store.access(&caller, fid, requested)?;
+            let (granted, attributes) = store.access(caller, *fid, *requested)?;
             FsReply::Access { granted, attributes }
         }
         FsOp::Readlink { caller, fid } => {
-            let (target, attributes) = store.readlink(&caller, fid)?;
+            let (target, attributes) = store.readlink(caller, *fid)?;
             FsReply::Readlink { target, attributes }
         }
-        FsOp::Read { caller, fid, offset, count } => FsReply::Read(store.read(&caller, fid, offset, count)?),
+        FsOp::Read { caller, fid, offset, count } => {
+            FsReply::Read(store.read(caller, *fid, *offset, *count)?)
+        }
         FsOp::Write { caller, fid, offset, data, stability } => {
-            FsReply::Write(store.write(&caller, fid, offset, &data, stability)?)
+            FsReply::Write(store.write(caller, *fid, *offset, data, *stability)?)
         }
         FsOp::Commit { fid, offset, count_bytes } => {
-            FsReply::Commit(store.commit(fid, offset, count_bytes)?)
+            FsReply::Commit(store.commit(*fid, *offset, *count_bytes)?)
         }
         FsOp::Create { caller, directory, name, how } => {
-            FsReply::Created(store.create(&caller, directory, &name, how)?)
+            FsReply::Created(store.create(caller, *directory, name, *how)?)
         }
         FsOp::Mkdir { caller, directory, name, attributes } => {
-            FsReply::Created(store.mkdir(&caller, directory, &name, attributes)?)
+            FsReply::Created(store.mkdir(caller, *directory, name, *attributes)?)
         }
         FsOp::Symlink { caller, directory, name, target, attributes } => {
-            FsReply::Created(store.symlink(&caller, directory, &name, &target, attributes)?)
+            FsReply::Created(store.symlink(caller, *directory, name, target, *attributes)?)
         }
         FsOp::Mknod { caller, directory, name, kind, attributes } => {
-            FsReply::Created(store.mknod(&caller, directory, &name, kind, attributes)?)
+            FsReply::Created(store.mknod(caller, *directory, name, *kind, *attributes)?)
         }
-        FsOp::Remove { caller, directory, name } => FsReply::Wcc(store.remove(&caller, directory, &name)?),
-        FsOp::Rmdir { caller, directory, name } => FsReply::Wcc(store.rmdir(&caller, directory, &name)?),
+        FsOp::Remove { caller, directory, name } => FsReply::Wcc(store.remove(caller, *directory, name)?),
+        FsOp::Rmdir { caller, directory, name } => FsReply::Wcc(store.rmdir(caller, *directory, name)?),
         FsOp::Rename { caller, from_directory, from_name, to_directory, to_name } => {
-            FsReply::Renamed(store.rename(&caller, from_directory, &from_name, to_directory, &to_name)?)
+            FsReply::Renamed(store.rename(caller, *from_directory, from_name, *to_directory, to_name)?)
         }
         FsOp::Link { caller, fid, directory, name } => {
-            FsReply::Linked(store.link(&caller, fid, directory, &name)?)
+            FsReply::Linked(store.link(caller, *fid, *directory, name)?)
         }
         FsOp::Readdir { caller, directory, cookie, entries_max, with_attributes } => FsReply::Directory(
-            store.readdir(&caller, directory, cookie, entries_max as usize, with_attributes)?,
+            store.readdir(caller, *directory, *cookie, *entries_max as usize, *with_attributes)?,
         ),
         FsOp::Fsstat => FsReply::Fsstat(store.fsstat()?),
     };
