@@ -20,8 +20,10 @@ use tokio::time::Instant;
 
 use crate::proto::{
     Alarm, CldbError, CldbStatus, ContainerInfo, Heartbeat, HeartbeatReply, NodeInfo, Request, Response,
-    RpcClient, VolumeChange, VolumeInfo, VolumeLocation, VolumeSpec,
+    RpcClient, VipAgentReport, VipGrant, VipInfo, VipPool, VipPoolEdit, VipPoolSpec, VolumeChange,
+    VolumeInfo, VolumeLocation, VolumeSpec,
 };
+use std::net::Ipv4Addr;
 
 /// Pause after a pass over every CLDB without an answer, or while a master is being elected.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -206,6 +208,49 @@ impl CldbClient {
     pub async fn heartbeat(&self, hb: Heartbeat) -> Result<HeartbeatReply, CldbError> {
         match self.call(Request::Heartbeat(hb)).await? {
             Response::Heartbeat(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn add_vip_pool(&self, spec: VipPoolSpec) -> Result<VipPool, CldbError> {
+        match self.call(Request::AddVipPool(spec)).await? {
+            Response::VipPool(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn edit_vip_pool(&self, edit: VipPoolEdit) -> Result<VipPool, CldbError> {
+        match self.call(Request::EditVipPool(edit)).await? {
+            Response::VipPool(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn remove_vip_pool(&self, start: Ipv4Addr) -> Result<VipPool, CldbError> {
+        match self.call(Request::RemoveVipPool { start }).await? {
+            Response::VipPool(p) => Ok(p),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn move_vip(&self, vip: Ipv4Addr, to_mac: &str) -> Result<Vec<VipInfo>, CldbError> {
+        match self.call(Request::MoveVip { vip, to_mac: to_mac.to_owned() }).await? {
+            Response::Vips(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn list_vips(&self) -> Result<Vec<VipInfo>, CldbError> {
+        match self.call(Request::ListVips).await? {
+            Response::Vips(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A VIP agent's report; the answer may be held back up to `report.wait_ms`.
+    pub async fn vip_agent(&self, report: VipAgentReport) -> Result<VipGrant, CldbError> {
+        match self.call(Request::VipAgent(report)).await? {
+            Response::VipGrant(g) => Ok(g),
             other => Err(unexpected(other)),
         }
     }

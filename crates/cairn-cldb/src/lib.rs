@@ -47,10 +47,12 @@
 pub mod client;
 pub mod model;
 pub mod planner;
+pub mod probe;
 pub mod proto;
 pub mod service;
 pub mod store;
 pub mod view;
+pub mod vip;
 
 pub use client::{CldbClient, CldbClientOptions};
 pub use proto::{CldbError, Request, Response};

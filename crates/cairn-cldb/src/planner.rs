@@ -62,6 +62,8 @@ pub struct Tables {
     pub corrupt: BTreeMap<String, String>,
     /// Volume ids whose record is corrupt: their copies are never removed.
     pub corrupt_volumes: BTreeSet<u32>,
+    /// The pools of virtual IPs, by first address.
+    pub vip_pools: BTreeMap<std::net::Ipv4Addr, crate::proto::VipPool>,
 }
 
 /// The outcome of one planning round.

@@ -3,6 +3,9 @@
 //!
 //! Every request is answered with `Result<Response, CldbError>`.
 
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
 use serde::{Deserialize, Serialize};
 
 /// A cairn-rpc client speaking the CLDB protocol (the CLDB never pushes).
@@ -37,6 +40,27 @@ pub enum Request {
     /// Master only. Changes a live volume's quotas or replication; answered with the new
     /// record (`Response::Volume`).
     ModifyVolume(VolumeChange),
+    /// Master only. Adds a pool of virtual IPs (`maprcli virtualip add`); answered with the pool
+    /// (`Response::VipPool`).
+    AddVipPool(VipPoolSpec),
+    /// Master only. Changes the pool that starts at `start`; answered with the new pool.
+    EditVipPool(VipPoolEdit),
+    /// Master only. Removes the pool that starts at `start` (its VIPs are released); answered
+    /// with the removed pool.
+    RemoveVipPool {
+        start: Ipv4Addr,
+    },
+    /// Master only. Moves one VIP to the interface with this MAC and keeps it there while that
+    /// gateway is healthy; answered with the VIP's state (`Response::Vips`).
+    MoveVip {
+        vip: Ipv4Addr,
+        to_mac: String,
+    },
+    /// Master only (the assignment lives in the master's memory). Every VIP and where it is.
+    ListVips,
+    /// Master only. A node's VIP agent: what it has and sees; answered (`Response::VipGrant`) with
+    /// the VIPs it must hold, at once if they changed, else after at most `wait_ms`.
+    VipAgent(VipAgentReport),
 }
 
 impl Request {
@@ -48,6 +72,12 @@ impl Request {
                 | Request::CreateVolume(_)
                 | Request::RemoveVolume { .. }
                 | Request::ModifyVolume(_)
+                | Request::AddVipPool(_)
+                | Request::EditVipPool(_)
+                | Request::RemoveVipPool { .. }
+                | Request::MoveVip { .. }
+                | Request::ListVips
+                | Request::VipAgent(_)
         )
     }
 }
@@ -65,6 +95,9 @@ pub enum Response {
     Container(ContainerInfo),
     Alarms(Vec<Alarm>),
     Status(CldbStatus),
+    VipPool(VipPool),
+    Vips(Vec<VipInfo>),
+    VipGrant(VipGrant),
 }
 
 /// Every failure a CLDB client can see.
@@ -455,4 +488,152 @@ pub struct CldbStatus {
     pub epoch: u64,
     #[serde(default)]
     pub cluster_id: u64,
+}
+
+/// A request to add a pool of virtual IPs: `start..=end` (one VIP without `end`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct VipPoolSpec {
+    pub start: Ipv4Addr,
+    #[serde(default)]
+    pub end: Option<Ipv4Addr>,
+    /// The netmask as a prefix length (0..=32): the subnet a VIP shares with the interfaces
+    /// that may hold it.
+    pub prefix: u8,
+    /// MAC addresses of the interfaces that may hold the pool's VIPs; empty: every interface of
+    /// every node running a healthy NFS gateway, in the VIPs' subnet.
+    #[serde(default)]
+    pub macs: Vec<String>,
+    /// The interface that gets a VIP back whenever its gateway is healthy.
+    #[serde(default)]
+    pub preferred_mac: Option<String>,
+    /// Accept VIPs outside every eligible interface's subnet (the network must route them to
+    /// the nodes).
+    #[serde(default)]
+    pub any_subnet: bool,
+}
+
+/// A change to the pool starting at `start` (`maprcli virtualip edit`); `None` keeps a field.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct VipPoolEdit {
+    pub start: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub end: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub prefix: Option<u8>,
+    #[serde(default)]
+    pub macs: Option<Vec<String>>,
+    /// `Some(None)` removes the preferred MAC.
+    #[serde(default)]
+    pub preferred_mac: Option<Option<String>>,
+    #[serde(default)]
+    pub any_subnet: Option<bool>,
+}
+
+/// A pool of virtual IPs, as kept in coord under `/cairn/cldb/vips/<start>`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct VipPool {
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+    pub prefix: u8,
+    /// Lower-case `aa:bb:cc:dd:ee:ff`; empty: any interface in the subnet.
+    #[serde(default)]
+    pub macs: Vec<String>,
+    #[serde(default)]
+    pub preferred_mac: Option<String>,
+    #[serde(default)]
+    pub any_subnet: bool,
+    /// VIPs moved by hand (`vip move`): they stay on that MAC while its gateway is healthy.
+    #[serde(default)]
+    pub moved: BTreeMap<Ipv4Addr, String>,
+    /// Milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub created_ms: u64,
+}
+
+/// Where one VIP is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct VipInfo {
+    pub vip: Ipv4Addr,
+    pub prefix: u8,
+    /// The first VIP of its pool.
+    pub pool: Ipv4Addr,
+    /// The node it is granted to (empty: nobody yet).
+    pub node: String,
+    /// The interface it is on: name, MAC and the interface's own (physical) IPv4 address.
+    #[serde(default)]
+    pub interface: String,
+    #[serde(default)]
+    pub mac: String,
+    #[serde(default)]
+    pub physical_ip: Option<Ipv4Addr>,
+    /// True once the node reported holding it.
+    #[serde(default)]
+    pub held: bool,
+    /// The MAC it returns to (a `vip move` target, else the pool's preferred MAC).
+    #[serde(default)]
+    pub preferred_mac: Option<String>,
+}
+
+/// One network interface of a node, as its VIP agent sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceReport {
+    pub name: String,
+    /// Lower-case `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// IPv4 addresses with their prefix lengths.
+    pub addresses: Vec<(Ipv4Addr, u8)>,
+}
+
+/// What a node's VIP agent tells the CLDB master, every half second at most.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct VipAgentReport {
+    pub node: String,
+    /// The agent's coord session: it holds VIPs only while the session lives, and the ephemeral
+    /// `/cairn/nfs/<node>` carries it.
+    pub session: u64,
+    /// The grant generation the agent last applied; the master answers at once when it differs.
+    #[serde(default)]
+    pub generation: u64,
+    /// Longest the master may hold the answer back (capped at [`crate::vip::AGENT_WAIT_MAX`]).
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// The node's own NFS gateway answers.
+    #[serde(default)]
+    pub nfs_ok: bool,
+    #[serde(default)]
+    pub interfaces: Vec<InterfaceReport>,
+    /// The VIPs the node holds now.
+    #[serde(default)]
+    pub held: Vec<Ipv4Addr>,
+    /// Established NFS connections to a held VIP: (VIP:port, client:port), for tickle ACKs by
+    /// the next holder.
+    #[serde(default)]
+    pub connections: Vec<(SocketAddrV4, SocketAddrV4)>,
+    /// A VIP someone else answered for when the agent probed it before claiming.
+    #[serde(default)]
+    pub conflicts: Vec<(Ipv4Addr, String)>,
+}
+
+/// The VIPs a node must hold.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct VipGrant {
+    /// The CLDB master epoch of the master that answered (agents ignore lower ones).
+    pub cldb_epoch: u64,
+    pub generation: u64,
+    pub vips: Vec<GrantedVip>,
+}
+
+/// One VIP a node must hold, and on which interface.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct GrantedVip {
+    pub vip: Ipv4Addr,
+    pub interface: String,
+    pub mac: String,
+    /// MACs that may still answer for the VIP without being a conflict (the previous holder
+    /// during a planned move).
+    #[serde(default)]
+    pub ignore_macs: Vec<String>,
+    /// Connections the previous holder had: tickle each after taking over.
+    #[serde(default)]
+    pub tickle: Vec<(SocketAddrV4, SocketAddrV4)>,
 }

@@ -1,9 +1,9 @@
 //! The CLDB service: serves the RPC port, campaigns for mastership in coord, and, while master,
 //! answers heartbeats and writes and runs the planner every tick.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,11 +17,14 @@ use tokio::task::JoinHandle;
 
 use crate::model::{check_change, check_heartbeat, check_node_name, check_spec, check_volume_name};
 use crate::planner::{self, PlannerConfig, Tables};
+use crate::probe::{self, Prober};
 use crate::proto::{
-    CldbError, CldbStatus, Heartbeat, HeartbeatReply, NodeRecord, NodeState, Request, Response, VolumeInfo,
+    CldbError, CldbStatus, Heartbeat, HeartbeatReply, NodeRecord, NodeState, Request, Response,
+    VipAgentReport, VipGrant, VipPool, VolumeInfo,
 };
 use crate::store::{self, Fenced, Loaded, WriteError};
 use crate::view;
+use crate::vip;
 
 /// Pause before retrying coord after a failure.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
@@ -90,6 +93,19 @@ struct State {
     loaded: Loaded,
     /// A write failed in a way that may leave memory and coord apart: reload before acting.
     stale: bool,
+    vips: VipMemory,
+}
+
+/// What the master knows of the VIP agents and the grants it made (memory only: a new master
+/// learns them again from the agents' reports, see [`crate::vip`]).
+#[derive(Default)]
+struct VipMemory {
+    agents: BTreeMap<String, vip::Agent>,
+    grants: BTreeMap<Ipv4Addr, vip::Grant>,
+    /// Node → the session owning `/cairn/nfs/<node>`, as last read from coord.
+    sessions: BTreeMap<String, u64>,
+    /// Every node with a live NFS session has reported since this master was elected.
+    ready: bool,
 }
 
 /// What a CLDB holds while it is master.
@@ -99,6 +115,10 @@ struct Master {
     state: tokio::sync::Mutex<State>,
     deposed: AtomicBool,
     deposed_notify: Notify,
+    /// The VIP grants' generation: +1 at every change, waking the agents waiting for one.
+    vip_generation: watch::Sender<u64>,
+    /// NULL pings to every gateway.
+    prober: Prober,
 }
 
 impl Master {
@@ -152,6 +172,73 @@ impl Master {
                 false
             }
         }
+    }
+
+    /// Brings the agents' liveness up to date (sessions, pings) and plans the VIPs again; bumps
+    /// the generation if a grant changed.
+    fn replan_vips(&self, st: &mut State) {
+        let vips = &mut st.vips;
+        for (node, agent) in vips.agents.iter_mut() {
+            let probe = self.prober.state(node);
+            agent.session_alive = vips.sessions.get(node) == Some(&agent.report.session);
+            agent.proven_dead = probe.proven_dead;
+            agent.ping_ok = probe.ping_ok;
+        }
+        if !vips.ready {
+            vips.ready = vips
+                .sessions
+                .iter()
+                .all(|(node, session)| vips.agents.get(node).is_some_and(|a| a.report.session == *session));
+            if vips.ready {
+                tracing::info!("every NFS agent has reported: VIPs may move");
+            }
+        }
+        let grants = vip::plan_vips(&st.loaded.tables.vip_pools, &vips.agents, &vips.grants, vips.ready);
+        if grants != vips.grants {
+            for (ip, g) in &grants {
+                if vips.grants.get(ip).map(|old| (&old.node, &old.mac)) != Some((&g.node, &g.mac)) {
+                    tracing::info!("VIP {ip} -> node {} ({} {})", g.node, g.interface, g.mac);
+                }
+            }
+            for ip in vips.grants.keys().filter(|ip| !grants.contains_key(*ip)) {
+                tracing::info!("VIP {ip} released");
+            }
+            vips.grants = grants;
+            self.vip_generation.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// Reads the NFS sessions from coord, points the prober at every agent's gateway, and plans
+    /// the VIPs again.
+    async fn refresh_vips(&self, st: &mut State) {
+        match store::nfs_sessions(&self.fenced.client).await {
+            Ok(sessions) => st.vips.sessions = sessions,
+            Err(e) => tracing::warn!("cannot read the NFS sessions: {e}"),
+        }
+        self.sync_probes(st);
+        self.replan_vips(st);
+    }
+
+    /// Points the prober at the gateway of every node with an agent.
+    fn sync_probes(&self, st: &State) {
+        let targets: BTreeMap<String, probe::Target> = st
+            .vips
+            .agents
+            .keys()
+            .filter_map(|n| {
+                let record = st.loaded.tables.nodes.get(n)?;
+                (!record.nfs_address.is_empty()).then(|| {
+                    (
+                        n.clone(),
+                        probe::Target {
+                            nfs_address: record.nfs_address.clone(),
+                            fileserver_address: record.fileserver_address.clone(),
+                        },
+                    )
+                })
+            })
+            .collect();
+        self.prober.sync(&targets);
     }
 
     async fn ready_state(&self) -> Result<tokio::sync::MutexGuard<'_, State>, CldbError> {
@@ -304,6 +391,93 @@ impl Shared {
                 }
                 Ok(Response::Volume(view::volume_info(&st.loaded.tables, &volume)))
             }
+            Request::AddVipPool(spec) => {
+                let mut st = m.ready_state().await?;
+                let (agents, own) = vip_context(&st);
+                let pool = vip::check_pool(&spec, &st.loaded.tables.vip_pools, &agents, &own, now_ms())?;
+                m.write(
+                    &mut st,
+                    vec![store::create(store::vip_pool_path(pool.start), store::to_json(&pool))],
+                )
+                .await?;
+                tracing::info!("VIP pool {}-{}/{} added", pool.start, pool.end, pool.prefix);
+                st.loaded.tables.vip_pools.insert(pool.start, pool.clone());
+                m.replan_vips(&mut st);
+                Ok(Response::VipPool(pool))
+            }
+            Request::EditVipPool(edit) => {
+                let mut st = m.ready_state().await?;
+                let old = pool_starting_at(&st, edit.start)?;
+                let (agents, own) = vip_context(&st);
+                let mut others = st.loaded.tables.vip_pools.clone();
+                others.remove(&old.start);
+                let pool = vip::check_edit(&old, &edit, &others, &agents, &own)?;
+                m.write(&mut st, vec![store::set(store::vip_pool_path(pool.start), store::to_json(&pool))])
+                    .await?;
+                tracing::info!("VIP pool {}-{}/{} edited", pool.start, pool.end, pool.prefix);
+                st.loaded.tables.vip_pools.insert(pool.start, pool.clone());
+                m.replan_vips(&mut st);
+                Ok(Response::VipPool(pool))
+            }
+            Request::RemoveVipPool { start } => {
+                let mut st = m.ready_state().await?;
+                let pool = pool_starting_at(&st, Some(start))?;
+                m.write(&mut st, vec![store::delete(store::vip_pool_path(pool.start))]).await?;
+                tracing::info!("VIP pool {}-{} removed", pool.start, pool.end);
+                st.loaded.tables.vip_pools.remove(&pool.start);
+                m.replan_vips(&mut st);
+                Ok(Response::VipPool(pool))
+            }
+            Request::MoveVip { vip: ip, to_mac } => {
+                let mac = vip::normalize_mac(&to_mac)?;
+                let mut st = m.ready_state().await?;
+                let Some(mut pool) = st.loaded.tables.vip_pools.values().find(|p| p.contains(ip)).cloned()
+                else {
+                    return Err(CldbError::InvalidSpec(format!("{ip} is in no VIP pool")));
+                };
+                let accepted = st
+                    .vips
+                    .agents
+                    .values()
+                    .flat_map(|a| &a.report.interfaces)
+                    .find(|i| i.mac == mac)
+                    .map(|i| pool.accepts(i, ip));
+                match accepted {
+                    None => {
+                        return Err(CldbError::InvalidSpec(format!(
+                            "no node has an interface with MAC {mac}"
+                        )));
+                    }
+                    Some(false) => {
+                        return Err(CldbError::InvalidSpec(format!(
+                            "the interface with MAC {mac} may not hold {ip} (not in the pool's MACs or subnet)"
+                        )));
+                    }
+                    Some(true) => {}
+                }
+                if pool.moved.get(&ip) != Some(&mac) {
+                    pool.moved.insert(ip, mac.clone());
+                    m.write(
+                        &mut st,
+                        vec![store::set(store::vip_pool_path(pool.start), store::to_json(&pool))],
+                    )
+                    .await?;
+                    tracing::info!("VIP {ip} moved to {mac} by request");
+                    st.loaded.tables.vip_pools.insert(pool.start, pool);
+                }
+                m.replan_vips(&mut st);
+                let infos = vip::vip_infos(&st.loaded.tables.vip_pools, &st.vips.grants, &st.vips.agents);
+                Ok(Response::Vips(infos.into_iter().filter(|i| i.vip == ip).collect()))
+            }
+            Request::ListVips => {
+                let st = m.ready_state().await?;
+                Ok(Response::Vips(vip::vip_infos(
+                    &st.loaded.tables.vip_pools,
+                    &st.vips.grants,
+                    &st.vips.agents,
+                )))
+            }
+            Request::VipAgent(report) => self.vip_agent(m, report).await.map(Response::VipGrant),
             Request::Status => Ok(Response::Status(CldbStatus {
                 name: self.config.name.clone(),
                 address: self.address.clone(),
@@ -374,6 +548,46 @@ impl Shared {
         })
     }
 
+    /// An agent's report: remember it, plan, and answer with its VIPs once the grants differ
+    /// from what it applied, or after its wait.
+    async fn vip_agent(&self, m: &Master, mut report: VipAgentReport) -> Result<VipGrant, CldbError> {
+        vip::check_report(&mut report)?;
+        let node = report.node.clone();
+        let seen = report.generation;
+        let wait = Duration::from_millis(report.wait_ms).min(vip::AGENT_WAIT_MAX);
+        let mut generation = m.vip_generation.subscribe();
+        {
+            let mut st = m.ready_state().await?;
+            if st.vips.sessions.get(&node) != Some(&report.session) {
+                // A session we have not seen yet (a restarted agent): look at once.
+                let path = format!("{}/{node}", vip::NFS_SESSIONS);
+                if let Ok(Some(stat)) = m.fenced.client.exists(&path).await
+                    && stat.ephemeral_owner == report.session
+                {
+                    st.vips.sessions.insert(node.clone(), report.session);
+                }
+            }
+            for (ip, by) in &report.conflicts {
+                tracing::warn!("node {node} did not claim VIP {ip}: {by} answers for it");
+            }
+            let agent = vip::Agent { report, session_alive: false, proven_dead: false, ping_ok: true };
+            let new_agent = st.vips.agents.insert(node.clone(), agent).is_none();
+            if new_agent {
+                m.sync_probes(&st);
+            }
+            m.replan_vips(&mut st);
+        }
+        if *generation.borrow_and_update() == seen && !wait.is_zero() {
+            let _ = tokio::time::timeout(wait, generation.changed()).await;
+        }
+        let st = m.state.lock().await;
+        Ok(VipGrant {
+            cldb_epoch: m.epoch,
+            generation: *m.vip_generation.borrow(),
+            vips: vip::grants_for(&node, &st.vips.grants, &st.vips.agents),
+        })
+    }
+
     async fn handle_follower(&self, req: Request) -> Result<Response, CldbError> {
         let client = self.coord()?;
         let mut t = Tables::default();
@@ -429,6 +643,32 @@ impl Shared {
             }
         }
     }
+}
+
+/// The agents' reports and every address a node has (which no VIP may take).
+fn vip_context(st: &State) -> (BTreeMap<String, VipAgentReport>, BTreeSet<Ipv4Addr>) {
+    let agents: BTreeMap<String, VipAgentReport> =
+        st.vips.agents.iter().map(|(n, a)| (n.clone(), a.report.clone())).collect();
+    let mut own: BTreeSet<Ipv4Addr> = agents
+        .values()
+        .flat_map(|a| a.interfaces.iter().flat_map(|i| i.addresses.iter().map(|(ip, _)| *ip)))
+        .collect();
+    for record in st.loaded.tables.nodes.values() {
+        for address in [&record.fileserver_address, &record.nfs_address] {
+            if let Ok(std::net::SocketAddr::V4(a)) = address.parse::<std::net::SocketAddr>() {
+                own.insert(*a.ip());
+            }
+        }
+    }
+    (agents, own)
+}
+
+/// The pool whose first VIP is `start`.
+fn pool_starting_at(st: &State, start: Option<Ipv4Addr>) -> Result<VipPool, CldbError> {
+    let start = start.ok_or_else(|| CldbError::InvalidSpec("which pool? give its first VIP".into()))?;
+    st.loaded.tables.vip_pools.get(&start).cloned().ok_or_else(|| {
+        CldbError::InvalidSpec(format!("no VIP pool starts at {start} (see `cairn vip list`)"))
+    })
 }
 
 /// Answers a read from tables in memory.
@@ -643,9 +883,11 @@ async fn elect(shared: &Shared, client: &CoordClient) -> Result<Master, CldbErro
     Ok(Master {
         fenced: Fenced { client: client.clone(), version },
         epoch: record.epoch,
-        state: tokio::sync::Mutex::new(State { loaded, stale: false }),
+        state: tokio::sync::Mutex::new(State { loaded, stale: false, vips: VipMemory::default() }),
         deposed: AtomicBool::new(false),
         deposed_notify: Notify::new(),
+        vip_generation: watch::Sender::new(0),
+        prober: Prober::default(),
     })
 }
 
@@ -654,13 +896,22 @@ async fn serve_as_master(shared: &Shared, master: &Master, stop: &mut watch::Rec
     let mut interval = tokio::time::interval(shared.config.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let probed = tokio::select! {
             _ = stop.wait_for(|s| *s) => return true,
-            () = master.deposed_notify.notified() => {}
-            _ = interval.tick() => {}
-        }
+            () = master.deposed_notify.notified() => false,
+            _ = interval.tick() => false,
+            () = master.prober.changed.notified() => true,
+        };
         if master.is_deposed() {
             return false;
+        }
+        if probed {
+            // A gateway stopped or started answering: move VIPs (and fail volumes over) now.
+            let mut st = master.state.lock().await;
+            master.replan_vips(&mut st);
+            drop(st);
+            tick(shared, master).await;
+            continue;
         }
         let client = &master.fenced.client;
         match client.exists(store::MASTER_PATH).await {
@@ -698,6 +949,21 @@ async fn serve_as_master(shared: &Shared, master: &Master, stop: &mut watch::Rec
 /// One planning round: plan, write fenced, then apply to memory.
 async fn tick(shared: &Shared, master: &Master) {
     let Ok(mut st) = master.ready_state().await else { return };
+    master.refresh_vips(&mut st).await;
+    // A node whose NFS and file server ports both refuse right after the connection to them
+    // broke is gone: down now rather than after the heartbeat timeout.
+    let gone: Vec<String> = st
+        .vips
+        .agents
+        .keys()
+        .filter(|n| master.prober.state(n).fileserver_refused)
+        .filter(|n| st.loaded.tables.last_heartbeat_ms.get(*n).is_some_and(|t| *t != 0))
+        .cloned()
+        .collect();
+    for n in gone {
+        tracing::warn!("node {n}: its ports refuse connections, taking it as down");
+        st.loaded.tables.last_heartbeat_ms.insert(n, 0);
+    }
     let now = now_ms();
     let plan = planner::plan(&shared.planner, &st.loaded.tables, now);
     if plan.is_empty(&st.loaded.tables.alarms) {

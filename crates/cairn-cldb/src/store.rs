@@ -10,6 +10,8 @@
 //! /cairn/cldb/volume-names/<name> the id of the live volume with that name (as text)
 //! /cairn/cldb/nodes/<name>        JSON NodeRecord
 //! /cairn/cldb/alarms/<Kind>-<subject>  JSON Alarm (subject with `/` written `%`)
+//! /cairn/cldb/vips/<start>        JSON VipPool (a pool of virtual IPs, by its first address)
+//! /cairn/nfs/<node>               ephemeral of the node's VIP agent session; data: NFS address
 //! ```
 //!
 //! Fencing: a newly elected master sets `/cairn/cldb/epoch` with a version check (so two
@@ -29,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::check_volume_record;
 use crate::planner::Tables;
-use crate::proto::{Alarm, CldbError, NodeRecord, NodeState, Volume};
+use crate::proto::{Alarm, CldbError, NodeRecord, NodeState, VipPool, Volume};
 
 pub const CLUSTER_PATH: &str = "/cairn/cluster";
 pub const ROOT: &str = "/cairn/cldb";
@@ -40,6 +42,7 @@ pub const VOLUMES: &str = "/cairn/cldb/volumes";
 pub const VOLUME_NAMES: &str = "/cairn/cldb/volume-names";
 pub const NODES: &str = "/cairn/cldb/nodes";
 pub const ALARMS: &str = "/cairn/cldb/alarms";
+pub const VIPS: &str = "/cairn/cldb/vips";
 /// Most operations per fenced `multi` (coord allows 1024, the fence check included).
 pub const OPS_PER_MULTI_MAX: usize = 500;
 
@@ -54,6 +57,9 @@ pub fn node_path(name: &str) -> String {
 }
 pub fn alarm_path(key: &str) -> String {
     format!("{ALARMS}/{key}")
+}
+pub fn vip_pool_path(start: std::net::Ipv4Addr) -> String {
+    format!("{VIPS}/{start}")
 }
 
 #[derive(Serialize, Deserialize)]
@@ -103,7 +109,7 @@ async fn create_if_missing(client: &CoordClient, path: &str, data: &[u8]) -> Res
 /// Creates the znodes the tables live under (harmless if they exist) and the cluster id (a random
 /// u64, drawn once per cluster). Returns the cluster id.
 pub async fn ensure_layout(client: &CoordClient) -> Result<u64, CldbError> {
-    for path in ["/cairn", ROOT, VOLUMES, VOLUME_NAMES, NODES, ALARMS] {
+    for path in ["/cairn", ROOT, VOLUMES, VOLUME_NAMES, NODES, ALARMS, VIPS, crate::vip::NFS_SESSIONS] {
         create_if_missing(client, path, b"").await.map_err(unavailable)?;
     }
     create_if_missing(client, NEXT_VOLUME_ID_PATH, b"1").await.map_err(unavailable)?;
@@ -347,6 +353,21 @@ pub async fn load(client: &CoordClient) -> Result<Loaded, CldbError> {
             t.alarms.insert(key, alarm);
         }
     }
+    for (name, data) in read_dir(client, VIPS).await? {
+        let path = format!("{VIPS}/{name}");
+        match decode::<VipPool>(&path, &data) {
+            Ok(pool) if name.parse() == Ok(pool.start) && pool.start <= pool.end => {
+                t.vip_pools.insert(pool.start, pool);
+            }
+            Ok(_) => {
+                t.corrupt.insert(path, "the pool does not match its name".into());
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                t.corrupt.insert(path, e.to_string());
+            }
+        }
+    }
     for v in t.volumes.values().filter(|v| !v.removed) {
         loaded.names.insert(v.name.clone(), v.id);
     }
@@ -403,4 +424,19 @@ pub async fn read_alarms(client: &CoordClient) -> Result<Vec<Alarm>, CldbError> 
 /// True if the node record says Up.
 pub fn marked_up(n: &NodeRecord) -> bool {
     n.state == NodeState::Up
+}
+
+/// The live NFS agent sessions: node name → the session owning `/cairn/nfs/<node>`.
+pub async fn nfs_sessions(client: &CoordClient) -> Result<BTreeMap<String, u64>, CldbError> {
+    let mut out = BTreeMap::new();
+    for name in client.children(crate::vip::NFS_SESSIONS).await.map_err(unavailable)? {
+        match client.exists(&format!("{}/{name}", crate::vip::NFS_SESSIONS)).await {
+            Ok(Some(stat)) if stat.ephemeral_owner != 0 => {
+                out.insert(name, stat.ephemeral_owner);
+            }
+            Ok(_) => {}
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    Ok(out)
 }

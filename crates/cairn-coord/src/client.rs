@@ -83,6 +83,8 @@ struct Inner {
     next_waiter: AtomicU64,
     closed: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// When the last acknowledged ping (or the session's creation) was sent.
+    last_renewal: Mutex<Instant>,
 }
 
 /// A coord client. Cheap to clone; the session ends when [`CoordClient::close`] is called or every
@@ -281,10 +283,12 @@ impl CoordClient {
             next_waiter: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
+            last_renewal: Mutex::new(Instant::now()),
         });
         let client = CoordClient { inner };
         if let Some(timeout) = options.session_timeout {
             let timeout_ms = timeout.as_millis() as u64;
+            *client.inner.last_renewal.lock() = Instant::now();
             match client.inner.call_write(Command::CreateSession { timeout_ms }).await? {
                 CommandOk::SessionCreated { session, timeout_ms } => {
                     client.inner.session.store(session, Ordering::SeqCst);
@@ -308,6 +312,17 @@ impl CoordClient {
     /// The negotiated session timeout.
     pub fn session_timeout(&self) -> Duration {
         Duration::from_millis(self.inner.session_timeout_ms.load(Ordering::SeqCst))
+    }
+
+    /// Until when the session surely lives: the send time of the last ping the cluster
+    /// acknowledged, plus the timeout (the leader counts the timeout from the ping's arrival,
+    /// which is later). `None` without a session or once it is closed or expired. A holder of
+    /// anything tied to the session (a VIP) must let it go before this instant.
+    pub fn session_valid_until(&self) -> Option<Instant> {
+        if !self.is_alive() || self.session() == NO_SESSION {
+            return None;
+        }
+        Some(*self.inner.last_renewal.lock() + self.session_timeout())
     }
 
     /// The highest zxid this client has seen.
@@ -540,8 +555,12 @@ async fn ping_loop(inner: Weak<Inner>) {
         if inner.closed.load(Ordering::SeqCst) {
             return;
         }
+        let sent = Instant::now();
         match inner.call_idempotent(|| Request::Ping { session }).await {
-            Ok(Response::Pong(Ok(()))) => {}
+            Ok(Response::Pong(Ok(()))) => {
+                let mut last = inner.last_renewal.lock();
+                *last = (*last).max(sent);
+            }
             Ok(Response::Pong(Err(CoordError::SessionExpired { .. }))) => {
                 tracing::warn!("coord session {session:#x} expired");
                 inner.expire();

@@ -1,4 +1,4 @@
-//! `cairn volume|container|alarm ...` and `cairn node list`: the cluster's administration
+//! `cairn volume|container|alarm|vip ...` and `cairn node list`: the cluster's administration
 //! commands. Each is one or two calls on the CLDB through [`CldbClient`], printed as an aligned
 //! table, or with `--json` as the CLDB's own reply types (`VolumeInfo`, `NodeInfo`,
 //! `ContainerInfo`, `Alarm`, serialized by serde).
@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use cairn_cldb::proto::{
-    Alarm, ContainerInfo, ContainerKind, NodeInfo, NodeState, QuotaChange, ReplicationType, VolumeChange,
-    VolumeInfo, VolumeSpec,
+    Alarm, ContainerInfo, ContainerKind, NodeInfo, NodeState, QuotaChange, ReplicationType, VipInfo, VipPool,
+    VipPoolEdit, VipPoolSpec, VolumeChange, VolumeInfo, VolumeSpec,
 };
 use cairn_cldb::{CldbClient, CldbClientOptions, CldbError};
 use clap::{Args, Subcommand, ValueEnum};
@@ -189,6 +189,96 @@ pub fn volume(args: VolumeArgs) -> anyhow::Result<()> {
             VolumeCommand::Info { name } => volume_info(&target, &name).await,
             VolumeCommand::Remove { name } => volume_remove(&target, &name).await,
             VolumeCommand::Modify(modify) => volume_modify(&target, modify).await,
+        }
+    })
+}
+
+#[derive(Args)]
+pub struct VipArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    command: VipCommand,
+}
+
+#[derive(Subcommand)]
+enum VipCommand {
+    /// Add a pool of virtual IPs (one, or START to END), held by the NFS gateways.
+    Add(VipAddArgs),
+    /// Change the pool that starts at --start (options not given are left as they are).
+    Edit(VipEditArgs),
+    /// Move one VIP to the interface with this MAC (it stays there while that gateway is
+    /// healthy).
+    Move {
+        /// The VIP to move.
+        #[arg(long, alias = "start")]
+        vip: std::net::Ipv4Addr,
+        #[arg(long, value_name = "MAC")]
+        to_mac: String,
+    },
+    /// Remove the pool that starts at --start; its VIPs are released.
+    Remove {
+        #[arg(long)]
+        start: std::net::Ipv4Addr,
+    },
+    /// Every VIP: its node, interface, MAC and the interface's own (physical) address.
+    List,
+}
+
+#[derive(Args)]
+struct VipAddArgs {
+    /// The first (or only) VIP.
+    #[arg(long)]
+    start: std::net::Ipv4Addr,
+    /// The last VIP of the range [default: --start].
+    #[arg(long)]
+    end: Option<std::net::Ipv4Addr>,
+    /// The VIPs' netmask, 255.255.255.0 or 24: the subnet they share with the interfaces that
+    /// may hold them.
+    #[arg(long)]
+    netmask: String,
+    /// Only the interfaces with these MACs may hold the pool's VIPs [default: every interface of
+    /// every node with a healthy NFS gateway, in the subnet].
+    #[arg(long, value_delimiter = ',', value_name = "MAC,...")]
+    macs: Vec<String>,
+    /// The interface that gets a VIP back whenever its gateway is healthy.
+    #[arg(long, value_name = "MAC")]
+    preferred_mac: Option<String>,
+    /// Accept VIPs outside every eligible interface's subnet (your network must route them to
+    /// the nodes).
+    #[arg(long)]
+    any_subnet: bool,
+}
+
+#[derive(Args)]
+struct VipEditArgs {
+    /// The first VIP of the pool to change.
+    #[arg(long)]
+    start: std::net::Ipv4Addr,
+    #[arg(long)]
+    end: Option<std::net::Ipv4Addr>,
+    #[arg(long)]
+    netmask: Option<String>,
+    /// The MACs that may hold the pool's VIPs; `any` for every interface in the subnet.
+    #[arg(long, value_delimiter = ',', value_name = "MAC,...|any")]
+    macs: Option<Vec<String>>,
+    /// The preferred MAC; `none` to remove it.
+    #[arg(long, value_name = "MAC|none")]
+    preferred_mac: Option<String>,
+    #[arg(long)]
+    any_subnet: Option<bool>,
+}
+
+/// `cairn vip ...`.
+pub fn vip(args: VipArgs) -> anyhow::Result<()> {
+    let target = args.target;
+    block_on(async move {
+        match args.command {
+            VipCommand::Add(add) => vip_add(&target, add).await,
+            VipCommand::Edit(edit) => vip_edit(&target, edit).await,
+            VipCommand::Move { vip, to_mac } => vip_move(&target, vip, &to_mac).await,
+            VipCommand::Remove { start } => vip_remove(&target, start).await,
+            VipCommand::List => vip_list(&target).await,
         }
     })
 }
@@ -459,6 +549,110 @@ async fn volume_remove(target: &Target, name: &str) -> anyhow::Result<()> {
         return print_json(&serde_json::json!({ "name": name, "id": id, "removed": true }));
     }
     print(&format!("Removed volume {name} (id {id}); the nodes delete its copies.\n"))
+}
+
+async fn vip_add(target: &Target, args: VipAddArgs) -> anyhow::Result<()> {
+    let action = format!("cannot add the VIP pool starting at {}", args.start);
+    let cldb = Cldb::new(target)?;
+    let prefix = cairn_cldb::vip::parse_netmask(&args.netmask).map_err(|e| cldb.failed(&action, e))?;
+    let spec = VipPoolSpec {
+        start: args.start,
+        end: args.end,
+        prefix,
+        macs: args.macs,
+        preferred_mac: args.preferred_mac,
+        any_subnet: args.any_subnet,
+    };
+    let pool = cldb.client.add_vip_pool(spec).await.map_err(|e| cldb.failed(&action, e))?;
+    if target.json {
+        return print_json(&pool);
+    }
+    print(&format!("added VIP pool {}\n", pool_line(&pool)))
+}
+
+async fn vip_edit(target: &Target, args: VipEditArgs) -> anyhow::Result<()> {
+    let action = format!("cannot edit the VIP pool starting at {}", args.start);
+    let cldb = Cldb::new(target)?;
+    let prefix = match &args.netmask {
+        Some(mask) => Some(cairn_cldb::vip::parse_netmask(mask).map_err(|e| cldb.failed(&action, e))?),
+        None => None,
+    };
+    let macs = args.macs.map(|m| if m.len() == 1 && m[0] == "any" { Vec::new() } else { m });
+    let preferred_mac = args.preferred_mac.map(|m| if m == "none" { None } else { Some(m) });
+    let edit = VipPoolEdit {
+        start: Some(args.start),
+        end: args.end,
+        prefix,
+        macs,
+        preferred_mac,
+        any_subnet: args.any_subnet,
+    };
+    let pool = cldb.client.edit_vip_pool(edit).await.map_err(|e| cldb.failed(&action, e))?;
+    if target.json {
+        return print_json(&pool);
+    }
+    print(&format!("VIP pool now {}\n", pool_line(&pool)))
+}
+
+async fn vip_move(target: &Target, vip: std::net::Ipv4Addr, to_mac: &str) -> anyhow::Result<()> {
+    let action = format!("cannot move VIP {vip}");
+    let cldb = Cldb::new(target)?;
+    let infos = cldb.client.move_vip(vip, to_mac).await.map_err(|e| cldb.failed(&action, e))?;
+    if target.json {
+        return print_json(&infos);
+    }
+    print(&vip_table(&infos))
+}
+
+async fn vip_remove(target: &Target, start: std::net::Ipv4Addr) -> anyhow::Result<()> {
+    let action = format!("cannot remove the VIP pool starting at {start}");
+    let cldb = Cldb::new(target)?;
+    let pool = cldb.client.remove_vip_pool(start).await.map_err(|e| cldb.failed(&action, e))?;
+    if target.json {
+        return print_json(&pool);
+    }
+    print(&format!("removed VIP pool {}\n", pool_line(&pool)))
+}
+
+async fn vip_list(target: &Target) -> anyhow::Result<()> {
+    let action = "cannot list the VIPs";
+    let cldb = Cldb::new(target)?;
+    let infos = cldb.client.list_vips().await.map_err(|e| cldb.failed(action, e))?;
+    if target.json {
+        return print_json(&infos);
+    }
+    print(&vip_table(&infos))
+}
+
+fn pool_line(pool: &VipPool) -> String {
+    let range =
+        if pool.start == pool.end { pool.start.to_string() } else { format!("{}-{}", pool.start, pool.end) };
+    let macs =
+        if pool.macs.is_empty() { "any interface in the subnet".to_owned() } else { pool.macs.join(",") };
+    let preferred = pool.preferred_mac.as_deref().map(|m| format!(", preferred {m}")).unwrap_or_default();
+    let subnet = if pool.any_subnet { ", any subnet" } else { "" };
+    format!("{range}/{} on {macs}{preferred}{subnet}", pool.prefix)
+}
+
+fn vip_table(infos: &[VipInfo]) -> String {
+    let mut table = Table::new(&["VIP", "NODE", "INTERFACE", "MAC", "PHYSICAL IP", "STATE", "PREFERRED MAC"]);
+    for v in infos {
+        let state = match (v.node.is_empty(), v.held) {
+            (true, _) => "unassigned",
+            (false, true) => "held",
+            (false, false) => "claiming",
+        };
+        table.row(vec![
+            format!("{}/{}", v.vip, v.prefix),
+            dash(&v.node),
+            dash(&v.interface),
+            dash(&v.mac),
+            v.physical_ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+            state.to_owned(),
+            dash(v.preferred_mac.as_deref().unwrap_or("")),
+        ]);
+    }
+    table.render_or("No VIP pools: add one with `cairn vip add --start IP --netmask MASK`.")
 }
 
 async fn nodes(target: &Target) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@ mod admin;
 mod coord;
 mod node;
 mod up;
+mod vip_agent;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ enum Command {
     Container(admin::ContainerArgs),
     /// Alarms raised by the CLDB.
     Alarm(admin::AlarmArgs),
+    /// Virtual IPs: pools of addresses the NFS gateways hold, moved to a healthy gateway when
+    /// theirs fails (asks the CLDB master).
+    Vip(admin::VipArgs),
 }
 
 #[derive(Args)]
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
         Command::Volume(args) => admin::volume(args),
         Command::Container(args) => admin::container(args),
         Command::Alarm(args) => admin::alarm(args),
+        Command::Vip(args) => admin::vip(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,6 +26,15 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Address every service listens on.
     pub bind: IpAddr,
+    /// Address the NFS gateway listens on [default: `bind`]; `0.0.0.0` to serve virtual IPs.
+    #[serde(default)]
+    pub nfs_bind: Option<IpAddr>,
+    /// The host others reach this node at [default: `bind`, or 127.0.0.1 if that is 0.0.0.0].
+    #[serde(default)]
+    pub advertise_host: Option<String>,
+    /// Run the VIP agent (needs root and /dev/net/tun; one node per host) [default: true].
+    #[serde(default = "default_true")]
+    pub vip_agent: bool,
     /// This node's coord member id and port, if it runs one.
     #[serde(default)]
     pub coord_id: Option<u64>,
@@ -61,6 +70,9 @@ pub struct NodeConfig {
     pub scrub_interval_ms: u64,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_volume() -> String {
     "default".to_string()
 }
@@ -83,6 +95,9 @@ impl NodeConfig {
     }
 
     fn host(&self) -> String {
+        if let Some(host) = &self.advertise_host {
+            return host.clone();
+        }
         if self.bind.is_unspecified() { "127.0.0.1".to_string() } else { self.bind.to_string() }
     }
 
@@ -177,12 +192,13 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         }
     };
     let gateway_config = GatewayConfig {
-        bind_address: config.bind,
+        bind_address: config.nfs_bind.unwrap_or(config.bind),
         nfs_port: config.nfs_port,
         portmap_port: config.portmap_port,
         exports_file,
     };
-    let gateway_task = tokio::spawn(start_gateway(cldb_client, config.nfs_volume.clone(), gateway_config));
+    let gateway_task =
+        tokio::spawn(start_gateway(cldb_client.clone(), config.nfs_volume.clone(), gateway_config));
     println!("node {} running: fileserver={}", config.name, fileserver.advertised_address());
 
     let gateway = tokio::select! {
@@ -190,7 +206,22 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         _ = interrupt.recv() => None,
         started = gateway_task => Some(started.context("gateway task failed")??),
     };
+    let mut vip_agent = None;
     if let Some(gateway) = &gateway {
+        if config.vip_agent {
+            let nfs_ip = config.nfs_bind.unwrap_or(config.bind);
+            let check_ip = if nfs_ip.is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { nfs_ip };
+            let agent = crate::vip_agent::AgentConfig {
+                node: config.name.clone(),
+                device: crate::vip_agent::device_name(&config.name),
+                coord: config.coord_addresses(),
+                nfs_check: SocketAddr::new(check_ip, gateway.nfs_address().port()),
+                nfs_port: gateway.nfs_address().port(),
+                nfs_address: format!("{host}:{}", gateway.nfs_address().port()),
+            };
+            vip_agent =
+                Some(tokio::spawn(crate::vip_agent::run(agent, cldb_client.clone(), stop_rx.clone())));
+        }
         println!("node {} ready: nfs={}", config.name, gateway.nfs_address());
         tokio::select! {
             _ = terminate.recv() => {}
@@ -199,6 +230,9 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     }
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
+    if let Some(agent) = vip_agent {
+        let _ = agent.await;
+    }
     if let Some(gateway) = gateway {
         gateway.shutdown().await;
     }

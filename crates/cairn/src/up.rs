@@ -373,6 +373,10 @@ pub fn run_cluster(config: ClusterUpConfig) -> anyhow::Result<()> {
             data_dir: up.data_dir.join("nodes").join(&name),
             name,
             bind: up.bind_address,
+            nfs_bind: None,
+            advertise_host: None,
+            // Every node of `cairn up` shares this host's interfaces: VIPs need one node per host.
+            vip_agent: false,
             coord_id: (i < control).then_some(u64::from(i) + 1),
             coord_port: if i < control { Some(port(up.coord_port, i)?) } else { None },
             coord_members: coord_members.clone(),
