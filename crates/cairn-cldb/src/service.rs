@@ -102,6 +102,7 @@ struct State {
 struct VipMemory {
     agents: BTreeMap<String, vip::Agent>,
     grants: BTreeMap<Ipv4Addr, vip::Grant>,
+    releasing: vip::Releasing,
     /// Node → the session owning `/cairn/nfs/<node>`, as last read from coord.
     sessions: BTreeMap<String, u64>,
     /// Every node with a live NFS session has reported since this master was elected.
@@ -193,8 +194,24 @@ impl Master {
                 tracing::info!("every NFS agent has reported: VIPs may move");
             }
         }
-        let grants = vip::plan_vips(&st.loaded.tables.vip_pools, &vips.agents, &vips.grants, vips.ready);
+        // Forget the take-backs the nodes have applied (or can no longer hold anything).
+        vips.releasing.retain(|ip, nodes| {
+            nodes.retain(|node, generation| {
+                vips.agents.get(node).is_some_and(|a| {
+                    a.may_hold() && (a.report.generation < *generation || a.report.held.contains(ip))
+                })
+            });
+            !nodes.is_empty()
+        });
+        let grants =
+            vip::plan_vips(&st.loaded.tables.vip_pools, &vips.agents, &vips.grants, &vips.releasing, vips.ready);
         if grants != vips.grants {
+            let next = *self.vip_generation.borrow() + 1;
+            for (ip, old) in &vips.grants {
+                if grants.get(ip).is_none_or(|g| g.node != old.node) {
+                    vips.releasing.entry(*ip).or_default().insert(old.node.clone(), next);
+                }
+            }
             for (ip, g) in &grants {
                 if vips.grants.get(ip).map(|old| (&old.node, &old.mac)) != Some((&g.node, &g.mac)) {
                     tracing::info!("VIP {ip} -> node {} ({} {})", g.node, g.interface, g.mac);
@@ -204,7 +221,7 @@ impl Master {
                 tracing::info!("VIP {ip} released");
             }
             vips.grants = grants;
-            self.vip_generation.send_modify(|g| *g += 1);
+            self.vip_generation.send_replace(next);
         }
     }
 

@@ -276,12 +276,18 @@ fn interface_for<'a>(agent: &'a Agent, pool: &VipPool, vip: Ipv4Addr) -> Option<
     first
 }
 
+/// VIPs taken back from nodes that may not have applied that yet: VIP → node → the grant
+/// generation that took it back. A node has let go once it reports that generation (or a later
+/// one) without the VIP among those it holds.
+pub type Releasing = BTreeMap<Ipv4Addr, BTreeMap<String, u64>>;
+
 /// The grants after one round: `ready` is false until every node with a live NFS session has
 /// reported (a new master), and then nothing new is granted.
 pub fn plan_vips(
     pools: &BTreeMap<Ipv4Addr, VipPool>,
     agents: &BTreeMap<String, Agent>,
     grants: &BTreeMap<Ipv4Addr, Grant>,
+    releasing: &Releasing,
     ready: bool,
 ) -> BTreeMap<Ipv4Addr, Grant> {
     let mut out: BTreeMap<Ipv4Addr, Grant> = BTreeMap::new();
@@ -290,8 +296,14 @@ pub fn plan_vips(
         agents
             .iter()
             .filter(|(n, a)| {
+                let unapplied = releasing
+                    .get(&vip)
+                    .and_then(|r| r.get(*n))
+                    .is_some_and(|generation| a.report.generation < *generation);
                 a.may_hold()
-                    && (a.report.held.contains(&vip) || grants.get(&vip).is_some_and(|g| g.node == **n))
+                    && (a.report.held.contains(&vip)
+                        || unapplied
+                        || grants.get(&vip).is_some_and(|g| g.node == **n))
             })
             .map(|(n, _)| n)
             .collect()
@@ -525,11 +537,12 @@ mod tests {
         let pools: BTreeMap<_, _> =
             [(Ipv4Addr::from([10, 0, 0, 50]), pool([10, 0, 0, 50], [10, 0, 0, 52]))].into_iter().collect();
         let agents = three();
-        let grants = plan_vips(&pools, &agents, &BTreeMap::new(), true);
+        let none = Releasing::new();
+        let grants = plan_vips(&pools, &agents, &BTreeMap::new(), &none, true);
         let nodes: BTreeSet<&String> = grants.values().map(|g| &g.node).collect();
         assert_eq!(nodes.len(), 3, "one VIP per node: {grants:?}");
-        assert_eq!(plan_vips(&pools, &agents, &grants, true), grants, "stable");
-        assert!(plan_vips(&pools, &agents, &BTreeMap::new(), false).is_empty(), "a new master waits");
+        assert_eq!(plan_vips(&pools, &agents, &grants, &none, true), grants, "stable");
+        assert!(plan_vips(&pools, &agents, &BTreeMap::new(), &none, false).is_empty(), "a new master waits");
     }
 
     #[test]
@@ -549,12 +562,19 @@ mod tests {
         )]
         .into_iter()
         .collect();
+        let none = Releasing::new();
         // Its gateway stops answering pings but the node lives: no one else gets the VIP yet.
         agents.get_mut("n1").expect("n1").ping_ok = false;
-        assert!(plan_vips(&pools, &agents, &grants, true).is_empty());
-        // It reports letting go: the VIP moves.
+        assert!(plan_vips(&pools, &agents, &grants, &none, true).is_empty());
+        // Taken back at generation 7: until n1 reports having applied it, nobody gets the VIP,
+        // even if n1's (older) report does not list it.
+        let releasing: Releasing = [(vip, [("n1".to_owned(), 7)].into_iter().collect())].into_iter().collect();
         agents.get_mut("n1").expect("n1").report.held.clear();
-        let after_release = plan_vips(&pools, &agents, &grants, true);
+        agents.get_mut("n1").expect("n1").report.generation = 6;
+        assert!(plan_vips(&pools, &agents, &BTreeMap::new(), &releasing, true).is_empty());
+        // It reports letting go: the VIP moves.
+        agents.get_mut("n1").expect("n1").report.generation = 7;
+        let after_release = plan_vips(&pools, &agents, &BTreeMap::new(), &releasing, true);
         assert_ne!(after_release[&vip].node, "n1");
         // Proven dead while still holding it: the VIP moves at once, with n1's connections to
         // tickle.
@@ -564,7 +584,7 @@ mod tests {
         n1.proven_dead = true;
         let client = SocketAddrV4::new([10, 0, 0, 100].into(), 700);
         n1.report.connections = vec![(SocketAddrV4::new(vip, 2049), client)];
-        let moved = plan_vips(&pools, &agents, &grants, true);
+        let moved = plan_vips(&pools, &agents, &grants, &none, true);
         let to = &moved[&vip];
         assert_ne!(to.node, "n1");
         assert_eq!(to.previous.as_deref(), Some("n1"));
@@ -574,7 +594,7 @@ mod tests {
         let n1 = agents.get_mut("n1").expect("n1");
         n1.proven_dead = false;
         n1.session_alive = false;
-        assert_ne!(plan_vips(&pools, &agents, &grants, true)[&vip].node, "n1");
+        assert_ne!(plan_vips(&pools, &agents, &grants, &none, true)[&vip].node, "n1");
     }
 
     #[test]
@@ -585,10 +605,11 @@ mod tests {
         let pools: BTreeMap<_, _> = [(vip, p)].into_iter().collect();
         let mut agents = three();
         agents.get_mut("n2").expect("n2").session_alive = false;
-        let without = plan_vips(&pools, &agents, &BTreeMap::new(), true);
+        let none = Releasing::new();
+        let without = plan_vips(&pools, &agents, &BTreeMap::new(), &none, true);
         assert_ne!(without[&vip].node, "n2");
         agents.get_mut("n2").expect("n2").session_alive = true;
-        let back = plan_vips(&pools, &agents, &without, true);
+        let back = plan_vips(&pools, &agents, &without, &none, true);
         assert_eq!(back[&vip].node, "n2");
         assert_eq!(back[&vip].previous, Some(without[&vip].node.clone()));
     }

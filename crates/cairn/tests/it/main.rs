@@ -18,3 +18,4 @@ mod libnfs;
 mod quota;
 mod repair;
 mod support;
+mod vip;

@@ -555,6 +555,17 @@ pub struct Vm {
     pub additions: Vec<String>,
     /// nfsvm's own timeout (it exits 124 when it is reached).
     pub timeout: Duration,
+    /// Bridge mode: the guest is a host on this bridge of `netns`, with this address
+    /// (`A/P`), and mounts `server` (e.g. a virtual IP).
+    pub bridge: Option<Bridged>,
+}
+
+/// A guest on a bridge, as an ordinary host (nfsvm `--bridge`).
+#[derive(Clone, Debug)]
+pub struct Bridged {
+    pub bridge: String,
+    pub guest_ip: String,
+    pub server: String,
 }
 
 impl Vm {
@@ -571,6 +582,7 @@ impl Vm {
             memory_mib: None,
             additions: vec![setpriv.display().to_string()],
             timeout: Duration::from_secs(400),
+            bridge: None,
         }
     }
 
@@ -584,6 +596,12 @@ impl Vm {
             .args(["--timeout", &self.timeout.as_secs().to_string()]);
         if let Some(options) = &self.mount_options {
             command.args(["--mount-opts", options]);
+        }
+        if let Some(bridged) = &self.bridge {
+            command
+                .args(["--bridge", &bridged.bridge])
+                .args(["--guest-ip", &bridged.guest_ip])
+                .args(["--server", &bridged.server]);
         }
         if let Some(memory) = self.memory_mib {
             command.args(["--mem", &memory.to_string()]);
