@@ -371,7 +371,41 @@ pub fn plan_vips(
         *load.entry(node.as_str()).or_default() += 1;
         out.insert(vip, grant(node, interface, previous.filter(|p| p != node)));
     }
+    rebalance(pools, agents, &mut out);
     out
+}
+
+/// Evens the VIPs out (a node that joined, or came back, takes some): while a healthy node holds
+/// two more than another that could hold one of its VIPs, that VIP moves, make before break. VIPs
+/// with a preferred MAC stay where the preference put them.
+fn rebalance(
+    pools: &BTreeMap<Ipv4Addr, VipPool>,
+    agents: &BTreeMap<String, Agent>,
+    out: &mut BTreeMap<Ipv4Addr, Grant>,
+) {
+    let healthy: Vec<&String> = agents.iter().filter(|(_, a)| a.healthy()).map(|(n, _)| n).collect();
+    // Each round moves one VIP; bounded by the number of VIPs.
+    for _ in 0..out.len() {
+        let count = |node: &String| out.values().filter(|g| &g.node == node).count();
+        let mut best: Option<(usize, Ipv4Addr, &String, &InterfaceReport)> = None;
+        for (vip, g) in out.iter() {
+            let Some(pool) = pools.values().find(|p| p.contains(*vip)) else { continue };
+            if pool.preferred_mac_of(*vip).is_some() {
+                continue;
+            }
+            let from = count(&g.node);
+            for node in &healthy {
+                let Some(interface) = interface_for(&agents[*node], pool, *vip) else { continue };
+                let to = count(node);
+                if from >= to + 2 && best.is_none_or(|(gap, ..)| from - to > gap) {
+                    best = Some((from - to, *vip, node, interface));
+                }
+            }
+        }
+        let Some((_, vip, node, interface)) = best else { return };
+        let previous = out.get(&vip).map(|g| g.node.clone());
+        out.insert(vip, grant(node, interface, previous));
+    }
 }
 
 fn grant(node: &str, interface: &InterfaceReport, previous: Option<String>) -> Grant {
@@ -542,6 +576,22 @@ mod tests {
         let nodes: BTreeSet<&String> = grants.values().map(|g| &g.node).collect();
         assert_eq!(nodes.len(), 3, "one VIP per node: {grants:?}");
         assert_eq!(plan_vips(&pools, &agents, &grants, &none, true), grants, "stable");
+        // All three on n1 (the others joined later): two move away.
+        let crowded: BTreeMap<_, _> = grants
+            .keys()
+            .map(|vip| {
+                let g = Grant {
+                    node: "n1".into(),
+                    interface: "eth0".into(),
+                    mac: "02:00:00:00:00:01".into(),
+                    previous: None,
+                };
+                (*vip, g)
+            })
+            .collect();
+        let spread = plan_vips(&pools, &agents, &crowded, &none, true);
+        let nodes: BTreeSet<&String> = spread.values().map(|g| &g.node).collect();
+        assert_eq!(nodes.len(), 3, "rebalanced: {spread:?}");
         assert!(plan_vips(&pools, &agents, &BTreeMap::new(), &none, false).is_empty(), "a new master waits");
     }
 
@@ -568,7 +618,8 @@ mod tests {
         assert!(plan_vips(&pools, &agents, &grants, &none, true).is_empty());
         // Taken back at generation 7: until n1 reports having applied it, nobody gets the VIP,
         // even if n1's (older) report does not list it.
-        let releasing: Releasing = [(vip, [("n1".to_owned(), 7)].into_iter().collect())].into_iter().collect();
+        let releasing: Releasing =
+            [(vip, [("n1".to_owned(), 7)].into_iter().collect())].into_iter().collect();
         agents.get_mut("n1").expect("n1").report.held.clear();
         agents.get_mut("n1").expect("n1").report.generation = 6;
         assert!(plan_vips(&pools, &agents, &BTreeMap::new(), &releasing, true).is_empty());

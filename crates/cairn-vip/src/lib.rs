@@ -13,8 +13,8 @@
 //!
 //! The point is what happens when the gateway dies. The device lives exactly as long as the file
 //! descriptor: when the process exits or is killed (even with SIGKILL), the kernel closes it,
-//! destroys the device and its addresses with it (measured: the address is gone within a few
-//! milliseconds of SIGKILL). A dead gateway's kernel then no longer answers ARP for the VIP and
+//! destroys the device and its addresses with it (measured: the address is gone 6-16 ms after
+//! SIGKILL). A dead gateway's kernel then no longer answers ARP for the VIP and
 //! no longer sends RSTs for it, which would otherwise break the clients' connections to the new
 //! holder. The descriptor is close-on-exec, so a child process cannot keep the device alive.
 //! Dropping the [`VipHost`] has the same effect as dying: every VIP goes.
@@ -113,8 +113,9 @@ pub struct Interface {
     pub up: bool,
 }
 
-/// Every interface with a MAC address (Ethernet-like), in the calling thread's network
-/// namespace, by index: not `lo`, not VIP holder devices (recognised by [`HOLDER_ALIAS`]).
+/// Every interface with a MAC address (a 6-byte, non-zero link-layer address), in the calling
+/// thread's network namespace, by index: not `lo`, not VIP holder devices (recognised by
+/// [`HOLDER_ALIAS`]).
 pub async fn interfaces() -> Result<Vec<Interface>, VipError> {
     let netlink = Netlink::open()?;
     let links = netlink.links().await?;
@@ -134,7 +135,7 @@ pub async fn interfaces() -> Result<Vec<Interface>, VipError> {
             }
         }
         let (Some(name), Some(mac)) = (name, mac) else { continue };
-        if holder || flags.contains(LinkFlags::Loopback) {
+        if holder || flags.contains(LinkFlags::Loopback) || mac == [0; 6] {
             continue;
         }
         let index = link.header.index;
@@ -228,8 +229,9 @@ impl VipHost {
         let netlink = Netlink::open()?;
         netlink.set_up(index, HOLDER_ALIAS, device).await?;
         let host = VipHost { device: device.to_owned(), index, netlink, arp_sender, raw_ipv4, _tap: tap };
-        for vip in host.held().await? {
-            host.release(vip).await?;
+        // A device taken over may carry addresses: remove them all.
+        for entry in host.netlink.ipv4_addresses(Some(index)).await? {
+            host.netlink.delete(index, entry.address, entry.prefix_len, device).await?;
         }
         Ok(host)
     }
@@ -247,6 +249,7 @@ impl VipHost {
     /// Adds `vip/32` to the holder with valid and preferred lifetime `lifetime` in whole seconds
     /// (rounded down, at least 1, at most [`LIFETIME_S_MAX`]). If it is there already, its
     /// lifetime is replaced (a renewal). Idempotent. Sends nothing: see [`VipHost::announce`].
+    /// Fails with ENODEV if someone deleted the device (`ip link del`): open a new `VipHost`.
     pub async fn claim(&self, vip: Ipv4Addr, lifetime: Duration) -> Result<(), VipError> {
         let lifetime_s = lifetime.as_secs().clamp(1, u64::from(LIFETIME_S_MAX));
         let lifetime_s = u32::try_from(lifetime_s).unwrap_or(LIFETIME_S_MAX);
@@ -323,11 +326,12 @@ impl VipHost {
             let Ok(ready) = tokio::time::timeout_at(wake, fd.readable()).await else { continue };
             let mut guard = ready.map_err(socket_error("poll"))?;
             loop {
-                let (length, outgoing) = match guard.try_io(|fd| sys::receive_frame(fd.get_ref(), &mut buffer)) {
-                    Err(_would_block) => break,
-                    Ok(Err(error)) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Ok(received) => received.map_err(socket_error("receive"))?,
-                };
+                let (length, outgoing) =
+                    match guard.try_io(|fd| sys::receive_frame(fd.get_ref(), &mut buffer)) {
+                        Err(_would_block) => break,
+                        Ok(Err(error)) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Ok(received) => received.map_err(socket_error("receive"))?,
+                    };
                 let Some(arp) = buffer.get(..length).and_then(frame::parse_arp) else { continue };
                 let answers = arp.sender_ip == vip
                     && (arp.op == frame::ARP_REPLY || arp.op == frame::ARP_REQUEST)
@@ -399,7 +403,16 @@ mod tests {
         assert_eq!(parse_mac("52:54:00:12:34:56").expect("lower"), mac);
         assert_eq!(parse_mac("52-54-00-12-34-56").expect("dashes"), mac);
         assert_eq!(parse_mac("AA:bb:CC:dd:EE:ff").expect("mixed case"), [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]);
-        for bad in ["", "52:54:00:12:34", "52:54:00:12:34:56:78", "52:54:00:12:34:5", "52:54-00:12:34:56", "+1:54:00:12:34:56", "g2:54:00:12:34:56", "52:54:00:12:34:56:"] {
+        for bad in [
+            "",
+            "52:54:00:12:34",
+            "52:54:00:12:34:56:78",
+            "52:54:00:12:34:5",
+            "52:54-00:12:34:56",
+            "+1:54:00:12:34:56",
+            "g2:54:00:12:34:56",
+            "52:54:00:12:34:56:",
+        ] {
             let error = parse_mac(bad).expect_err(bad);
             assert!(error.to_string().contains("not a MAC address"), "{error}");
         }

@@ -57,11 +57,9 @@ impl Netlink {
         if let Some(index) = index {
             request = request.set_link_index_filter(index);
         }
-        let messages = bounded(
-            "cannot list the IPv4 addresses",
-            request.execute().try_collect::<Vec<AddressMessage>>(),
-        )
-        .await?;
+        let messages =
+            bounded("cannot list the IPv4 addresses", request.execute().try_collect::<Vec<AddressMessage>>())
+                .await?;
         Ok(messages.iter().filter_map(address_entry).collect())
     }
 

@@ -91,8 +91,7 @@ fn link_address(index: u32, protocol: u16) -> io::Result<libc::sockaddr_ll> {
     let mut address: libc::sockaddr_ll = unsafe { zeroed() };
     address.sll_family = libc::AF_PACKET as libc::c_ushort;
     address.sll_protocol = protocol.to_be();
-    address.sll_ifindex =
-        i32::try_from(index).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    address.sll_ifindex = i32::try_from(index).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     address.sll_halen = 6;
     address.sll_addr[..6].fill(0xff);
     Ok(address)
@@ -130,9 +129,11 @@ fn check_sent(sent: isize, expected: usize) -> io::Result<()> {
 }
 
 /// A non-blocking AF_PACKET socket bound to interface `index` that receives every ARP frame seen
-/// there, in or out.
+/// there, in or out. It is created with protocol 0 and gets its protocol from `bind`: a socket
+/// created for ARP would be hooked on every interface first, and unhooking it in `bind` waits
+/// for an RCU grace period (about 10 ms).
 pub(crate) fn arp_receiver(index: u32) -> io::Result<OwnedFd> {
-    let fd = socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(ETH_P_ARP.to_be()))?;
+    let fd = socket(libc::AF_PACKET, libc::SOCK_RAW, 0)?;
     let address = link_address(index, ETH_P_ARP)?;
     // SAFETY: `address` is a valid `sockaddr_ll` of the length given.
     let bound = unsafe {

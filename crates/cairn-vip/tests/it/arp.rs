@@ -58,10 +58,9 @@ fn announce_repoints_the_peers_neighbour_entry() {
         "measured: claim {claim_took:?}, first announce (GARP) {announce_took:?}, second announce \
          {second_announce_took:?}"
     );
-    let repointed = time_until(Duration::from_secs(1), || {
-        lab.neighbour_mac("peer", VIP) == Some(lab.mac_text("b"))
-    })
-    .expect("the peer's neighbour entry follows the GARP");
+    let repointed =
+        time_until(Duration::from_secs(1), || lab.neighbour_mac("peer", VIP) == Some(lab.mac_text("b")))
+            .expect("the peer's neighbour entry follows the GARP");
     eprintln!("measured: peer's neighbour entry showed b's MAC {repointed:?} after the announce returned");
     release(&a, &host_a, VIP);
     let reply = peer.run(move || async move { greeting(vip_port, Duration::from_secs(3)).await });
@@ -81,7 +80,8 @@ fn in_use_finds_another_holder_and_nobody_otherwise() {
         let (host, eth0) = (host_b.clone(), eth0_b.clone());
         b.run(move || async move {
             let start = Instant::now();
-            let answer = host.in_use(&eth0, vip, Duration::from_millis(wait_ms), &ignore).await.expect("probe");
+            let answer =
+                host.in_use(&eth0, vip, Duration::from_millis(wait_ms), &ignore).await.expect("probe");
             (answer, start.elapsed())
         })
     };

@@ -14,6 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::holder::HOLDER_READY;
+
 /// The VIP most tests move around (outside every host's own addresses).
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 50);
 /// A second VIP nobody holds unless a test says so.
@@ -39,6 +41,7 @@ impl Lab {
     pub fn new(hosts: &[&str]) -> Lab {
         require_root();
         static COUNTER: AtomicU32 = AtomicU32::new(0);
+        remove_stale_namespaces();
         let prefix = format!("cvt{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let lab = Lab { prefix, hosts: hosts.iter().map(|host| host.to_string()).collect() };
         let bridge = lab.bridge_ns();
@@ -49,7 +52,13 @@ impl Lab {
             let ns = lab.ns(host);
             let port = format!("p-{host}");
             run("ip", &["netns", "add", &ns]);
-            run("ip", &["link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &bridge]);
+            run(
+                "ip",
+                &[
+                    "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns",
+                    &bridge,
+                ],
+            );
             lab.ip(host, &["link", "set", "eth0", "address", &lab.mac_text(host)]);
             lab.ip(host, &["addr", "add", &format!("{}/24", lab.host_ip(host)), "dev", "eth0"]);
             lab.ip(host, &["link", "set", "eth0", "up"]);
@@ -146,7 +155,14 @@ impl Lab {
 
     /// Starts this test binary again as a holder process inside `host`'s namespace (see
     /// [`holder_child`](crate::holder::holder_child)) and waits until it holds `vip`.
-    pub fn holder(&self, host: &str, device: &str, vip: Ipv4Addr, lifetime: Duration, renew: Duration) -> Holder {
+    pub fn holder(
+        &self,
+        host: &str,
+        device: &str,
+        vip: Ipv4Addr,
+        lifetime: Duration,
+        renew: Duration,
+    ) -> Holder {
         let spec = format!("{} {device} {vip} {} {}", self.ns(host), lifetime.as_millis(), renew.as_millis());
         let mut child = Command::new(std::env::current_exe().expect("the test binary"))
             .args(["holder::holder_child", "--exact", "--nocapture", "--test-threads=1"])
@@ -155,12 +171,22 @@ impl Lab {
             .spawn()
             .expect("start the holder process");
         let stdout = child.stdout.take().expect("piped");
-        let ready = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.trim() == crate::holder::HOLDER_READY);
-        assert!(ready, "the holder process exited before holding {vip}: {:?}", child.wait());
-        Holder { child }
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // libtest may have written "test holder::holder_child ... " on the same line.
+            let ready =
+                BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line.contains(HOLDER_READY));
+            let _ = ready_tx.send(ready);
+        });
+        let mut holder = Holder { child };
+        match ready_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(true) => {}
+            outcome => {
+                let _ = holder.child.kill();
+                panic!("the holder process did not hold {vip} ({outcome:?}): {:?}", holder.child.wait());
+            }
+        }
+        holder
     }
 }
 
@@ -170,6 +196,24 @@ impl Drop for Lab {
         all.extend(self.hosts.iter().map(|host| self.ns(host)));
         for ns in all {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+    }
+}
+
+/// Deletes the namespaces of labs whose test process is gone (killed by a timeout, so its `Drop`
+/// never ran): `cvt<pid>x<n>-<host>` with no process `<pid>`.
+fn remove_stale_namespaces() {
+    for line in run("ip", &["netns", "list"]).lines() {
+        let Some(name) = line.split_whitespace().next() else { continue };
+        let Some(pid) = name.strip_prefix("cvt").and_then(|rest| rest.split_once('x')).map(|(pid, _)| pid)
+        else {
+            continue;
+        };
+        let ours = name.split_once('-').is_some_and(|(head, _)| {
+            head[3..].split('x').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+        });
+        if ours && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
 }

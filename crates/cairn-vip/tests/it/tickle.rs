@@ -41,13 +41,19 @@ fn tickle_resets_a_client_of_the_previous_holder() {
     assert!(waiting.wait_for(Duration::from_millis(300)).is_none(), "the client does not notice by itself");
 
     let tickling = host_b.clone();
+    let tickled_at = Instant::now();
     let sent = b.run(move || async move {
         let start = Instant::now();
         tickling.tickle(vip_port, peer_address).expect("tickle");
         start.elapsed()
     });
-    let (outcome, _) = waiting.wait_for(Duration::from_secs(2)).expect("the tickle resets the connection at once");
-    eprintln!("measured: tickle handed to the kernel in {sent:?}");
+    let (outcome, _) =
+        waiting.wait_for(Duration::from_secs(2)).expect("the tickle resets the connection at once");
+    eprintln!(
+        "measured: tickle handed to the kernel in {sent:?}; the client's read failed {:?} after the \
+         tickle was started",
+        tickled_at.elapsed()
+    );
     assert!(
         matches!(outcome, Err(std::io::ErrorKind::ConnectionReset)) || outcome == Ok(String::new()),
         "reset (or EOF): {outcome:?}"

@@ -88,8 +88,7 @@ impl VipCluster {
     }
 
     fn write_config(&self, i: usize) {
-        let members: Vec<String> =
-            (0..3).map(|j| format!("{}={}:{COORD_PORT}", j + 1, node_ip(j))).collect();
+        let members: Vec<String> = (0..3).map(|j| format!("{}={}:{COORD_PORT}", j + 1, node_ip(j))).collect();
         let config = serde_json::json!({
             "name": node_name(i),
             "data_dir": self.dir.path().join(node_name(i)),
@@ -214,7 +213,9 @@ impl VipCluster {
         loop {
             let vips = self.vips();
             let nodes: std::collections::BTreeSet<&String> = vips.values().map(|(n, _)| n).collect();
-            if vips.len() == 3 && vips.values().all(|(n, held)| !n.is_empty() && *held) && (!spread || nodes.len() == 3)
+            if vips.len() == 3
+                && vips.values().all(|(n, held)| !n.is_empty() && *held)
+                && (!spread || nodes.len() == 3)
             {
                 return vips.into_iter().map(|(v, (n, _))| (v, n)).collect();
             }
@@ -463,7 +464,11 @@ fn a_frozen_holder_drops_its_vip_before_anyone_else_claims_it() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let gone_at = gone_at.expect("gone before claimed");
-    eprintln!("frozen {}: VIP gone from its kernel after {gone_at:?}, claimed by {} after {claimed_at:?}", node_name(frozen), node_name(by), );
+    eprintln!(
+        "frozen {}: VIP gone from its kernel after {gone_at:?}, claimed by {} after {claimed_at:?}",
+        node_name(frozen),
+        node_name(by),
+    );
     assert!(gone_at < claimed_at);
     cluster.signal(frozen, libc::SIGCONT);
 }
@@ -482,7 +487,10 @@ fn bad_vip_pools_are_refused_with_a_reason_and_change_nothing() {
     refused(&["vip", "add", "--start", "10.232.0.52", "--end", "10.232.0.60", "--netmask", "24"], "overlaps");
     refused(&["vip", "add", "--start", &node_ip(1), "--netmask", "24"], "address of a node");
     refused(&["vip", "add", "--start", "10.99.0.5", "--netmask", "24"], "--any-subnet");
-    refused(&["vip", "add", "--start", "10.232.0.70", "--netmask", "24", "--macs", "02:00:00:00:00:99"], "no node has");
+    refused(
+        &["vip", "add", "--start", "10.232.0.70", "--netmask", "24", "--macs", "02:00:00:00:00:99"],
+        "no node has",
+    );
     refused(&["vip", "add", "--start", "10.232.0.70", "--netmask", "255.0.255.0"], "not a netmask");
     refused(&["vip", "move", "--vip", VIPS[0], "--to-mac", "02:00:00:00:00:99"], "no node has");
     let out = cluster.cli(0, &["vip", "add", "--start", "10.99.0.5", "--netmask", "24", "--any-subnet"]);
@@ -490,4 +498,3 @@ fn bad_vip_pools_are_refused_with_a_reason_and_change_nothing() {
     let vips = cluster.vips();
     assert_eq!(vips.len(), 4, "the refused pools changed something: {vips:?}");
 }
-
