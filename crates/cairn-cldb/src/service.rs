@@ -203,8 +203,13 @@ impl Master {
             });
             !nodes.is_empty()
         });
-        let grants =
-            vip::plan_vips(&st.loaded.tables.vip_pools, &vips.agents, &vips.grants, &vips.releasing, vips.ready);
+        let grants = vip::plan_vips(
+            &st.loaded.tables.vip_pools,
+            &vips.agents,
+            &vips.grants,
+            &vips.releasing,
+            vips.ready,
+        );
         if grants != vips.grants {
             let next = *self.vip_generation.borrow() + 1;
             for (ip, old) in &vips.grants {
