@@ -12,7 +12,10 @@ use crate::support::{
     Bridged, CAIRN, Netns, Vm, describe_output, require_kernel_client_prerequisites, test_dir,
 };
 
-const VIP_WRITE_SCRIPT: &str = include_str!("guest/vip_write.sh");
+/// The failover test's writer, 512 MiB.
+fn vip_write_script() -> String {
+    format!("MIB=512\n{}", include_str!("guest/failover_write.sh"))
+}
 const VIP_READ_SCRIPT: &str = include_str!("guest/vip_read.sh");
 const SUBNET: &str = "10.232.0";
 const BRIDGE: &str = "br0";
@@ -365,7 +368,7 @@ fn killing_the_vip_holder_during_a_512_mib_write_loses_nothing_and_it_returns_to
     let out = cluster.cli(0, &["vip", "move", "--vip", &vip, "--to-mac", &node_mac(victim_index)]);
     assert!(out.status.success(), "vip move: {}", describe_output(&out));
 
-    let mut guest = cluster.vm(&vip).spawn(VIP_WRITE_SCRIPT);
+    let mut guest = cluster.vm(&vip).spawn(&vip_write_script());
     guest.wait_for_line("progress 3", Duration::from_secs(600));
     cluster.kill9(victim_index);
     let killed_at = Instant::now();
@@ -413,7 +416,7 @@ fn a_planned_move_during_a_write_costs_no_error() {
     let held = cluster.wait_all_held(true);
     let (vip, from) = victim(&cluster, &held);
     let to = (0..3).find(|i| *i != from).expect("another node");
-    let mut guest = cluster.vm(&vip).spawn(VIP_WRITE_SCRIPT);
+    let mut guest = cluster.vm(&vip).spawn(&vip_write_script());
     guest.wait_for_line("progress 3", Duration::from_secs(600));
     let out = cluster.cli(to, &["vip", "move", "--vip", &vip, "--to-mac", &node_mac(to)]);
     assert!(out.status.success(), "vip move: {}", describe_output(&out));
