@@ -360,7 +360,6 @@ async fn self_check(connection: &mut Option<TcpStream>, address: SocketAddr, xid
         if connection.is_none() {
             match probe::connect(&address.to_string()).await {
                 Ok(stream) => *connection = Some(stream),
-                Err(PingError::Refused) => return false,
                 Err(_) => return false,
             }
         }
