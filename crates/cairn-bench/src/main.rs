@@ -7,7 +7,8 @@
 //!
 //! `cairn-bench coord` is a second benchmark: Cairn's coord quorum against Apache ZooKeeper (see
 //! [`coord`]); `cairn-bench replication` a third: a 3-node cluster with 3 copies of its volume
-//! against the same with 1 copy, through one NFS gateway (see [`replication`]).
+//! against the same with 1 copy, through one NFS gateway (see [`replication`]); `cairn-bench vip`
+//! a fourth: the client's stall when a VIP moves, Cairn against keepalived (see [`vip`]).
 
 mod coord;
 mod fio;
@@ -20,6 +21,7 @@ mod report;
 mod rpc;
 mod servers;
 mod system;
+mod vip;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -105,6 +107,14 @@ enum BenchCommand {
     /// own on a fresh loop-mounted ext4; fio's `nfs` engine writes then reads one file through
     /// the first node's gateway. Needs root. See docs/benchmarks.md.
     Replication(replication::ReplicationArgs),
+    /// Client stall when the NFS gateway behind a virtual IP dies or hands it over: Cairn's VIPs
+    /// against keepalived moving a plain VIP between the same gateways.
+    ///
+    /// Three node namespaces on a bridge, the Linux kernel client (nfsvm) on the same bridge
+    /// running an O_DIRECT write/read-back loop through the VIP; `kill -9` of the VIP holder and
+    /// planned moves, min/median/max stall and the errors the application saw. Needs root, nfsvm,
+    /// arping and keepalived (Debian packages iputils-arping, keepalived). See docs/benchmarks.md.
+    Vip(vip::VipArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -136,6 +146,7 @@ fn main() -> std::process::ExitCode {
     let result = match &args.command {
         Some(BenchCommand::Coord(coord_args)) => coord::run(coord_args),
         Some(BenchCommand::Replication(replication_args)) => replication::run(replication_args),
+        Some(BenchCommand::Vip(vip_args)) => vip::run(vip_args),
         None => run(&args),
     };
     match result {

@@ -107,6 +107,8 @@ struct VipMemory {
     sessions: BTreeMap<String, u64>,
     /// Every node with a live NFS session has reported since this master was elected.
     ready: bool,
+    /// Until then: node → how many times in a row its gateway refused a connection.
+    refused: BTreeMap<String, u32>,
 }
 
 /// What a CLDB holds while it is master.
@@ -237,8 +239,59 @@ impl Master {
             Ok(sessions) => st.vips.sessions = sessions,
             Err(e) => tracing::warn!("cannot read the NFS sessions: {e}"),
         }
+        if !st.vips.ready {
+            self.end_dead_sessions(st).await;
+        }
         self.sync_probes(st);
         self.replan_vips(st);
+    }
+
+    /// Until every agent has reported to this (new) master: a node whose NFS session lives on but
+    /// whose gateway refuses connections twice in a row has its session ended. Its process is gone
+    /// (an agent registers only once its gateway listens), and VIPs need not wait for the session
+    /// to time out before they move; this is what a master elected after its predecessor's node
+    /// died meets.
+    async fn end_dead_sessions(&self, st: &mut State) {
+        let silent: Vec<(String, u64, String, String)> = st
+            .vips
+            .sessions
+            .iter()
+            .filter(|(node, session)| st.vips.agents.get(*node).is_none_or(|a| a.report.session != **session))
+            .filter_map(|(node, session)| {
+                let record = st.loaded.tables.nodes.get(node)?;
+                (!record.nfs_address.is_empty()).then(|| {
+                    (node.clone(), *session, record.nfs_address.clone(), record.fileserver_address.clone())
+                })
+            })
+            .collect();
+        st.vips.refused.retain(|node, _| silent.iter().any(|(n, _, _, _)| n == node));
+        for (node, session, address, fileserver) in silent {
+            let refused = refuses(&address).await;
+            let strikes = st.vips.refused.entry(node.clone()).or_default();
+            *strikes = if refused { *strikes + 1 } else { 0 };
+            if *strikes < 2 {
+                continue;
+            }
+            tracing::warn!(
+                "node {node}: its NFS gateway {address} refuses connections and it has not reported: \
+                 ending its NFS session"
+            );
+            match self.fenced.client.expire_session(session).await {
+                Ok(_) => {
+                    st.vips.sessions.remove(&node);
+                    st.vips.refused.remove(&node);
+                }
+                Err(e) => tracing::warn!("cannot end the NFS session of {node}: {e}"),
+            }
+            // Its file server too: the whole node is gone, down now (its volumes fail over)
+            // rather than after the heartbeat timeout this master's election granted it.
+            if refuses(&fileserver).await
+                && st.loaded.tables.last_heartbeat_ms.get(&node).is_some_and(|t| *t != 0)
+            {
+                tracing::warn!("node {node}: its ports refuse connections, taking it as down");
+                st.loaded.tables.last_heartbeat_ms.insert(node, 0);
+            }
+        }
     }
 
     /// Points the prober at the gateway of every node with an agent.
@@ -880,9 +933,15 @@ async fn campaign(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 async fn elect(shared: &Shared, client: &CoordClient) -> Result<Master, CldbError> {
     let cluster_id = store::ensure_layout(client).await?;
     shared.cluster_id.store(cluster_id, Ordering::SeqCst);
-    let leadership = cairn_coord::fence::acquire(client, store::MASTER_PATH, shared.address.as_bytes())
-        .await
-        .map_err(store::unavailable)?;
+    let own = shared.address.clone();
+    let leadership = cairn_coord::fence::acquire_or_take_over(
+        client,
+        store::MASTER_PATH,
+        shared.address.as_bytes(),
+        move |held| master_gone(own.clone(), held),
+    )
+    .await
+    .map_err(store::unavailable)?;
     let (record, version) =
         store::bump_epoch(client, &shared.config.name, &shared.address, leadership.epoch).await?;
     let mut loaded = loop {
@@ -911,6 +970,22 @@ async fn elect(shared: &Shared, client: &CoordClient) -> Result<Master, CldbErro
         vip_generation: watch::Sender::new(0),
         prober: Prober::default(),
     })
+}
+
+/// Whether connections to `address` are refused: nothing listens there (a killed process's ports
+/// refuse at once; a busy or unreachable one times out, which proves nothing).
+async fn refuses(address: &str) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(address)).await,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// Whether the master whose lock holds `held` (its RPC address) is gone: its CLDB port refuses
+/// connections.
+async fn master_gone(own: String, held: Vec<u8>) -> bool {
+    let Ok(address) = String::from_utf8(held) else { return false };
+    address != own && refuses(&address).await
 }
 
 /// Runs the planner every tick until deposed (false) or stopped (true).

@@ -35,7 +35,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub use cairn_fileserver::CONNECT_TIMEOUT;
 /// First and last pause between retries (doubling in between).
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Short: after a failover the new master is usually ready within a second, and a retry costs
+/// one round trip.
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// Where a volume's master is.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -516,6 +516,17 @@ impl CoordClient {
         }
     }
 
+    /// Ends another client's session now, as if it had expired: its ephemerals are deleted at
+    /// once and its holder, if it still runs, finds its session gone. For a caller with proof
+    /// that the holder is dead (say, the holder's own ports refuse connections), so that what it
+    /// held need not wait out the session timeout. True if the session existed.
+    pub async fn expire_session(&self, session: SessionId) -> Result<bool, CoordError> {
+        match self.inner.call_write(Command::ExpireSessions { sessions: vec![session] }).await? {
+            CommandOk::SessionsExpired { sessions } => Ok(sessions.contains(&session)),
+            other => Err(CoordError::BadRequest { reason: format!("unexpected answer: {other:?}") }),
+        }
+    }
+
     /// Ends the session now: its ephemerals are deleted at once.
     pub async fn close(&self) -> Result<(), CoordError> {
         let session = self.session();

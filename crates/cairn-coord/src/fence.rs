@@ -6,6 +6,7 @@
 //! deposed leader that still believes it leads (a paused process, a partition) cannot act.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::api::{CoordError, CreateMode};
 use crate::client::CoordClient;
@@ -50,6 +51,66 @@ pub async fn acquire(client: &CoordClient, path: &str, data: &[u8]) -> Result<Le
         let (stat, watch) = client.exists_watch(path).await?;
         if stat.is_some() {
             watch.wait().await?;
+        }
+    }
+}
+
+/// How often [`acquire_or_take_over`] asks whether the lock's holder is gone.
+pub const TAKE_OVER_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Like [`acquire`], but while another session holds the lock it asks `holder_gone`, with the
+/// lock's data (the holder's address, say), every [`TAKE_OVER_PROBE_INTERVAL`]. When the answer
+/// is yes twice in a row, the holder's session is ended ([`CoordClient::expire_session`]) and the
+/// lock taken without waiting out the session timeout.
+///
+/// `holder_gone` must answer yes only on proof that the holder's process is gone, such as a port
+/// it listens on refusing connections; never on silence (a slow or partitioned holder is not a
+/// dead one: its session timeout decides). Ending the session of a holder that is in fact alive
+/// is safe, only costly: it finds its session gone and stops leading, and the epoch fences off
+/// whatever it still sends.
+pub async fn acquire_or_take_over<F, Fut>(
+    client: &CoordClient,
+    path: &str,
+    data: &[u8],
+    holder_gone: F,
+) -> Result<Leadership, CoordError>
+where
+    F: Fn(Vec<u8>) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    loop {
+        if let Some(leadership) = try_acquire(client, path, data).await? {
+            return Ok(leadership);
+        }
+        let (held, stat, watch) = match client.get_watch(path).await {
+            Ok(found) => found,
+            Err(CoordError::NoNode { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        let changed = watch.wait();
+        tokio::pin!(changed);
+        let mut strikes = 0;
+        loop {
+            tokio::select! {
+                event = &mut changed => {
+                    event?;
+                    break;
+                }
+                () = tokio::time::sleep(TAKE_OVER_PROBE_INTERVAL) => {}
+            }
+            if !holder_gone(held.clone()).await {
+                strikes = 0;
+                continue;
+            }
+            strikes += 1;
+            if strikes >= 2 {
+                tracing::warn!(
+                    "{path}: the holder (session {:#x}) is gone; ending its session to take over",
+                    stat.ephemeral_owner
+                );
+                client.expire_session(stat.ephemeral_owner).await?;
+                break;
+            }
         }
     }
 }

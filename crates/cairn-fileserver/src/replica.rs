@@ -1,6 +1,7 @@
 //! A replica of a volume on this node: applies what the volume's master sends
-//! ([`ReplRequest`]), refuses masters of older epochs, and keeps its latest records in memory so
-//! that, if it is promoted, it can bring the other replicas up to date without a full copy.
+//! ([`ReplRequest`]), refuses masters of older epochs (but not the master the CLDB kept at a
+//! newer epoch before it hears of it), and keeps its latest records in memory so that, if it is
+//! promoted, it can bring the other replicas up to date without a full copy.
 //!
 //! Which history a copy belongs to: the **history epoch**, kept in `<volume dir>/history-epoch`,
 //! is the epoch of the master whose history the copy is a prefix of. It is written (durably)
@@ -37,11 +38,15 @@ pub(crate) struct ReplicaVolume {
 struct State {
     /// The newest epoch seen, from a master's call or from the CLDB.
     epoch: u64,
+    /// The master the CLDB named for `epoch` (None when only a master's call brought `epoch`).
+    assigned_master: Option<String>,
     /// The master this copy follows (node name), once it checked the copy or copied it anew.
     following: Option<String>,
-    /// The master that said hello last (it may not have decided yet), and its address.
+    /// The master that said hello last (it may not have decided yet), its address, and the
+    /// epoch of its hello.
     master: String,
     master_address: String,
+    master_epoch: u64,
     history_epoch: u64,
     /// A full copy is being applied.
     copying: bool,
@@ -75,9 +80,11 @@ impl ReplicaVolume {
             apply: Mutex::new(()),
             state: Mutex::new(State {
                 epoch,
+                assigned_master: None,
                 following: None,
                 master: String::new(),
                 master_address: String::new(),
+                master_epoch: 0,
                 history_epoch,
                 copying: false,
                 retained: VecDeque::new(),
@@ -100,13 +107,16 @@ impl ReplicaVolume {
     /// master did not change.
     pub(crate) fn assigned(&self, epoch: u64, master: &str) {
         let mut state = self.state.lock();
-        if epoch <= state.epoch {
+        if epoch < state.epoch {
             return;
         }
-        state.epoch = epoch;
-        if state.following.as_deref() != Some(master) {
-            state.following = None;
+        if epoch > state.epoch {
+            state.epoch = epoch;
+            if state.following.as_deref() != Some(master) {
+                state.following = None;
+            }
         }
+        state.assigned_master = Some(master.to_owned());
     }
 
     /// The history epoch and position (taken together, between two changes).
@@ -186,11 +196,12 @@ impl ReplicaVolume {
         let epoch = request.epoch();
         {
             let mut state = self.state.lock();
-            if epoch < state.epoch {
+            if epoch < state.epoch && !state.sent_by_the_kept_master(&request) {
                 return Err(ReplError::Fenced { epoch: state.epoch });
             }
             if epoch > state.epoch {
                 state.epoch = epoch;
+                state.assigned_master = None;
             }
         }
         let need_resync = |error: StoreError| ReplError::NeedResync(error.to_string());
@@ -200,6 +211,7 @@ impl ReplicaVolume {
                 state.following = None;
                 state.master = master;
                 state.master_address = master_address;
+                state.master_epoch = epoch;
                 Ok(ReplReply::Position {
                     history_epoch: state.history_epoch,
                     position: self.replica.position(),
@@ -312,6 +324,24 @@ impl ReplicaVolume {
     }
 }
 
+impl State {
+    /// Whether a call at an epoch older than this copy's comes from the master the CLDB kept at
+    /// this copy's epoch. Each node learns a new epoch from its own heartbeat, so when the CLDB
+    /// changes only the replicas (one dropped, one added or in sync), a replica may hear of it
+    /// before its master, whose calls still carry the previous epoch: fencing them would leave
+    /// the volume with a master that refuses every change, and no other. Calls of the master
+    /// that said hello are taken from the epoch of its hello on; a promoted replica's fetch never.
+    fn sent_by_the_kept_master(&self, request: &ReplRequest) -> bool {
+        let sender = match request {
+            ReplRequest::Hello { master, .. } => master,
+            ReplRequest::Fetch { .. } => return false,
+            _ if request.epoch() < self.master_epoch => return false,
+            _ => &self.master,
+        };
+        !sender.is_empty() && self.assigned_master.as_ref() == Some(sender)
+    }
+}
+
 /// The history epoch of the copy in `dir` (0 when unknown).
 pub(crate) fn read_history_epoch(dir: &Path) -> u64 {
     std::fs::read_to_string(dir.join(HISTORY_FILE))
@@ -330,4 +360,90 @@ pub(crate) fn write_history_epoch(dir: &Path, epoch: u64) -> Result<(), StoreErr
     std::fs::rename(&temporary, dir.join(HISTORY_FILE))?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(dir: &Path) -> ReplicaVolume {
+        ReplicaVolume::open(StoreConfig::new(dir), ClusterId(7), VolumeId(1), 1).expect("open a replica")
+    }
+
+    fn hello(epoch: u64, master: &str) -> ReplRequest {
+        ReplRequest::Hello { volume: 1, epoch, master: master.to_owned(), master_address: String::new() }
+    }
+
+    fn records(epoch: u64) -> ReplRequest {
+        ReplRequest::Records { volume: 1, epoch, records: Vec::new(), forward: Vec::new() }
+    }
+
+    /// A replica that follows master `m` at epoch 1.
+    fn following_m(dir: &Path) -> ReplicaVolume {
+        let replica = replica(dir);
+        replica.assigned(1, "m");
+        replica.handle(hello(1, "m")).expect("hello");
+        replica.handle(ReplRequest::Follow { volume: 1, epoch: 1 }).expect("follow");
+        assert!(replica.report().following);
+        replica
+    }
+
+    fn fenced_at(answer: Result<ReplReply, ReplError>) -> Option<u64> {
+        match answer {
+            Err(ReplError::Fenced { epoch }) => Some(epoch),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_master_kept_at_a_newer_epoch_is_not_fenced_before_it_hears_of_it() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let replica = following_m(dir.path());
+        // The CLDB drops another replica: epoch 2, same master; this node hears of it first.
+        replica.assigned(2, "m");
+        assert!(matches!(replica.handle(records(1)), Ok(ReplReply::Position { .. })));
+        // The master's link starts over before it hears of epoch 2.
+        replica.handle(hello(1, "m")).expect("hello of the kept master");
+        replica.handle(ReplRequest::Follow { volume: 1, epoch: 1 }).expect("follow");
+        assert!(matches!(replica.handle(records(1)), Ok(ReplReply::Position { .. })));
+        assert!(matches!(replica.handle(records(2)), Ok(ReplReply::Position { .. })));
+        let report = replica.report();
+        assert!(report.following);
+        assert_eq!(report.epoch, 2);
+    }
+
+    #[test]
+    fn a_deposed_master_is_fenced() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let replica = following_m(dir.path());
+        // The CLDB makes n the master at epoch 2.
+        replica.assigned(2, "n");
+        assert_eq!(fenced_at(replica.handle(records(1))), Some(2));
+        assert_eq!(fenced_at(replica.handle(hello(1, "m"))), Some(2));
+        assert!(!replica.report().following);
+    }
+
+    #[test]
+    fn a_promoted_replicas_fetch_fences_the_old_master() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let replica = following_m(dir.path());
+        replica.assigned(2, "m");
+        let fetch = ReplRequest::Fetch { volume: 1, epoch: 3, after: 0, bytes_max: 1 << 20 };
+        replica.handle(fetch).expect("fetch");
+        assert_eq!(fenced_at(replica.handle(records(2))), Some(3));
+        assert_eq!(fenced_at(replica.handle(records(1))), Some(3));
+    }
+
+    #[test]
+    fn calls_from_before_the_masters_hello_are_fenced() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let replica = following_m(dir.path());
+        replica.assigned(2, "m");
+        replica.handle(hello(2, "m")).expect("hello");
+        replica.handle(ReplRequest::Follow { volume: 1, epoch: 2 }).expect("follow");
+        replica.assigned(3, "m");
+        // A late call of an older mastership of the same node.
+        assert_eq!(fenced_at(replica.handle(records(1))), Some(3));
+        assert!(matches!(replica.handle(records(2)), Ok(ReplReply::Position { .. })));
+    }
 }

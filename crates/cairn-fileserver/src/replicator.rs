@@ -19,8 +19,9 @@
 //! waited for, and it does not report itself as an up-to-date replica to the CLDB either, so the
 //! CLDB never promotes a copy that may lack an acknowledged write.
 //!
-//! Fencing: a replica that knows a newer epoch refuses the link's calls; the replicator then
-//! fails every wait with [`ReplicationError::Fenced`], and the store refuses every later change.
+//! Fencing: a replica that knows a newer epoch refuses the link's calls (unless the CLDB kept
+//! this master at that epoch); the replicator then fails every wait with
+//! [`ReplicationError::Fenced`], and the store refuses every later change.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -46,6 +46,13 @@
 //! connection and answers with a valid RST, and the client reconnects at once instead of waiting
 //! for its next retransmission (exponential backoff: seconds to minutes).
 //!
+//! # Stale connections
+//!
+//! [`abort_tcp_connections`] destroys this host's TCP sockets on an address (`SOCK_DESTROY`, as
+//! `ss -K` does). A VIP that comes back to a node it left finds that node's old connections still
+//! established there; the client's reconnection from the same port would run into them. The agent
+//! aborts them before it takes the address back.
+//!
 //! # Requirements and namespaces
 //!
 //! Root, or `CAP_NET_ADMIN` and `CAP_NET_RAW`; `arp_ignore=0` on the interfaces that serve VIPs;
@@ -55,7 +62,10 @@
 
 mod frame;
 mod netlink;
+mod sockets;
 mod sys;
+
+pub use sockets::abort_tcp_connections;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;

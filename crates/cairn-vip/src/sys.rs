@@ -200,3 +200,60 @@ pub(crate) fn register_readable(fd: OwnedFd) -> io::Result<tokio::io::unix::Asyn
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
         .map_err(|error| error.into_parts().1)
 }
+
+/// A blocking netlink socket (`NETLINK_SOCK_DIAG` and the like) talking to the kernel; a receive
+/// waits at most 2 s.
+pub(crate) struct NetlinkSocket(OwnedFd);
+
+impl NetlinkSocket {
+    pub(crate) fn open(protocol: libc::c_int) -> io::Result<NetlinkSocket> {
+        // SAFETY: plain socket(2) call; the result is checked.
+        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, protocol) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a descriptor we just opened and own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let timeout = libc::timeval { tv_sec: 2, tv_usec: 0 };
+        // SAFETY: `timeout` is a valid `timeval` of the length given.
+        let set = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if set < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(NetlinkSocket(fd))
+    }
+
+    /// Sends one datagram to the kernel.
+    pub(crate) fn send(&self, message: &[u8]) -> io::Result<()> {
+        // SAFETY: `sockaddr_nl` is plain old data; all zeroes is a valid value.
+        let mut kernel: libc::sockaddr_nl = unsafe { zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: `message` and `kernel` are valid for the lengths given.
+        let sent = unsafe {
+            libc::sendto(
+                self.0.as_raw_fd(),
+                message.as_ptr().cast(),
+                message.len(),
+                0,
+                (&raw const kernel).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        check_sent(sent, message.len())
+    }
+
+    /// Receives one datagram into `buffer`; its length.
+    pub(crate) fn receive(&self, buffer: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buffer` is valid for its length.
+        let received = unsafe { libc::recv(self.0.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+        usize::try_from(received).map_err(|_| io::Error::last_os_error())
+    }
+}

@@ -11,8 +11,10 @@
 //!   what it holds, whether its gateway answers NFS NULL, and the NFS connections to its VIPs
 //!   (for the next holder's tickle ACKs); the master answers with the grants, at once when they
 //!   change.
-//! - **Claiming.** Probe (does anyone else answer ARP for it?), add the address, announce it with
-//!   gratuitous ARP (again after 100 ms, 500 ms and 2 s), then tickle the previous holder's
+//! - **Claiming.** Probe (does anyone else answer ARP for it?), abort this host's connections
+//!   left on the address from an earlier holding (`cairn_vip::abort_tcp_connections`: the NFS
+//!   client reconnects from the same port and would run into them), add the address, announce it
+//!   with gratuitous ARP (again after 100 ms, 500 ms and 2 s), then tickle the previous holder's
 //!   clients so they reconnect at once.
 //! - **Releasing.** A VIP no longer granted, all of them when the session is in doubt or the
 //!   gateway stops answering, and all of them at a clean stop.
@@ -279,6 +281,22 @@ impl Agent {
             Ok(None) => {}
             Err(e) => tracing::warn!("VIP agent: cannot probe {}: {e}", g.vip),
         }
+        // Connections left on this address from an earlier holding (the client's RST went to
+        // the other holder) would catch the client's reconnection from the same port: abort them
+        // before the address comes back.
+        let vip = g.vip;
+        let stale = tokio::task::spawn_blocking(move || cairn_vip::abort_tcp_connections(vip)).await;
+        let stale = match stale {
+            Ok(Ok(aborted)) => aborted,
+            Ok(Err(e)) => {
+                tracing::warn!("VIP agent: cannot abort old connections on {}: {e}", g.vip);
+                0
+            }
+            Err(e) => {
+                tracing::warn!("VIP agent: aborting old connections on {}: {e}", g.vip);
+                0
+            }
+        };
         if let Err(e) = self.host.claim(g.vip, life).await {
             tracing::error!("VIP agent: cannot add {}: {e}", g.vip);
             return;
@@ -293,7 +311,7 @@ impl Agent {
             }
         }
         tracing::info!(
-            "VIP {} claimed on {} in {:?} ({} connections tickled)",
+            "VIP {} claimed on {} in {:?} ({} connections tickled, {stale} old ones aborted)",
             g.vip,
             interface.name,
             started.elapsed(),

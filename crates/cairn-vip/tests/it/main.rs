@@ -8,5 +8,6 @@ mod holder;
 mod lab;
 mod lease;
 mod reach;
+mod stale;
 mod tcp;
 mod tickle;

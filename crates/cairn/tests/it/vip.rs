@@ -158,10 +158,27 @@ impl VipCluster {
         (0..3).find(|i| self.children[*i].is_some()).expect("a live node")
     }
 
+    /// Creates the default volume with a copy on every node. `--min-replication 3`: while the
+    /// CLDB has not heard from all three nodes (a loaded machine), the creation is refused and
+    /// retried, instead of placing the volume on the nodes heard from so far (a one-copy volume
+    /// on the node a test then kills stays unavailable until that node returns).
     fn create_default_volume(&self) {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         loop {
-            let out = self.cli(0, &["volume", "create", "default", "--path", "/", "--replication", "3"]);
+            let out = self.cli(
+                0,
+                &[
+                    "volume",
+                    "create",
+                    "default",
+                    "--path",
+                    "/",
+                    "--replication",
+                    "3",
+                    "--min-replication",
+                    "3",
+                ],
+            );
             let text = describe_output(&out);
             if out.status.success() || text.contains("already exists") {
                 return;
