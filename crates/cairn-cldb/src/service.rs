@@ -109,6 +109,9 @@ struct VipMemory {
     ready: bool,
     /// Until then: node → how many times in a row its gateway refused a connection.
     refused: BTreeMap<String, u32>,
+    /// The NFS connections of nodes whose session this master ended, from their
+    /// `/cairn/nfs/<node>` data: their clients are tickled by the VIPs' new holders.
+    orphans: BTreeMap<String, Vec<vip::Connection>>,
 }
 
 /// What a CLDB holds while it is master.
@@ -276,6 +279,12 @@ impl Master {
                 "node {node}: its NFS gateway {address} refuses connections and it has not reported: \
                  ending its NFS session"
             );
+            let path = format!("{}/{node}", vip::NFS_SESSIONS);
+            if let Ok((data, stat)) = self.fenced.client.get(&path).await
+                && stat.ephemeral_owner == session
+            {
+                st.vips.orphans.insert(node.clone(), vip::session_connections(&data));
+            }
             match self.fenced.client.expire_session(session).await {
                 Ok(_) => {
                     st.vips.sessions.remove(&node);
@@ -645,6 +654,7 @@ impl Shared {
             for (ip, by) in &report.conflicts {
                 tracing::warn!("node {node} did not claim VIP {ip}: {by} answers for it");
             }
+            st.vips.orphans.remove(&node);
             let agent = vip::Agent { report, session_alive: false, proven_dead: false, ping_ok: true };
             let new_agent = st.vips.agents.insert(node.clone(), agent).is_none();
             if new_agent {
@@ -659,7 +669,7 @@ impl Shared {
         Ok(VipGrant {
             cldb_epoch: m.epoch,
             generation: *m.vip_generation.borrow(),
-            vips: vip::grants_for(&node, &st.vips.grants, &st.vips.agents),
+            vips: vip::grants_for(&node, &st.vips.grants, &st.vips.agents, &st.vips.orphans),
         })
     }
 

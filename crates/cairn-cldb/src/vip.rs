@@ -315,9 +315,19 @@ pub fn plan_vips(
     let mut pending = Vec::new();
     for pool in pools.values() {
         for vip in pool.vips() {
-            let current = grants.get(&vip).filter(|g| {
+            // Without a grant (a master elected since), the one healthy agent that holds the VIP
+            // keeps it: a new master does not take VIPs back only to hand them out again.
+            let adopted = || {
+                let mut holding = agents.iter().filter(|(_, a)| a.healthy() && a.report.held.contains(&vip));
+                match (holding.next(), holding.next()) {
+                    (Some((node, a)), None) => interface_for(a, pool, vip).map(|i| grant(node, i, None)),
+                    _ => None,
+                }
+            };
+            let current = grants.get(&vip).cloned().or_else(adopted).filter(|g| {
                 agents.get(&g.node).is_some_and(|a| a.healthy() && interface_for(a, pool, vip).is_some())
             });
+            let current = current.as_ref();
             let preferred = pool
                 .preferred_mac_of(vip)
                 .and_then(|mac| mac_owner(mac).map(|n| (n, mac)))
@@ -338,7 +348,9 @@ pub fn plan_vips(
                 }
                 (Some(g), _) => {
                     out.insert(vip, g.clone());
-                    *load.entry(g.node.as_str()).or_default() += 1;
+                    if let Some((node, _)) = agents.get_key_value(&g.node) {
+                        *load.entry(node.as_str()).or_default() += 1;
+                    }
                 }
                 (None, _) => pending.push((pool, vip)),
             }
@@ -413,11 +425,15 @@ fn grant(node: &str, interface: &InterfaceReport, previous: Option<String>) -> G
 }
 
 /// The VIPs `node` must hold, with what it needs to take each over: the previous holder's MACs
-/// (not a conflict while it lets go) and its connections to tickle.
+/// (not a conflict while it lets go) and the connections to tickle: every connection on the VIP
+/// that another node reported (a VIP has one holder, so they are all dead once `node` holds it),
+/// including those of nodes that died with an earlier master (`orphans`, from their
+/// `/cairn/nfs/<node>` data).
 pub fn grants_for(
     node: &str,
     grants: &BTreeMap<Ipv4Addr, Grant>,
     agents: &BTreeMap<String, Agent>,
+    orphans: &BTreeMap<String, Vec<Connection>>,
 ) -> Vec<GrantedVip> {
     grants
         .iter()
@@ -425,18 +441,48 @@ pub fn grants_for(
         .map(|(vip, g)| {
             let previous = g.previous.as_ref().and_then(|p| agents.get(p));
             let ignore_macs = previous.map(|a| a.report.interfaces.iter().map(|i| i.mac.clone()).collect());
-            let tickle: Vec<(SocketAddrV4, SocketAddrV4)> = previous
-                .map(|a| {
-                    a.report.connections.iter().filter(|(local, _)| local.ip() == vip).copied().collect()
-                })
-                .unwrap_or_default();
+            let tickle: BTreeSet<Connection> = agents
+                .iter()
+                .filter(|(n, _)| *n != node)
+                .flat_map(|(_, a)| a.report.connections.iter())
+                .chain(orphans.iter().filter(|(n, _)| *n != node).flat_map(|(_, c)| c.iter()))
+                .filter(|(local, _)| local.ip() == vip)
+                .copied()
+                .collect();
             GrantedVip {
                 vip: *vip,
                 interface: g.interface.clone(),
                 mac: g.mac.clone(),
                 ignore_macs: ignore_macs.unwrap_or_default(),
-                tickle,
+                tickle: tickle.into_iter().collect(),
             }
+        })
+        .collect()
+}
+
+/// A TCP connection to a gateway: (local address, client address).
+pub type Connection = (SocketAddrV4, SocketAddrV4);
+
+/// The data of an agent's `/cairn/nfs/<node>`: its gateway's address on the first line, then one
+/// line per NFS connection on its VIPs ("LOCAL PEER"). A new CLDB master reads it from a node
+/// that died with the old one, to tickle that node's clients.
+pub fn session_data(nfs_address: &str, connections: &[Connection]) -> Vec<u8> {
+    let mut text = format!("{nfs_address}\n");
+    for (local, peer) in connections {
+        text.push_str(&format!("{local} {peer}\n"));
+    }
+    text.into_bytes()
+}
+
+/// The connections in `/cairn/nfs/<node>` data ([`session_data`]); lines that do not parse are
+/// skipped.
+pub fn session_connections(data: &[u8]) -> Vec<Connection> {
+    String::from_utf8_lossy(data)
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let (local, peer) = line.split_once(' ')?;
+            Some((local.parse().ok()?, peer.parse().ok()?))
         })
         .collect()
 }
@@ -567,6 +613,62 @@ mod tests {
     }
 
     #[test]
+    fn a_new_master_keeps_the_vips_where_the_agents_hold_them() {
+        let pools: BTreeMap<_, _> =
+            [(Ipv4Addr::from([10, 0, 0, 50]), pool([10, 0, 0, 50], [10, 0, 0, 52]))].into_iter().collect();
+        let (v50, v51, v52) =
+            (Ipv4Addr::from([10, 0, 0, 50]), Ipv4Addr::from([10, 0, 0, 51]), Ipv4Addr::from([10, 0, 0, 52]));
+        // n2 holds .51 and n3 holds .52 (n1, holding .50, died with the old master); .50 is
+        // also claimed by no one else. The new master has no grants yet and is not ready.
+        let agents: BTreeMap<String, Agent> = [
+            agent("n2", "02:00:00:00:00:02", [10, 0, 0, 12], &[v51]),
+            agent("n3", "02:00:00:00:00:03", [10, 0, 0, 13], &[v52]),
+        ]
+        .into_iter()
+        .collect();
+        let none = Releasing::new();
+        let before_ready = plan_vips(&pools, &agents, &BTreeMap::new(), &none, false);
+        let holder = |grants: &BTreeMap<Ipv4Addr, Grant>, vip| grants.get(&vip).map(|g| g.node.clone());
+        assert_eq!(holder(&before_ready, v51).as_deref(), Some("n2"));
+        assert_eq!(holder(&before_ready, v52).as_deref(), Some("n3"));
+        assert_eq!(holder(&before_ready, v50), None, "nothing is handed out before every agent reported");
+        let ready = plan_vips(&pools, &agents, &before_ready, &none, true);
+        assert_eq!(holder(&ready, v51).as_deref(), Some("n2"), "kept: {ready:?}");
+        assert_eq!(holder(&ready, v52).as_deref(), Some("n3"), "kept: {ready:?}");
+        assert!(holder(&ready, v50).is_some(), "the orphan goes to a live node: {ready:?}");
+        // Two agents claiming one VIP: neither is adopted blindly.
+        let both: BTreeMap<String, Agent> = [
+            agent("n2", "02:00:00:00:00:02", [10, 0, 0, 12], &[v51]),
+            agent("n3", "02:00:00:00:00:03", [10, 0, 0, 13], &[v51]),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(holder(&plan_vips(&pools, &both, &BTreeMap::new(), &none, false), v51), None);
+    }
+
+    #[test]
+    fn session_data_carries_the_connections() {
+        let c1: Connection =
+            ("10.0.0.50:2049".parse().expect("addr"), "10.0.0.100:877".parse().expect("addr"));
+        let c2: Connection =
+            ("10.0.0.51:2049".parse().expect("addr"), "10.0.0.101:700".parse().expect("addr"));
+        let data = session_data("10.0.0.11:2049", &[c1, c2]);
+        assert_eq!(session_connections(&data), vec![c1, c2]);
+        assert_eq!(session_connections(b"10.0.0.11:2049\ngarbage\n"), Vec::<Connection>::new());
+        // An orphan's connection on the VIP is tickled by its new holder, not another VIP's.
+        let pools: BTreeMap<_, _> =
+            [(Ipv4Addr::from([10, 0, 0, 50]), pool([10, 0, 0, 50], [10, 0, 0, 52]))].into_iter().collect();
+        let agents = three();
+        let grants = plan_vips(&pools, &agents, &BTreeMap::new(), &Releasing::new(), true);
+        let holder = grants[&Ipv4Addr::from([10, 0, 0, 50])].node.clone();
+        let orphans: BTreeMap<String, Vec<Connection>> =
+            [("n9".to_owned(), vec![c1, c2])].into_iter().collect();
+        let granted = grants_for(&holder, &grants, &agents, &orphans);
+        let vip50 = granted.iter().find(|g| g.vip == Ipv4Addr::from([10, 0, 0, 50])).expect("granted");
+        assert_eq!(vip50.tickle, vec![c1]);
+    }
+
+    #[test]
     fn vips_spread_and_stay() {
         let pools: BTreeMap<_, _> =
             [(Ipv4Addr::from([10, 0, 0, 50]), pool([10, 0, 0, 50], [10, 0, 0, 52]))].into_iter().collect();
@@ -639,7 +741,7 @@ mod tests {
         let to = &moved[&vip];
         assert_ne!(to.node, "n1");
         assert_eq!(to.previous.as_deref(), Some("n1"));
-        let granted = grants_for(&to.node, &moved, &agents);
+        let granted = grants_for(&to.node, &moved, &agents, &BTreeMap::new());
         assert_eq!(granted[0].tickle, vec![(SocketAddrV4::new(vip, 2049), client)]);
         // Session expired (frozen node): same.
         let n1 = agents.get_mut("n1").expect("n1");

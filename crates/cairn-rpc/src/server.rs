@@ -153,7 +153,17 @@ where
     let (rd, mut wr) = tokio::io::split(stream);
     let mut rd = BufReader::with_capacity(IO_BUFFER_BYTES, rd);
     if let Err(e) = frame::handshake(&mut rd, &mut wr).await {
-        tracing::warn!(%peer, error = %e, "rpc handshake failed");
+        let hung_up = match &e {
+            RpcError::Closed => true,
+            RpcError::Io(io) => io.kind() == std::io::ErrorKind::ConnectionReset,
+            _ => false,
+        };
+        if hung_up {
+            // Closed before a word: a liveness probe (is anyone listening here?), not a client.
+            tracing::debug!(%peer, "connection closed before the handshake");
+        } else {
+            tracing::warn!(%peer, error = %e, "rpc handshake failed");
+        }
         return Err(e);
     }
 

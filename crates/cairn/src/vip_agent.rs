@@ -10,7 +10,8 @@
 //! - **Reports.** It tells the master ([`cairn_cldb::CldbClient::vip_agent`]) its interfaces,
 //!   what it holds, whether its gateway answers NFS NULL, and the NFS connections to its VIPs
 //!   (for the next holder's tickle ACKs); the master answers with the grants, at once when they
-//!   change.
+//!   change. The connections also go into `/cairn/nfs/<node>` when they change, for a master
+//!   elected after this node died with the previous one.
 //! - **Claiming.** Probe (does anyone else answer ARP for it?), abort this host's connections
 //!   left on the address from an earlier holding (`cairn_vip::abort_tcp_connections`: the NFS
 //!   client reconnects from the same port and would run into them), add the address, announce it
@@ -89,13 +90,22 @@ pub async fn run(config: AgentConfig, cldb: CldbClient, mut stop: watch::Receive
             return;
         }
     };
-    let mut agent =
-        Agent { config, cldb, host, held: BTreeMap::new(), epoch: 0, generation: 0, conflicts: Vec::new() };
+    let mut agent = Agent {
+        config,
+        cldb,
+        host,
+        held: BTreeMap::new(),
+        epoch: 0,
+        generation: 0,
+        conflicts: Vec::new(),
+        published: None,
+    };
     loop {
         let session = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             s = agent.open_session() => s,
         };
+        agent.published = None;
         let stopped = agent.serve(&session, &mut stop).await;
         agent.release_all("the agent's coord session ended").await;
         let _ = session.close().await;
@@ -119,6 +129,8 @@ struct Agent {
     epoch: u64,
     generation: u64,
     conflicts: Vec<(Ipv4Addr, String)>,
+    /// The connections last written to this session's `/cairn/nfs/<node>`.
+    published: Option<Vec<cairn_cldb::vip::Connection>>,
 }
 
 impl Agent {
@@ -159,6 +171,7 @@ impl Agent {
                     self.release_all("the NFS gateway does not answer").await;
                 }
                 let report = self.report(session.session(), nfs_ok).await;
+                self.publish(session, &report.connections).await;
                 let cldb = self.cldb.clone();
                 poll = Some(Box::pin(async move { cldb.vip_agent(report).await }));
             }
@@ -212,6 +225,21 @@ impl Agent {
                 }
                 session.is_alive()
             }
+        }
+    }
+
+    /// Keeps the connections in `/cairn/nfs/<node>` up to date (written when they change): a
+    /// CLDB master elected after this node died with the old one reads them there, so that the
+    /// VIPs' new holders can tickle this node's clients.
+    async fn publish(&mut self, session: &CoordClient, connections: &[cairn_cldb::vip::Connection]) {
+        if self.published.as_deref() == Some(connections) {
+            return;
+        }
+        let path = format!("{}/{}", cairn_cldb::vip::NFS_SESSIONS, self.config.node);
+        let data = cairn_cldb::vip::session_data(&self.config.nfs_address, connections);
+        match session.set(&path, &data, None).await {
+            Ok(_) => self.published = Some(connections.to_vec()),
+            Err(e) => tracing::debug!("VIP agent: cannot publish its connections: {e}"),
         }
     }
 
