@@ -589,20 +589,10 @@ impl Lab {
 
     fn create_volume(&self) -> Result<()> {
         self.wait_until("the default volume to be created", || {
-            let out = self.cli(
-                0,
-                &[
-                    "volume",
-                    "create",
-                    "default",
-                    "--path",
-                    "/",
-                    "--replication",
-                    "3",
-                    "--min-replication",
-                    "3",
-                ],
-            )?;
+            // Three copies, refused (and retried) until the CLDB has heard from all three nodes.
+            let args: Vec<&str> =
+                "volume create default --path / --replication 3 --min-replication 3".split(' ').collect();
+            let out = self.cli(0, &args)?;
             Ok(out.status.success() || describe(&out).contains("already exists"))
         })
     }

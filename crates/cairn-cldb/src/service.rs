@@ -270,9 +270,11 @@ impl Master {
         st.vips.refused.retain(|node, _| silent.iter().any(|(n, _, _, _)| n == node));
         for (node, session, address, fileserver) in silent {
             let refused = refuses(&address).await;
+            // Both its ports refusing at once is proof enough; the NFS port alone, twice in a row.
+            let whole_node = refused && refuses(&fileserver).await;
             let strikes = st.vips.refused.entry(node.clone()).or_default();
             *strikes = if refused { *strikes + 1 } else { 0 };
-            if *strikes < 2 {
+            if *strikes < 2 && !whole_node {
                 continue;
             }
             tracing::warn!(

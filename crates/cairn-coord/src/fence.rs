@@ -56,7 +56,7 @@ pub async fn acquire(client: &CoordClient, path: &str, data: &[u8]) -> Result<Le
 }
 
 /// How often [`acquire_or_take_over`] asks whether the lock's holder is gone.
-pub const TAKE_OVER_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+pub const TAKE_OVER_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Like [`acquire`], but while another session holds the lock it asks `holder_gone`, with the
 /// lock's data (the holder's address, say), every [`TAKE_OVER_PROBE_INTERVAL`]. When the answer
