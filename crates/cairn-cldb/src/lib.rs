@@ -17,7 +17,8 @@
 //! # Mastership and fencing
 //!
 //! Several CLDBs run; one is master. It holds the ephemeral lock `/cairn/cldb/master` (data: its
-//! RPC address) through [`cairn_coord::fence::acquire`]. On election it bumps the CLDB epoch
+//! RPC address) through [`cairn_coord::fence::acquire_or_take_over`] (a standby ends the
+//! session of a master whose CLDB port refuses connections). On election it bumps the CLDB epoch
 //! record `/cairn/cldb/epoch` with a version check and keeps the new znode version; every later
 //! write is a coord `multi` starting with `Op::Check` of that version, so once another master has
 //! bumped it, every write of the old one fails (details in [`store`]). The master also checks each

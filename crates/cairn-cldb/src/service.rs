@@ -987,10 +987,7 @@ async fn elect(shared: &Shared, client: &CoordClient) -> Result<Master, CldbErro
 /// Whether connections to `address` are refused: nothing listens there (a killed process's ports
 /// refuse at once; a busy or unreachable one times out, which proves nothing).
 async fn refuses(address: &str) -> bool {
-    matches!(
-        tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(address)).await,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
-    )
+    matches!(probe::connect(address).await, Err(probe::PingError::Refused))
 }
 
 /// Whether the master whose lock holds `held` (its RPC address) is gone: its CLDB port refuses
