@@ -924,8 +924,10 @@ async fn campaign(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             };
             *shared.master.write() = Some(master.clone());
             tracing::info!("CLDB {} is master, epoch {}", shared.config.name, master.epoch);
+            cairn_metrics::cldb_master(true);
             let stopped = serve_as_master(&shared, &master, &mut stop).await;
             *shared.master.write() = None;
+            cairn_metrics::cldb_master(false);
             if stopped {
                 break 'session;
             }
@@ -1052,6 +1054,28 @@ async fn serve_as_master(shared: &Shared, master: &Master, stop: &mut watch::Rec
     }
 }
 
+/// The cluster's nodes and containers by state, into the process's metrics (master only).
+fn publish_metrics(t: &Tables) {
+    let up = t.nodes.values().filter(|n| store::marked_up(n)).count() as u64;
+    cairn_metrics::cluster_nodes("up", up);
+    cairn_metrics::cluster_nodes("down", t.nodes.len() as u64 - up);
+    let (mut ok, mut under, mut unavailable) = (0, 0, 0);
+    for v in t.volumes.values().filter(|v| !v.removed) {
+        // A volume's name container and data containers share its placement.
+        let containers = 1 + u64::from(v.data_containers);
+        if v.placement.master.is_empty() {
+            unavailable += containers;
+        } else if (v.placement.replicas.len() as u64) < u64::from(v.replication) {
+            under += containers;
+        } else {
+            ok += containers;
+        }
+    }
+    cairn_metrics::cluster_containers("ok", ok);
+    cairn_metrics::cluster_containers("under_replicated", under);
+    cairn_metrics::cluster_containers("unavailable", unavailable);
+}
+
 /// One planning round: plan, write fenced, then apply to memory.
 async fn tick(shared: &Shared, master: &Master) {
     let Ok(mut st) = master.ready_state().await else { return };
@@ -1070,6 +1094,7 @@ async fn tick(shared: &Shared, master: &Master) {
         tracing::warn!("node {n}: its ports refuse connections, taking it as down");
         st.loaded.tables.last_heartbeat_ms.insert(n, 0);
     }
+    publish_metrics(&st.loaded.tables);
     let now = now_ms();
     let plan = planner::plan(&shared.planner, &st.loaded.tables, now);
     if plan.is_empty(&st.loaded.tables.alarms) {

@@ -352,6 +352,19 @@ impl Core {
         Some((leader, address))
     }
 
+    /// This member's Raft view, into the process's metrics.
+    fn publish_metrics(&self) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.state == ServerState::Leader && m.current_leader == Some(self.id);
+        cairn_metrics::coord_raft(
+            leader,
+            m.current_term,
+            m.current_leader,
+            m.last_applied.map_or(0, |l| l.index),
+        );
+    }
+
     fn is_leader(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
@@ -978,6 +991,7 @@ impl Member {
             loop {
                 interval.tick().await;
                 ticking.tick().await;
+                ticking.publish_metrics();
             }
         });
         Ok(Member { core, ticker, batcher })

@@ -15,7 +15,7 @@ use cairn_types::VolumeId;
 use tokio::sync::watch;
 
 use crate::FileServer;
-use crate::proto::{ReplReply, ReplRequest};
+use crate::proto::{ReplReply, ReplRequest, ServerStatus};
 use crate::replica::ReplicaVolume;
 use crate::server::Held;
 
@@ -78,6 +78,7 @@ impl FileServer {
 
     fn reports(&self) -> Vec<VolumeReport> {
         let status = self.status();
+        self.publish_metrics(&status);
         let mut reports: Vec<VolumeReport> = status
             .volumes
             .into_iter()
@@ -110,6 +111,24 @@ impl FileServer {
             }
         }
         reports
+    }
+
+    /// The copies held and, for the volumes mastered here, each replica's lag, into the
+    /// process's metrics (refreshed with every heartbeat).
+    fn publish_metrics(&self, status: &ServerStatus) {
+        let masters = status.volumes.iter().filter(|volume| volume.role == "master").count() as u64;
+        let replicas = status.volumes.iter().filter(|volume| volume.role != "master").count() as u64;
+        cairn_metrics::local_copies(masters, replicas);
+        let mut lags = Vec::new();
+        for (volume, held) in self.inner.volumes.read().iter() {
+            if let Held::Master(master) = held {
+                let volume = volume.to_string();
+                lags.extend(
+                    master.replicator.lags().into_iter().map(|(node, lag)| (volume.clone(), node, lag)),
+                );
+            }
+        }
+        cairn_metrics::replication_lags(&lags);
     }
 
     /// Applies one assignment of the CLDB. Changes of role run on a blocking thread (they open

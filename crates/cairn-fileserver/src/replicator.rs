@@ -272,6 +272,13 @@ impl NetReplicator {
             .collect()
     }
 
+    /// How many records each replica (node) has not acknowledged yet; a replica being copied
+    /// counts every record.
+    pub(crate) fn lags(&self) -> Vec<(String, u64)> {
+        let state = self.state.lock();
+        state.links.iter().map(|(node, link)| (node.clone(), state.last.saturating_sub(link.acked))).collect()
+    }
+
     /// The CLDB's placement at `epoch`: (node, address) of every other replica and resync
     /// target, in chain order, and the replication type. Starts links to new ones, stops links
     /// to the ones that left.
@@ -463,6 +470,8 @@ impl NetReplicator {
             }
         };
         tracing::info!(volume, replica = %node, "full copy of the volume starts");
+        let volume_label = volume.to_string();
+        cairn_metrics::resync_started(&volume_label);
         let started = Instant::now();
         {
             let mut state = self.state.lock();
@@ -481,6 +490,10 @@ impl NetReplicator {
             let mut batch_bytes = 0;
             let mut failure = None;
             let mut send = |pieces: Vec<SnapshotPiece>| -> Result<(), cairn_store::StoreError> {
+                cairn_metrics::resync_sent(
+                    &volume_label,
+                    pieces.iter().map(piece_bytes).sum::<usize>() as u64,
+                );
                 let request = ReplRequest::SnapshotPieces { volume, epoch, pieces };
                 runtime.block_on(peers.call(&target, request)).map(drop).map_err(|error| {
                     let message = format!("{error:?}");

@@ -217,6 +217,7 @@ impl Connection {
     }
 
     async fn serve(mut self, stream: TcpStream, mut shutdown: watch::Receiver<bool>) {
+        let _counted = CountedConnection::open();
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
@@ -582,5 +583,21 @@ fn run_job(shared: &Shared, peer: SocketAddr, job: &Job, record: &[u8]) -> Reply
 fn log_join_error(joined: Result<(), tokio::task::JoinError>) {
     if let Err(error) = joined {
         tracing::error!(%error, "call task failed");
+    }
+}
+
+/// Counts an open connection in the `cairn_nfs_connections` gauge for as long as it lives.
+struct CountedConnection;
+
+impl CountedConnection {
+    fn open() -> CountedConnection {
+        cairn_metrics::nfs_connections_add(1);
+        CountedConnection
+    }
+}
+
+impl Drop for CountedConnection {
+    fn drop(&mut self) {
+        cairn_metrics::nfs_connections_add(-1);
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! Runs on a blocking thread: every store method blocks on disk I/O.
 
+use std::time::Instant;
+
 use cairn_store::{
     Attributes, Caller, DirectoryPage, FileKind, PreOpAttributes, Stability, StoreError, Timestamp, WccData,
     access,
@@ -113,17 +115,104 @@ pub fn execute(
     procedure_number: u32,
     arguments: &[u8],
 ) -> Reply {
+    let started = Instant::now();
+    let name = procedure_name(procedure_number);
     let Ok(arguments) = nfs_args::decode(procedure_number, arguments) else {
+        cairn_metrics::nfs_request(name, "GARBAGE_ARGS", started.elapsed());
         return Reply::new(rpc::accepted_reply(xid, AcceptStatus::GarbageArguments));
+    };
+    let written_bytes = match &arguments {
+        NfsArguments::Write { data, .. } => data.len() as u64,
+        _ => 0,
     };
     let mut out = Vec::with_capacity(reply_capacity(&arguments));
     rpc::begin_accepted_reply(&mut out, xid, AcceptStatus::Success);
+    let status_at = out.len();
     let mut request = Request { shared, caller, read_only, out };
     let payload = request.run(arguments);
     let mut out = request.out;
+    // Every procedure's result starts with its nfsstat3 (NULL has none: it always succeeds).
+    let status = out
+        .get(status_at..status_at + 4)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map_or(0, u32::from_be_bytes);
+    cairn_metrics::nfs_request(name, status_name(status), started.elapsed());
+    if status == 0 {
+        let read_bytes = match procedure_number {
+            procedure::READ => payload.as_ref().map_or(0, |payload| payload.len() as u64),
+            _ => 0,
+        };
+        cairn_metrics::nfs_read_bytes(read_bytes);
+        cairn_metrics::nfs_written_bytes(written_bytes);
+    }
     let payload_bytes = payload.as_ref().map_or(0, |payload| padded_length(payload.len()).unwrap_or(0));
     rpc::finish_record(&mut out, payload_bytes);
     Reply { head: out, payload: payload.unwrap_or_default() }
+}
+
+/// The procedure's name, as a metrics label.
+fn procedure_name(number: u32) -> &'static str {
+    const NAMES: [&str; 22] = [
+        "NULL",
+        "GETATTR",
+        "SETATTR",
+        "LOOKUP",
+        "ACCESS",
+        "READLINK",
+        "READ",
+        "WRITE",
+        "CREATE",
+        "MKDIR",
+        "SYMLINK",
+        "MKNOD",
+        "REMOVE",
+        "RMDIR",
+        "RENAME",
+        "LINK",
+        "READDIR",
+        "READDIRPLUS",
+        "FSSTAT",
+        "FSINFO",
+        "PATHCONF",
+        "COMMIT",
+    ];
+    usize::try_from(number).ok().and_then(|index| NAMES.get(index)).copied().unwrap_or("UNKNOWN")
+}
+
+/// An nfsstat3's name (RFC 1813 section 2.6), `ok` for NFS3_OK, as a metrics label.
+fn status_name(status: u32) -> &'static str {
+    match status {
+        0 => "ok",
+        1 => "NFS3ERR_PERM",
+        2 => "NFS3ERR_NOENT",
+        5 => "NFS3ERR_IO",
+        6 => "NFS3ERR_NXIO",
+        13 => "NFS3ERR_ACCES",
+        17 => "NFS3ERR_EXIST",
+        18 => "NFS3ERR_XDEV",
+        19 => "NFS3ERR_NODEV",
+        20 => "NFS3ERR_NOTDIR",
+        21 => "NFS3ERR_ISDIR",
+        22 => "NFS3ERR_INVAL",
+        27 => "NFS3ERR_FBIG",
+        28 => "NFS3ERR_NOSPC",
+        30 => "NFS3ERR_ROFS",
+        31 => "NFS3ERR_MLINK",
+        63 => "NFS3ERR_NAMETOOLONG",
+        66 => "NFS3ERR_NOTEMPTY",
+        69 => "NFS3ERR_DQUOT",
+        70 => "NFS3ERR_STALE",
+        71 => "NFS3ERR_REMOTE",
+        10001 => "NFS3ERR_BADHANDLE",
+        10002 => "NFS3ERR_NOT_SYNC",
+        10003 => "NFS3ERR_BAD_COOKIE",
+        10004 => "NFS3ERR_NOTSUPP",
+        10005 => "NFS3ERR_TOOSMALL",
+        10006 => "NFS3ERR_SERVERFAULT",
+        10007 => "NFS3ERR_BADTYPE",
+        10008 => "NFS3ERR_JUKEBOX",
+        _ => "other",
+    }
 }
 
 fn reply_capacity(arguments: &NfsArguments<'_>) -> usize {

@@ -36,17 +36,17 @@ pub struct Target {
     /// CLDBs to ask, host:port, comma-separated [default: the `cldb` list of
     /// DATA_DIR/cluster.json].
     #[arg(long, global = true, value_delimiter = ',', value_name = "HOST:PORT")]
-    cldb: Vec<String>,
+    pub(crate) cldb: Vec<String>,
     /// Data directory of a `cairn up --nodes N`, whose cluster.json names the CLDBs (used
     /// without --cldb).
     #[arg(long, global = true, default_value = "./cairn-data")]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Print the CLDB's answer as JSON instead of a table.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
     /// Seconds to keep trying the CLDBs (redirections and master elections included).
     #[arg(long, global = true, default_value_t = 10, value_name = "SECONDS")]
-    timeout: u64,
+    pub(crate) timeout: u64,
 }
 
 #[derive(Args)]
@@ -321,7 +321,7 @@ fn block_on(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()
 // The CLDB
 
 /// The CLDBs named by `--cldb`, or else by DATA_DIR/cluster.json.
-fn cldb_addresses(target: &Target) -> anyhow::Result<Vec<String>> {
+pub(crate) fn cldb_addresses(target: &Target) -> anyhow::Result<Vec<String>> {
     let given: Vec<String> =
         target.cldb.iter().map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
     if !given.is_empty() {
@@ -418,7 +418,7 @@ impl Cldb {
     }
 }
 
-fn client(addresses: Vec<String>, timeout: Duration) -> CldbClient {
+pub(crate) fn client(addresses: Vec<String>, timeout: Duration) -> CldbClient {
     CldbClient::with_options(
         addresses,
         CldbClientOptions {
@@ -858,21 +858,21 @@ fn dash(text: &str) -> String {
 }
 
 /// A table with a header line, columns left-aligned and separated by two spaces.
-struct Table {
+pub(crate) struct Table {
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(header: &[&str]) -> Table {
+    pub(crate) fn new(header: &[&str]) -> Table {
         Table { rows: vec![header.iter().map(|h| (*h).to_owned()).collect()] }
     }
 
-    fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
     /// The table, or `empty` (and a newline) when it has no row below the header.
-    fn render_or(&self, empty: &str) -> String {
+    pub(crate) fn render_or(&self, empty: &str) -> String {
         if self.rows.len() <= 1 {
             return format!("{empty}\n");
         }
@@ -894,7 +894,7 @@ impl Table {
 }
 
 /// Bytes with a binary unit: `512 B`, `10 GiB`, `1.5 MiB`.
-fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
@@ -979,7 +979,7 @@ fn duration(ms: u64) -> String {
 }
 
 /// `2024-05-01 12:00:00 UTC` (proleptic Gregorian calendar; H. Hinnant's days-to-civil).
-fn utc(ms: u64) -> String {
+pub(crate) fn utc(ms: u64) -> String {
     let secs = ms / 1000;
     let z = i64::try_from(secs / 86_400).unwrap_or(0) + 719_468;
     let era = z.div_euclid(146_097);

@@ -2,6 +2,8 @@
 
 mod admin;
 mod coord;
+mod distcp;
+mod fs_cli;
 mod node;
 mod up;
 mod vip_agent;
@@ -44,6 +46,12 @@ enum Command {
     /// Virtual IPs: pools of addresses the NFS gateways hold, moved to a healthy gateway when
     /// theirs fails (asks the CLDB master).
     Vip(admin::VipArgs),
+    /// Files of a cluster without an NFS mount: put, get, ls, cat, rm, ... (Hadoop's `-put`,
+    /// `-ls`, ... spellings too).
+    Fs(fs_cli::FsArgs),
+    /// Copy directory trees in parallel within a cluster, between clusters, or to and from the
+    /// local file system; a second run copies only what is missing or changed.
+    Distcp(distcp::DistcpArgs),
 }
 
 #[derive(Args)]
@@ -95,6 +103,13 @@ struct UpArgs {
     /// checksum, bad ones repaired from another copy) over each copy [default: one day].
     #[arg(long)]
     scrub_interval: Option<u64>,
+    /// With several nodes: port of the first node's web console (plain HTTP on --bind); node i
+    /// serves it on this port + i.
+    #[arg(long, default_value_t = 8443, conflicts_with = "no_console")]
+    console_port: u16,
+    /// With several nodes: run no web console.
+    #[arg(long)]
+    no_console: bool,
 }
 
 #[derive(Subcommand)]
@@ -122,7 +137,7 @@ enum ExportsCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(fs_cli::hadoop_spellings(std::env::args_os()));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
@@ -153,6 +168,7 @@ fn main() -> ExitCode {
                     scrub_interval: args
                         .scrub_interval
                         .map_or(cairn_fileserver::SCRUB_INTERVAL_DEFAULT, std::time::Duration::from_secs),
+                    console_port: (!args.no_console).then_some(args.console_port),
                 })
             } else {
                 up::run(config)
@@ -166,6 +182,8 @@ fn main() -> ExitCode {
         Command::Container(args) => admin::container(args),
         Command::Alarm(args) => admin::alarm(args),
         Command::Vip(args) => admin::vip(args),
+        Command::Fs(args) => return fs_cli::main(args),
+        Command::Distcp(args) => return distcp::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

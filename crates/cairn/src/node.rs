@@ -1,7 +1,8 @@
 //! `cairn node start --config FILE`: one node of a cluster, every service in one process: a coord
 //! member and a CLDB (when the configuration gives them ports), the file server with its
-//! heartbeat, and the NFS gateway, which serves the configured volume from whichever node is its
-//! master. `cairn up --nodes N` writes N configurations and starts N of these.
+//! heartbeat, the web console (when given a port), and the NFS gateway, which serves the
+//! configured volume from whichever node is its master. `cairn up --nodes N` writes N
+//! configurations and starts N of these.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -68,6 +69,9 @@ pub struct NodeConfig {
     /// File server: a scrub pass over each copy starts this long after the previous one ended.
     #[serde(default = "default_scrub_interval_ms")]
     pub scrub_interval_ms: u64,
+    /// The web console's port (plain HTTP, on `bind`), if this node runs one.
+    #[serde(default)]
+    pub console_port: Option<u16>,
 }
 
 fn default_true() -> bool {
@@ -174,11 +178,33 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
             .into_iter()
             .chain(config.coord_id.map(|_| "coord"))
             .chain(config.cldb_port.map(|_| "cldb"))
+            .chain(config.console_port.map(|_| "console"))
             .map(str::to_string)
             .collect(),
     };
     let heartbeats =
         tokio::spawn(fileserver.clone().run_heartbeats(cldb_client.clone(), identity, stop_rx.clone()));
+
+    let mut console = None;
+    if let Some(port) = config.console_port {
+        // The console is no part of the data path: a node whose console port is taken still
+        // serves, and says so.
+        match cairn_console::Console::start(cairn_console::ConsoleConfig {
+            listen: SocketAddr::new(config.bind, port),
+            node: config.name.clone(),
+            cldb: cldb_client.clone(),
+            coord: config.coord_addresses(),
+            data_dir: Some(config.data_dir.clone()),
+        })
+        .await
+        {
+            Ok(started) => {
+                println!("node {} console: http://{host}:{}/", config.name, started.address().port());
+                console = Some(started);
+            }
+            Err(error) => tracing::error!("no web console on this node: {error}"),
+        }
+    }
 
     let exports_file = match &config.exports {
         Some(path) => path.clone(),
@@ -230,6 +256,9 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     }
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
+    if let Some(console) = console {
+        console.shutdown().await;
+    }
     if let Some(agent) = vip_agent {
         let _ = agent.await;
     }

@@ -337,6 +337,8 @@ pub struct ClusterUpConfig {
     pub replication_type: cairn_cldb::proto::ReplicationType,
     /// Time between two scrub passes over a copy.
     pub scrub_interval: std::time::Duration,
+    /// The first node's web console port; node i serves it on this + i. `None`: no console.
+    pub console_port: Option<u16>,
 }
 
 /// Most nodes `cairn up` starts on one machine.
@@ -392,6 +394,7 @@ pub fn run_cluster(config: ClusterUpConfig) -> anyhow::Result<()> {
             rereplication_timeout_ms: u64::try_from(config.rereplication_timeout.as_millis())
                 .unwrap_or(u64::MAX),
             scrub_interval_ms: u64::try_from(config.scrub_interval.as_millis()).unwrap_or(u64::MAX),
+            console_port: config.console_port.map(|base| port(base, i)).transpose()?,
         });
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -529,7 +532,7 @@ async fn serve_cluster(
             "name": c.name, "pid": child.id(), "address": host(c),
             "nfs_port": c.nfs_port, "coord_port": c.coord_port, "cldb_port": c.cldb_port,
             "fileserver_port": c.fileserver_port, "portmap_port": c.portmap_port,
-            "data_dir": c.data_dir,
+            "console_port": c.console_port, "data_dir": c.data_dir,
         })).collect::<Vec<_>>(),
     });
     let cluster_file = data_dir.join(CLUSTER_FILE);
@@ -538,13 +541,25 @@ async fn serve_cluster(
     let nfs: Vec<String> = configs.iter().map(|c| format!("{}:{}", host(c), c.nfs_port)).collect();
     let coord: Vec<&str> =
         nodes.members.iter().map(|(_, a, _)| a.as_str()).filter(|a| !a.is_empty()).collect();
+    let consoles: Vec<String> = configs
+        .iter()
+        .filter_map(|c| c.console_port.map(|port| format!("http://{}:{port}/", host(c))))
+        .collect();
     say!(
-        "Cairn is ready: cluster={cluster_id:016x} nodes={} nfs={} cldb={} coord={} coord_leader={leader}",
+        "Cairn is ready: cluster={cluster_id:016x} nodes={} nfs={} cldb={} coord={} coord_leader={leader}{}",
         configs.len(),
         nfs.join(","),
         cldbs.join(","),
-        coord.join(",")
+        coord.join(","),
+        if consoles.is_empty() { String::new() } else { format!(" console={}", consoles.join(",")) }
     );
+    if let Some(first) = consoles.first() {
+        say!(
+            "Web console: {first} (user admin; password from $CAIRN_ADMIN_PASSWORD, or printed once \
+             in the node log of the node that created it: {}/nodes/*/node.log)",
+            data_dir.display()
+        );
+    }
     let _ = std::io::stdout().flush();
     tokio::select! {
         _ = terminate.recv() => {}

@@ -38,9 +38,17 @@ impl Cluster {
         for _ in 0..4 {
             // Four runs of `count` consecutive ports, in a range of their own.
             let base = 21_000 + (free_port() % 9_000) / 10 * 6;
+            // Consoles on ports of the same range unless the test chose (the default, 8443 and
+            // up, would be shared by every cluster of a parallel run).
+            let console = if extra.iter().any(|arg| *arg == "--console-port" || *arg == "--no-console") {
+                Vec::new()
+            } else {
+                vec!["--console-port".to_owned(), (base + 38_000).to_string()]
+            };
             let mut up = Command::new(CAIRN)
                 .args(["up", "--no-portmap", "--nodes", &count.to_string()])
                 .args(extra)
+                .args(&console)
                 .args(["--nfs-port", &base.to_string()])
                 .args(["--coord-port", &(base + 10_000).to_string()])
                 .args(["--cldb-port", &(base + 20_000).to_string()])

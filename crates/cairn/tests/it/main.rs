@@ -9,12 +9,15 @@
 
 mod admin;
 mod cluster;
+mod console;
 mod coord;
 mod drc;
 mod exports;
 mod failover;
+mod fs_cli;
 mod kernel_client;
 mod libnfs;
+mod metrics;
 mod quota;
 mod repair;
 mod support;

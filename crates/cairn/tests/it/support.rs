@@ -593,7 +593,9 @@ impl Vm {
             .args(["--nfs-port", &self.nfs_port.to_string()])
             .args(["--mount-port", &self.mount_port.to_string()])
             .args(["--export", &self.export])
-            .args(["--timeout", &self.timeout.as_secs().to_string()]);
+            .args(["--timeout", &self.timeout.as_secs().to_string()])
+            // Timings on stderr, among them "guest booted" when the guest's init starts.
+            .arg("-v");
         if let Some(options) = &self.mount_options {
             command.args(["--mount-opts", options]);
         }
@@ -620,11 +622,39 @@ impl Vm {
     }
 
     /// Boots the guest in the background; its output lines can be awaited while it runs.
+    ///
+    /// Under the emulated CPU a guest very rarely hangs in early boot (CI once saw one stop
+    /// after the kernel's "Probing EDD" line and sit out its whole timeout). A guest that has
+    /// not reached its init within [`GUEST_BOOT_TIMEOUT`] is killed and booted again, up to
+    /// [`GUEST_BOOT_ATTEMPTS`] times; nothing of the test's script has run by then.
     pub fn spawn(&self, script: &str) -> RunningVm {
         let started = Instant::now();
+        let mut attempt = 1;
+        loop {
+            let (mut vm, booted) = self.spawn_once(script, started);
+            match booted.recv_timeout(GUEST_BOOT_TIMEOUT) {
+                // Booted, or nfsvm ended (its stderr closed) without booting: the run reports it.
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return vm,
+                Err(RecvTimeoutError::Timeout) if attempt >= GUEST_BOOT_ATTEMPTS => return vm,
+                Err(RecvTimeoutError::Timeout) => {
+                    vm.kill();
+                    let run = vm.finish_inner();
+                    eprintln!(
+                        "nfsvm guest did not boot within {GUEST_BOOT_TIMEOUT:?} (attempt {attempt} of \
+                         {GUEST_BOOT_ATTEMPTS}); booting it again. Its run:\n{}",
+                        run.describe()
+                    );
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// One boot; the receiver gets a message when the guest's init has started.
+    fn spawn_once(&self, script: &str, started: Instant) -> (RunningVm, Receiver<()>) {
         let mut child = self.command(script).spawn().expect("start nfsvm");
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut stderr = child.stderr.take().expect("piped stderr");
+        let stderr = child.stderr.take().expect("piped stderr");
         let (sender, receiver) = channel();
         let stdout_lines = Arc::new(Mutex::new(Vec::new()));
         let stdout_reader = {
@@ -637,20 +667,34 @@ impl Vm {
                 }
             })
         };
+        let (booted_sender, booted) = channel();
         let stderr_reader = std::thread::spawn(move || {
             let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("nfsvm: [") && line.ends_with("] guest booted") {
+                    let _ = booted_sender.send(());
+                }
+                text.push_str(&line);
+                text.push('\n');
+            }
             text
         });
-        RunningVm {
+        let vm = RunningVm {
             child: Some(child),
             lines: receiver,
             stdout_lines,
             readers: Some((stdout_reader, stderr_reader)),
             started,
-        }
+        };
+        (vm, booted)
     }
 }
+
+/// How long a guest may take to reach its init (about 2 s on an idle machine) before it is
+/// taken as hung and booted again.
+const GUEST_BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+const GUEST_BOOT_ATTEMPTS: u32 = 3;
 
 /// A guest that is still running.
 pub struct RunningVm {
@@ -702,6 +746,19 @@ impl RunningVm {
         self.finish_inner()
     }
 
+    /// Kills qemu and everything else below nfsvm, and nfsvm itself if it does not end then.
+    fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            for pid in descendants(child.id()) {
+                send_signal(pid, libc::SIGKILL);
+            }
+            if wait_with_timeout(child, Duration::from_secs(10)).is_none() {
+                send_signal(child.id(), libc::SIGKILL);
+                let _ = child.wait();
+            }
+        }
+    }
+
     fn finish_inner(&mut self) -> VmRun {
         let status = self.child.take().map(|mut child| child.wait().expect("wait for nfsvm"));
         let stderr = match self.readers.take() {
@@ -725,15 +782,7 @@ impl Drop for RunningVm {
     /// under `timeout`, which makes its own process group, so the whole tree below nfsvm is
     /// killed; nfsvm itself then ends and removes its tap device.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            for pid in descendants(child.id()) {
-                send_signal(pid, libc::SIGKILL);
-            }
-            if wait_with_timeout(&mut child, Duration::from_secs(10)).is_none() {
-                send_signal(child.id(), libc::SIGKILL);
-                let _ = child.wait();
-            }
-        }
+        self.kill();
     }
 }
 
