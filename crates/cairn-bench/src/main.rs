@@ -8,7 +8,9 @@
 //! `cairn-bench coord` is a second benchmark: Cairn's coord quorum against Apache ZooKeeper (see
 //! [`coord`]); `cairn-bench replication` a third: a 3-node cluster with 3 copies of its volume
 //! against the same with 1 copy, through one NFS gateway (see [`replication`]); `cairn-bench vip`
-//! a fourth: the client's stall when a VIP moves, Cairn against keepalived (see [`vip`]).
+//! a fourth: the client's stall when a VIP moves, Cairn against keepalived (see [`vip`]);
+//! `cairn-bench transfer` a fifth: `cairn fs put`/`get` and `cairn distcp` against `cp` (see
+//! [`transfer`]).
 
 mod coord;
 mod fio;
@@ -21,6 +23,7 @@ mod report;
 mod rpc;
 mod servers;
 mod system;
+mod transfer;
 mod vip;
 
 use std::collections::BTreeMap;
@@ -115,6 +118,13 @@ enum BenchCommand {
     /// planned moves, min/median/max stall and the errors the application saw. Needs root, nfsvm,
     /// arping and keepalived (Debian packages iputils-arping, keepalived). See docs/benchmarks.md.
     Vip(vip::VipArgs),
+    /// `cairn fs put` and `get` of a large file and `cairn distcp` of many small files into a
+    /// 3-node cluster (3 copies), against `cp` to the same disk.
+    ///
+    /// The cluster runs in a network namespace of its own on a fresh loop-mounted ext4, which also
+    /// holds the sources and the references; caches are dropped before every transfer. Needs
+    /// root. See docs/benchmarks.md.
+    Transfer(transfer::TransferArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -147,6 +157,7 @@ fn main() -> std::process::ExitCode {
         Some(BenchCommand::Coord(coord_args)) => coord::run(coord_args),
         Some(BenchCommand::Replication(replication_args)) => replication::run(replication_args),
         Some(BenchCommand::Vip(vip_args)) => vip::run(vip_args),
+        Some(BenchCommand::Transfer(transfer_args)) => transfer::run(transfer_args),
         None => run(&args),
     };
     match result {

@@ -374,7 +374,7 @@ fn bench_cluster(
 
 /// Where the CLDB has put a volume.
 #[derive(Debug, PartialEq)]
-struct Placement {
+pub(crate) struct Placement {
     /// `Chain` or `Star`.
     replication_type: String,
     master: String,
@@ -424,7 +424,7 @@ fn parse_placement(text: &str) -> Result<Placement> {
 
 /// Polls the default volume's placement until it has `replication` in-sync copies and nothing
 /// resyncing.
-fn wait_for_copies(
+pub(crate) fn wait_for_copies(
     cairn: &Path,
     dir: &Path,
     netns: &str,

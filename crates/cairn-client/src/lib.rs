@@ -12,6 +12,8 @@
 //! Only when the window runs out does the caller see [`StoreError::Unavailable`] (NFS3ERR_JUKEBOX:
 //! the NFS client tries again later).
 
+pub mod namespace;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

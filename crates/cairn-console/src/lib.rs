@@ -7,15 +7,18 @@
 //! - `pages.rs` and `html.rs`: the pages, rendered with `format!` and escaped by `html::esc`.
 //! - `users.rs`: users and roles in coord (argon2id hashes), the first admin at first start.
 //! - `auth.rs`: sessions (an HttpOnly, SameSite=Strict cookie, memory only) and HTTP Basic.
+//! - `webhdfs.rs`: the WebHDFS-compatible REST API on `/webhdfs/v1/`, over the files of the
+//!   cluster's volumes (`cairn_client::namespace`).
 //!
-//! It reaches the cluster only through `CldbClient` and, for its users and the VIP pools' full
-//! records, a coord client; it knows nothing of files or NFS.
+//! It reaches the cluster through `CldbClient`, for its users and the VIP pools' full records a
+//! coord client, and for WebHDFS the client library's `ClusterFs`; it knows nothing of NFS.
 
 pub mod api;
 pub mod auth;
 pub mod html;
 pub mod pages;
 pub mod users;
+pub mod webhdfs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +53,8 @@ pub struct Shared {
     pub config: ConsoleConfig,
     pub users: users::Users,
     pub sessions: auth::Sessions,
+    /// The cluster namespace WebHDFS requests share.
+    pub webhdfs: webhdfs::NamespaceCache,
 }
 
 pub type State = Arc<Shared>;
@@ -79,6 +84,7 @@ impl Console {
         let shared = Arc::new(Shared {
             users: users::Users::new(config.coord.clone()),
             sessions: auth::Sessions::default(),
+            webhdfs: webhdfs::NamespaceCache::default(),
             config,
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -126,13 +132,15 @@ impl Console {
     }
 }
 
-/// Every route: `/api/...`, `/metrics`, and the pages.
+/// Every route: `/api/...`, `/metrics`, the pages, and WebHDFS (`/webhdfs/v1/...`, whose
+/// uploads are streamed, without the body limit).
 pub fn router(state: State) -> Router {
     Router::new()
         .nest("/api", api::router())
         .merge(pages::router())
         .route("/metrics", axum::routing::get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .merge(webhdfs::router())
         .with_state(state)
 }
 

@@ -18,11 +18,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cairn_client::namespace::normalize;
 use clap::Args;
 
 use crate::admin::Target;
 use crate::fs_cli::PathError;
-use crate::fs_cli::cluster::{Namespace, normalize};
+use crate::fs_cli::cluster;
 use crate::fs_cli::transfer::{self, ClusterTree, CopyConfig, Kind, LocalTree, Tree};
 
 #[derive(Args)]
@@ -128,11 +129,11 @@ fn run(args: DistcpArgs) -> anyhow::Result<ExitCode> {
             Place::Local => Box::new(LocalTree { sync: false }),
             Place::DefaultCluster => {
                 let addresses = crate::admin::cldb_addresses(&args.target)?;
-                let namespace = Namespace::connect(addresses, timeout, caller.clone())?;
+                let namespace = cluster::connect(addresses, timeout, caller.clone())?;
                 Box::new(ClusterTree { namespace: Arc::new(namespace), label: String::new() })
             }
             Place::Cluster(addresses) => {
-                let namespace = Namespace::connect(addresses.clone(), timeout, caller.clone())?;
+                let namespace = cluster::connect(addresses.clone(), timeout, caller.clone())?;
                 Box::new(ClusterTree {
                     namespace: Arc::new(namespace),
                     label: format!("cairn://{}", addresses.join(",")),

@@ -14,9 +14,7 @@
 pub(crate) mod cluster;
 pub(crate) mod transfer;
 
-use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::fmt;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -29,7 +27,7 @@ use clap::{ArgAction, Args, Subcommand};
 use serde_json::json;
 
 use crate::admin::Target;
-use cluster::{Namespace, Node, normalize};
+use cairn_client::namespace::{Names, Namespace, Node, group_id, normalize, user_id};
 use transfer::{ClusterTree, CopyConfig, Kind, LocalTree, Tree};
 
 /// Exit code for a path that does not exist.
@@ -279,83 +277,7 @@ pub fn hadoop_spellings(args: impl IntoIterator<Item = OsString>) -> Vec<OsStrin
 // ------------------------------------------------------------------------------------------
 // Errors
 
-/// A failure about one path: `PATH: reason`.
-#[derive(Debug)]
-pub(crate) struct PathError {
-    path: String,
-    cause: Cause,
-}
-
-#[derive(Debug)]
-enum Cause {
-    Store(StoreError),
-    Io(std::io::Error),
-    Message(String),
-}
-
-impl PathError {
-    pub(crate) fn store(path: &Path, error: StoreError) -> PathError {
-        PathError { path: path.display().to_string(), cause: Cause::Store(error) }
-    }
-
-    pub(crate) fn io(path: &Path, error: std::io::Error) -> PathError {
-        PathError { path: path.display().to_string(), cause: Cause::Io(error) }
-    }
-
-    pub(crate) fn message(path: &Path, text: &str) -> PathError {
-        PathError { path: path.display().to_string(), cause: Cause::Message(text.to_owned()) }
-    }
-
-    pub(crate) fn with_prefix(mut self, prefix: &str) -> PathError {
-        self.path = format!("{prefix}{}", self.path);
-        self
-    }
-
-    pub(crate) fn is_not_found(&self) -> bool {
-        match &self.cause {
-            Cause::Store(error) => matches!(error, StoreError::NotFound | StoreError::Stale(_)),
-            Cause::Io(error) => error.kind() == std::io::ErrorKind::NotFound,
-            Cause::Message(_) => false,
-        }
-    }
-}
-
-impl fmt::Display for PathError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.cause {
-            Cause::Store(error) => write!(f, "{}: {}", self.path, store_error_text(error)),
-            Cause::Io(error) => {
-                let text = error.to_string();
-                // "No such file or directory (os error 2)" → "No such file or directory".
-                let text = text.split(" (os error").next().unwrap_or(&text);
-                write!(f, "{}: {text}", self.path)
-            }
-            Cause::Message(text) => write!(f, "{}: {text}", self.path),
-        }
-    }
-}
-
-impl std::error::Error for PathError {}
-
-/// The one mapping from store errors to what `cairn fs` prints (the strerror texts where there
-/// is one).
-fn store_error_text(error: &StoreError) -> String {
-    match error {
-        StoreError::NotFound | StoreError::Stale(_) => "No such file or directory".to_owned(),
-        StoreError::Exists => "File exists".to_owned(),
-        StoreError::NotDirectory => "Not a directory".to_owned(),
-        StoreError::IsDirectory => "Is a directory".to_owned(),
-        StoreError::NotEmpty => "Directory not empty".to_owned(),
-        StoreError::AccessDenied => "Permission denied".to_owned(),
-        StoreError::NotOwner => "Operation not permitted".to_owned(),
-        StoreError::NameTooLong => "File name too long".to_owned(),
-        StoreError::FileTooLarge => "File too large".to_owned(),
-        StoreError::NoSpace => "No space left on device".to_owned(),
-        StoreError::QuotaExceeded => "Disk quota exceeded".to_owned(),
-        StoreError::CrossVolume => "Invalid cross-device link (a rename between volumes)".to_owned(),
-        other => other.to_string(),
-    }
-}
+pub(crate) use cairn_client::namespace::PathError;
 
 /// What went wrong in a command: failures are printed as they happen, the exit code remembers
 /// the worst.
@@ -430,7 +352,7 @@ fn run(args: FsArgs, outcome: &mut Outcome) -> anyhow::Result<()> {
     };
     let addresses = crate::admin::cldb_addresses(&args.target)?;
     let timeout = Duration::from_secs(args.target.timeout.max(1));
-    let namespace = Arc::new(Namespace::connect(addresses, timeout, caller)?);
+    let namespace = Arc::new(cluster::connect(addresses, timeout, caller)?);
     let piece_bytes = usize::try_from(args.piece_size.clamp(4096, 64 << 20)).unwrap_or(1 << 20);
     let context = Context {
         tree: ClusterTree { namespace: namespace.clone(), label: String::new() },
@@ -815,90 +737,9 @@ fn tail(cx: &Context, path: &Path, bytes: u64, follow: bool) -> anyhow::Result<(
 // ------------------------------------------------------------------------------------------
 // Listing and attributes
 
-/// Owner and group names from this machine's /etc/passwd and /etc/group.
-struct Names {
-    users: HashMap<u32, String>,
-    groups: HashMap<u32, String>,
-}
-
-impl Names {
-    fn load() -> Names {
-        Names { users: id_names("/etc/passwd"), groups: id_names("/etc/group") }
-    }
-
-    fn user(&self, uid: u32) -> String {
-        self.users.get(&uid).cloned().unwrap_or_else(|| uid.to_string())
-    }
-
-    fn group(&self, gid: u32) -> String {
-        self.groups.get(&gid).cloned().unwrap_or_else(|| gid.to_string())
-    }
-}
-
-/// `id → name` from a passwd- or group-format file (name:x:id:...).
-fn id_names(file: &str) -> HashMap<u32, String> {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split(':');
-            let name = fields.next()?;
-            let id = fields.nth(1)?.parse().ok()?;
-            Some((id, name.to_owned()))
-        })
-        .collect()
-}
-
-fn id_of(file: &str, name: &str) -> Option<(u32, Option<u32>)> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        if fields.first() != Some(&name) {
-            return None;
-        }
-        Some((fields.get(2)?.parse().ok()?, fields.get(3).and_then(|g| g.parse().ok())))
-    })
-}
-
-fn user_id(text: &str) -> anyhow::Result<(u32, Option<u32>)> {
-    if let Ok(uid) = text.parse() {
-        return Ok((uid, None));
-    }
-    id_of("/etc/passwd", text).ok_or_else(|| anyhow::anyhow!("{text}: no such user in /etc/passwd"))
-}
-
-fn group_id(text: &str) -> anyhow::Result<u32> {
-    if let Ok(gid) = text.parse() {
-        return Ok(gid);
-    }
-    id_of("/etc/group", text)
-        .map(|(gid, _)| gid)
-        .ok_or_else(|| anyhow::anyhow!("{text}: no such group in /etc/group"))
-}
-
 /// `--user NAME|UID[:GROUP|GID]`: the caller, with the user's groups from /etc/group.
 pub(crate) fn caller_for(text: &str) -> anyhow::Result<Caller> {
-    let (user, group) = match text.split_once(':') {
-        Some((user, group)) => (user, Some(group)),
-        None => (text, None),
-    };
-    let (uid, primary) = user_id(user)?;
-    let gid = match group {
-        Some(group) => group_id(group)?,
-        None => primary.unwrap_or(uid),
-    };
-    let name = Names::load().user(uid);
-    let groups = std::fs::read_to_string("/etc/group")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            let members = fields.get(3)?;
-            members.split(',').any(|m| m == name).then(|| fields.get(2)?.parse().ok())?
-        })
-        .filter(|g| *g != gid)
-        .take(16)
-        .collect();
-    Ok(Caller { uid, gid, groups })
+    cairn_client::namespace::caller_for(text).map_err(anyhow::Error::msg)
 }
 
 /// `USER`, `USER:GROUP`, `:GROUP`.
@@ -907,9 +748,9 @@ fn parse_owner(text: &str) -> anyhow::Result<(Option<u32>, Option<u32>)> {
         Some((user, group)) => (user, Some(group)),
         None => (text, None),
     };
-    let uid = if user.is_empty() { None } else { Some(user_id(user)?.0) };
+    let uid = if user.is_empty() { None } else { Some(user_id(user).map_err(anyhow::Error::msg)?.0) };
     let gid = match group {
-        Some(group) if !group.is_empty() => Some(group_id(group)?),
+        Some(group) if !group.is_empty() => Some(group_id(group).map_err(anyhow::Error::msg)?),
         _ => None,
     };
     if uid.is_none() && gid.is_none() {

@@ -28,7 +28,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use parking_lot::Mutex;
 
 use super::PathError;
-use super::cluster::Namespace;
+use cairn_client::namespace::{Namespace, normalize};
 
 /// Times a file is written again after its destination lost unstable writes.
 const REWRITES_MAX: usize = 3;
@@ -262,7 +262,7 @@ impl Tree for ClusterTree {
     }
 
     fn stat(&self, path: &Path) -> Result<Option<Meta>, PathError> {
-        if self.namespace.is_virtual_directory(&super::cluster::normalize(path)) {
+        if self.namespace.is_virtual_directory(&normalize(path)) {
             return Ok(Some(VIRTUAL_DIRECTORY));
         }
         let node = self.namespace.lookup_optional(path).map_err(|e| self.relabel(e))?;
@@ -270,7 +270,7 @@ impl Tree for ClusterTree {
     }
 
     fn list(&self, path: &Path) -> Result<Vec<(OsString, Meta)>, PathError> {
-        let path = super::cluster::normalize(path);
+        let path = normalize(path);
         let mut entries: Vec<(OsString, Meta)> = Vec::new();
         if !self.namespace.is_virtual_directory(&path) {
             let node = self.namespace.lookup(&path).map_err(|e| self.relabel(e))?;

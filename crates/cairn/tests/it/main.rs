@@ -22,3 +22,4 @@ mod quota;
 mod repair;
 mod support;
 mod vip;
+mod webhdfs;
