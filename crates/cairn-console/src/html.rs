@@ -113,54 +113,19 @@ pub fn badge(text: &str, good: bool) -> String {
     format!("<span class=\"badge {}\">{}</span>", if good { "up" } else { "down" }, esc(text))
 }
 
-/// `1.5 GiB`.
+/// `1.5 GiB`, as the CLI prints sizes.
 pub fn bytes(count: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = count as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{count} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    cairn_types::text::size(count)
 }
 
-/// Parses `1073741824`, `10G`, `500MiB`, `2 TB` (binary multiples) into bytes.
+/// Parses `1073741824`, `10G`, `500MiB`, `2 TB` (binary multiples) into bytes, as the CLI does.
 pub fn parse_bytes(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        "p" | "pb" | "pib" => 50,
-        _ => return None,
-    };
-    number.checked_mul(1u64 << shift)
+    cairn_types::text::parse_size(text).ok()
 }
 
 /// `2025-01-31 12:34:56 UTC` from milliseconds since the Unix epoch; `never` for 0.
 pub fn time(ms: u64) -> String {
-    if ms == 0 {
-        return "never".to_owned();
-    }
-    let seconds = ms / 1000;
-    let (days, rest) = (seconds / 86_400, seconds % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rest / 3600, rest % 3600 / 60, rest % 60)
+    if ms == 0 { "never".to_owned() } else { cairn_types::text::utc(ms) }
 }
 
 /// `3.2 s ago`, `5 min ago`; `never` for 0.
@@ -229,7 +194,7 @@ mod tests {
         assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
         assert_eq!(url_encode("/vips?a=b c"), "/vips%3Fa%3Db%20c");
         assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        assert_eq!(bytes(3 << 30), "3 GiB");
         assert_eq!(parse_bytes("10G"), Some(10 << 30));
         assert_eq!(parse_bytes("500 MiB"), Some(500 << 20));
         assert_eq!(parse_bytes("42"), Some(42));

@@ -6,6 +6,7 @@
 //! This crate does no I/O and depends on nothing of Cairn's: every other crate may use it.
 
 mod handle;
+pub mod text;
 
 pub use handle::{FILE_HANDLE_LEN, FILE_HANDLE_VERSION, FileHandle, HandleError};
 

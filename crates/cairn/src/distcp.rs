@@ -50,7 +50,7 @@ pub struct DistcpArgs {
     #[arg(long, default_value_t = 8, value_name = "N")]
     pieces: usize,
     /// Bytes of each READ and WRITE.
-    #[arg(long, default_value_t = cairn_types::limits::IO_SIZE_BYTES_MAX as u64, value_parser = crate::admin::parse_size, value_name = "BYTES")]
+    #[arg(long, default_value_t = cairn_types::limits::IO_SIZE_BYTES_MAX as u64, value_parser = cairn_types::text::parse_size, value_name = "BYTES")]
     piece_size: u64,
     /// Sources, then the destination directory.
     #[arg(required = true, num_args = 1..)]
@@ -191,8 +191,8 @@ fn run(args: DistcpArgs) -> anyhow::Result<ExitCode> {
     println!(
         "copied {} files ({}, {}/s), {} unchanged, {} directories, {} failed, in {:.1} s",
         total.files_copied,
-        crate::admin::size(total.bytes_copied),
-        crate::admin::size((total.bytes_copied as f64 / seconds.max(0.001)) as u64),
+        cairn_types::text::size(total.bytes_copied),
+        cairn_types::text::size((total.bytes_copied as f64 / seconds.max(0.001)) as u64),
         total.files_skipped,
         total.directories,
         total.errors.len(),

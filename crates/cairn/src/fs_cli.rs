@@ -62,7 +62,7 @@ pub struct FsArgs {
     #[arg(long, global = true, default_value_t = PARALLEL_DEFAULT, value_name = "N")]
     parallel: usize,
     /// Bytes of each READ and WRITE of a transfer (K, M suffixes).
-    #[arg(long, global = true, default_value_t = PIECE_BYTES_DEFAULT, value_parser = crate::admin::parse_size, value_name = "BYTES")]
+    #[arg(long, global = true, default_value_t = PIECE_BYTES_DEFAULT, value_parser = cairn_types::text::parse_size, value_name = "BYTES")]
     piece_size: u64,
     #[command(subcommand)]
     command: FsCommand,
@@ -106,7 +106,7 @@ enum FsCommand {
         #[arg(short = 'f', long)]
         follow: bool,
         /// Bytes from the end to print first.
-        #[arg(short = 'c', long, default_value_t = 1024, value_parser = crate::admin::parse_size)]
+        #[arg(short = 'c', long, default_value_t = 1024, value_parser = cairn_types::text::parse_size)]
         bytes: u64,
         path: PathBuf,
     },
@@ -804,7 +804,7 @@ fn time_ms(attributes: &Attributes) -> u64 {
 
 /// `2024-05-01 12:00` (UTC).
 fn short_time(attributes: &Attributes) -> String {
-    let full = crate::admin::utc(time_ms(attributes));
+    let full = cairn_types::text::utc(time_ms(attributes));
     full.get(..16).unwrap_or(&full).to_owned()
 }
 
@@ -862,7 +862,7 @@ impl Listing<'_> {
             self.names.user(attributes.uid),
             self.names.group(attributes.gid),
             if self.human {
-                crate::admin::size(attributes.size_bytes)
+                cairn_types::text::size(attributes.size_bytes)
             } else {
                 attributes.size_bytes.to_string()
             },
@@ -978,14 +978,14 @@ fn stat(cx: &Context, paths: &[PathBuf], outcome: &mut Outcome) -> anyhow::Resul
             continue;
         }
         let time = |t: &cairn_store::Timestamp| {
-            format!("{}.{:09}", crate::admin::utc(u64::from(t.seconds) * 1000), t.nanoseconds)
+            format!("{}.{:09}", cairn_types::text::utc(u64::from(t.seconds) * 1000), t.nanoseconds)
                 .replace(" UTC.", ".")
                 + " UTC"
         };
         let lines = [
             ("path", display_path(&path)),
             ("type", type_name(a.kind).to_owned()),
-            ("size", format!("{} ({})", a.size_bytes, crate::admin::size(a.size_bytes))),
+            ("size", format!("{} ({})", a.size_bytes, cairn_types::text::size(a.size_bytes))),
             ("mode", format!("{:04o} ({})", a.mode & 0o7777, permissions(a.kind, a.mode))),
             ("owner", format!("{} ({})", names.user(a.uid), a.uid)),
             ("group", format!("{} ({})", names.group(a.gid), a.gid)),
@@ -1115,7 +1115,7 @@ fn du(
             .collect();
         out.json(&serde_json::Value::Array(list))?;
     } else {
-        let show = |bytes: u64| if human { crate::admin::size(bytes) } else { bytes.to_string() };
+        let show = |bytes: u64| if human { cairn_types::text::size(bytes) } else { bytes.to_string() };
         let cells: Vec<(String, String, String)> = rows
             .iter()
             .map(|(path, u, replication)| {
@@ -1170,7 +1170,7 @@ fn df(cx: &Context, paths: &[PathBuf], human: bool) -> anyhow::Result<()> {
             .collect();
         return out.json(&serde_json::Value::Array(list)).and_then(|()| out.flush());
     }
-    let show = |bytes: u64| if human { crate::admin::size(bytes) } else { bytes.to_string() };
+    let show = |bytes: u64| if human { cairn_types::text::size(bytes) } else { bytes.to_string() };
     let mut table = crate::admin::Table::new(&["VOLUME", "SIZE", "USED", "AVAILABLE", "USE%", "MOUNTED ON"]);
     for (mount, stat) in &rows {
         let used = stat.total_bytes.saturating_sub(stat.free_bytes);

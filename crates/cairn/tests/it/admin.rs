@@ -3,7 +3,7 @@
 //! directory's cluster.json.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
@@ -11,25 +11,26 @@ use crate::cluster::Cluster;
 use crate::support::{CAIRN, describe_output, free_port, test_dir};
 
 /// Runs `cairn ARGS --data-dir DATA_DIR`.
-fn cairn(data_dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn cairn(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(CAIRN)
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
         .env("CAIRN_LOG", "warn")
+        .stdin(Stdio::null())
         .output()
         .expect("run cairn")
 }
 
 /// Runs a command that must succeed; its stdout.
-fn ok(data_dir: &Path, args: &[&str]) -> String {
+pub(crate) fn ok(data_dir: &Path, args: &[&str]) -> String {
     let out = cairn(data_dir, args);
     assert!(out.status.success(), "cairn {} failed: {}", args.join(" "), describe_output(&out));
     String::from_utf8(out.stdout).expect("stdout is UTF-8")
 }
 
 /// Runs a command with `--json`; its stdout parsed.
-fn json(data_dir: &Path, args: &[&str]) -> Value {
+pub(crate) fn json(data_dir: &Path, args: &[&str]) -> Value {
     let mut args = args.to_vec();
     args.push("--json");
     let text = ok(data_dir, &args);

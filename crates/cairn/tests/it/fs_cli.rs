@@ -4,41 +4,14 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::admin::{cairn, json, ok};
 use crate::cluster::Cluster;
 use crate::support::{CAIRN, describe_output, md5_of_file, random_bytes, test_dir};
-
-/// Runs `cairn ARGS --data-dir DATA_DIR`.
-fn cairn(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(CAIRN)
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("CAIRN_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run cairn")
-}
-
-/// Runs a command that must succeed; its stdout.
-fn ok(data_dir: &Path, args: &[&str]) -> String {
-    let out = cairn(data_dir, args);
-    assert!(out.status.success(), "cairn {} failed: {}", args.join(" "), describe_output(&out));
-    String::from_utf8(out.stdout).expect("stdout is UTF-8")
-}
-
-/// Runs a command with `--json`; its stdout parsed.
-fn json(data_dir: &Path, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.push("--json");
-    let text = ok(data_dir, &args);
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("cairn {} printed no JSON ({e}):\n{text}", args.join(" ")))
-}
 
 /// Runs a command that must fail with `code` and one line on stderr; that line.
 fn fails(data_dir: &Path, code: i32, args: &[&str]) -> String {
