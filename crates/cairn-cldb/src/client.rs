@@ -327,6 +327,14 @@ impl CldbClient {
         }
     }
 
+    /// Every VIP pool, in address order.
+    pub async fn list_vip_pools(&self) -> Result<Vec<VipPool>, CldbError> {
+        match self.call(Request::ListVipPools).await? {
+            Response::VipPools(pools) => Ok(pools),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// The status of whichever CLDB answers.
     pub async fn status(&self) -> Result<CldbStatus, CldbError> {
         match self.call(Request::Status).await? {

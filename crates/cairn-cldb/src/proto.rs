@@ -36,6 +36,9 @@ pub enum Request {
         id: u64,
     },
     ListAlarms,
+    /// Master only (so that a pool just added is listed). Every VIP pool, in address order
+    /// (its addresses and rules; where each VIP is: `ListVips`).
+    ListVipPools,
     Status,
     /// Master only. Changes a live volume's quotas or replication; answered with the new
     /// record (`Response::Volume`).
@@ -77,6 +80,7 @@ impl Request {
                 | Request::RemoveVipPool { .. }
                 | Request::MoveVip { .. }
                 | Request::ListVips
+                | Request::ListVipPools
                 | Request::VipAgent(_)
         )
     }
@@ -98,6 +102,7 @@ pub enum Response {
     VipPool(VipPool),
     Vips(Vec<VipInfo>),
     VipGrant(VipGrant),
+    VipPools(Vec<VipPool>),
 }
 
 /// Every failure a CLDB client can see.

@@ -775,6 +775,7 @@ fn answer_read(t: &Tables, names: &BTreeMap<String, u32>, req: Request) -> Resul
         Request::ListContainers => Ok(Response::Containers(view::containers(t))),
         Request::ContainerInfo { id } => Ok(Response::Container(view::container_info(t, id)?)),
         Request::ListAlarms => Ok(Response::Alarms(t.alarms.values().cloned().collect())),
+        Request::ListVipPools => Ok(Response::VipPools(t.vip_pools.values().cloned().collect())),
         other => Err(CldbError::InvalidSpec(format!("not a read: {other:?}"))),
     }
 }

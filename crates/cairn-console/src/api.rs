@@ -338,29 +338,9 @@ async fn vips(Ctx(state): Ctx<State>, _user: ApiUser) -> ApiResult<Vec<VipInfo>>
     Ok(Json(state.config.cldb.list_vips().await?))
 }
 
-/// Every VIP pool, as the CLDB keeps it in coord (the CLDB has no call listing them whole).
+/// Every VIP pool, in address order.
 pub async fn pools(state: &State) -> Result<Vec<VipPool>, ApiError> {
-    let coord = state.users.coord().await?;
-    let names = match coord.children(cairn_cldb::store::VIPS).await {
-        Ok(names) => names,
-        Err(CoordError::NoNode { .. }) => return Ok(Vec::new()),
-        Err(error) => return Err(error.into()),
-    };
-    let mut pools = Vec::new();
-    for name in names {
-        let path = format!("{}/{name}", cairn_cldb::store::VIPS);
-        match coord.get(&path).await {
-            Ok((data, _)) => match serde_json::from_slice::<VipPool>(&data) {
-                Ok(pool) => pools.push(pool),
-                Err(error) => tracing::warn!(%error, path, "console: undecodable VIP pool"),
-            },
-            // Removed between the listing and the read.
-            Err(CoordError::NoNode { .. }) => {}
-            Err(error) => return Err(error.into()),
-        }
-    }
-    pools.sort_by_key(|p| p.start);
-    Ok(pools)
+    Ok(state.config.cldb.list_vip_pools().await?)
 }
 
 async fn vip_pools(Ctx(state): Ctx<State>, _user: ApiUser) -> ApiResult<Vec<VipPool>> {

@@ -573,7 +573,8 @@ async fn write(call: Call, body: Body, create: bool) -> HdfsResult<Response> {
     let mut stream = body.into_data_stream();
     let mut buffer = Vec::with_capacity(IO_BYTES);
     let mut body_error = None;
-    while let Some(chunk) = stream.next().await {
+    // The writer gone (it failed): stop reading the body, its error is the answer.
+    'body: while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(bytes) => {
                 let mut bytes = &bytes[..];
@@ -584,7 +585,7 @@ async fn write(call: Call, body: Body, create: bool) -> HdfsResult<Response> {
                     if buffer.len() == IO_BYTES {
                         let full = std::mem::replace(&mut buffer, Vec::with_capacity(IO_BYTES));
                         if sender.send(full).await.is_err() {
-                            break;
+                            break 'body;
                         }
                     }
                 }
