@@ -10,8 +10,8 @@
 //! - `webhdfs.rs`: the WebHDFS-compatible REST API on `/webhdfs/v1/`, over the files of the
 //!   cluster's volumes (`cairn_client::namespace`).
 //!
-//! It reaches the cluster through `CldbClient`, for its users and the VIP pools' full records a
-//! coord client, and for WebHDFS the client library's `ClusterFs`; it knows nothing of NFS.
+//! It reaches the cluster through `CldbClient`, for its users a coord client, and for WebHDFS
+//! the client library's `ClusterFs`; it knows nothing of NFS.
 
 pub mod api;
 pub mod auth;
