@@ -19,6 +19,8 @@ use crate::support::{free_port, require_command, test_dir};
 
 /// How long the first admin may take to appear after the cluster is ready.
 const ADMIN_CREATED_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a page may take to show an element.
+const ELEMENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long chromedriver may take to listen.
 const CHROMEDRIVER_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -413,8 +415,11 @@ async fn screenshot(client: &fantoccini::Client, dir: &Path, name: &str) -> Path
     path
 }
 
+/// The text of the element `css`, waiting for it: a click that submits a form returns before the
+/// next page has loaded.
 async fn text_of(client: &fantoccini::Client, css: &str) -> String {
-    match client.find(fantoccini::Locator::Css(css)).await {
+    let found = client.wait().at_most(ELEMENT_TIMEOUT).for_element(fantoccini::Locator::Css(css)).await;
+    match found {
         Ok(element) => element.text().await.expect("element text"),
         Err(error) => {
             let url = client.current_url().await.map(|u| u.to_string());
