@@ -14,20 +14,48 @@ const FLIPPED_OFFSET: u64 = (1 << 20) + 100;
 
 /// The one chunk data file of the default volume on `node` (the test writes one 3 MiB file).
 fn chunk_file(data: &Path, node: &str) -> PathBuf {
+    let found = chunk_files(data, node);
+    assert_eq!(found.len(), 1, "chunk data files on {node}: {found:?}");
+    found.into_iter().next().expect("one file")
+}
+
+/// Waits until `replica` holds the same chunk data file as `master`: a replica that joined the
+/// volume while the file was written is brought up to date by a resync in the background, and a
+/// byte flipped before that ends would be overwritten by the resync rather than by a repair.
+fn wait_for_the_same_copy(data: &Path, master: &str, replica: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let on_master = chunk_files(data, master);
+        let on_replica = chunk_files(data, replica);
+        if let ([master_file], [replica_file]) = (on_master.as_slice(), on_replica.as_slice())
+            && std::fs::read(master_file).ok() == std::fs::read(replica_file).ok()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{replica} does not hold {master}'s chunk file after 60 s: {on_master:?} {on_replica:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn chunk_files(data: &Path, node: &str) -> Vec<PathBuf> {
     let containers = data.join("nodes").join(node).join("volumes").join("1").join("containers");
     let mut found = Vec::new();
-    for container in std::fs::read_dir(&containers).expect("containers").flatten() {
+    let Ok(containers) = std::fs::read_dir(&containers) else { return found };
+    for container in containers.flatten() {
         let Ok(buckets) = std::fs::read_dir(container.path().join("chunks")) else { continue };
         for bucket in buckets.flatten() {
-            for file in std::fs::read_dir(bucket.path()).expect("bucket").flatten() {
+            let Ok(files) = std::fs::read_dir(bucket.path()) else { continue };
+            for file in files.flatten() {
                 if file.path().extension().is_some_and(|extension| extension == "data") {
                     found.push(file.path());
                 }
             }
         }
     }
-    assert_eq!(found.len(), 1, "chunk data files on {node}: {found:?}");
-    found.remove(0)
+    found
 }
 
 fn byte_at(path: &Path, offset: u64) -> u8 {
@@ -68,6 +96,7 @@ fn cluster_with_a_file(dir: &Path, scrub_seconds: &str) -> (Cluster, PathBuf, Pa
         .find(|node| *node != master)
         .expect("a replica")
         .to_owned();
+    wait_for_the_same_copy(&data, &master, &replica);
     (cluster, source, data, master, replica)
 }
 
