@@ -19,9 +19,9 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::proto::{
-    Alarm, CldbError, CldbStatus, ContainerInfo, Heartbeat, HeartbeatReply, NodeInfo, Request, Response,
-    RpcClient, VipAgentReport, VipGrant, VipInfo, VipPool, VipPoolEdit, VipPoolSpec, VolumeChange,
-    VolumeInfo, VolumeLocation, VolumeSpec,
+    Alarm, CldbError, CldbStatus, ContainerInfo, Heartbeat, HeartbeatReply, NodeInfo, NodeServices, Request,
+    Response, RpcClient, ServiceRequest, VipAgentReport, VipGrant, VipInfo, VipPool, VipPoolEdit,
+    VipPoolSpec, VolumeChange, VolumeInfo, VolumeLocation, VolumeSpec,
 };
 use std::net::Ipv4Addr;
 
@@ -331,6 +331,23 @@ impl CldbClient {
     pub async fn list_vip_pools(&self) -> Result<Vec<VipPool>, CldbError> {
         match self.call(Request::ListVipPools).await? {
             Response::VipPools(pools) => Ok(pools),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every node's services, as their Wardens published them.
+    pub async fn list_services(&self) -> Result<Vec<NodeServices>, CldbError> {
+        match self.call(Request::ListServices).await? {
+            Response::Services(nodes) => Ok(nodes),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Has a node's Warden start, stop or restart a service; answers that node's services once
+    /// the Warden took the request.
+    pub async fn service_command(&self, request: ServiceRequest) -> Result<Vec<NodeServices>, CldbError> {
+        match self.call(Request::ServiceCommand(request)).await? {
+            Response::Services(nodes) => Ok(nodes),
             other => Err(unexpected(other)),
         }
     }

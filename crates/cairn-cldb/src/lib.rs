@@ -54,6 +54,7 @@ pub mod service;
 pub mod store;
 pub mod view;
 pub mod vip;
+pub mod warden;
 
 pub use client::{CldbClient, CldbClientOptions};
 pub use proto::{CldbError, Request, Response};

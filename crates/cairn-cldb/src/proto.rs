@@ -64,6 +64,12 @@ pub enum Request {
     /// Master only. A node's VIP agent: what it has and sees; answered (`Response::VipGrant`) with
     /// the VIPs it must hold, at once if they changed, else after at most `wait_ms`.
     VipAgent(VipAgentReport),
+    /// Every node's services as its Warden last published them (any CLDB, from coord).
+    ListServices,
+    /// Asks a node's Warden to start, stop or restart one of its services; answered
+    /// (`Response::Services`, that node only) once the Warden took the request, or
+    /// `Unavailable` if it did not within `SERVICE_COMMAND_WAIT`.
+    ServiceCommand(ServiceRequest),
 }
 
 impl Request {
@@ -103,6 +109,7 @@ pub enum Response {
     Vips(Vec<VipInfo>),
     VipGrant(VipGrant),
     VipPools(Vec<VipPool>),
+    Services(Vec<NodeServices>),
 }
 
 /// Every failure a CLDB client can see.
@@ -455,6 +462,11 @@ pub enum AlarmKind {
     MasterElectionStuck,
     /// A record in coord could not be decoded.
     CorruptRecord,
+    /// A node's Warden gave up restarting a service (subject `node/service`).
+    ServiceFailed,
+    /// A node's Warden refused a configuration file (subject `node/file`) and kept its last
+    /// good copy.
+    ConfigRejected,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -641,4 +653,60 @@ pub struct GrantedVip {
     /// Connections the previous holder had: tickle each after taking over.
     #[serde(default)]
     pub tickle: Vec<(SocketAddrV4, SocketAddrV4)>,
+}
+
+/// What a node's Warden publishes at `/cairn/warden/nodes/<node>` (ephemeral: gone with the
+/// Warden) and `cairn service list` shows.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct NodeServices {
+    pub node: String,
+    pub host: String,
+    /// The Warden's process id.
+    pub pid: u32,
+    /// When the Warden wrote this (ms since the Unix epoch).
+    pub updated_ms: u64,
+    pub services: Vec<ServiceStatus>,
+}
+
+/// One service on one node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct ServiceStatus {
+    pub name: String,
+    /// `running`, `waiting`, `backoff`, `failed`, `stopped` (by an operator) or `stopping`.
+    pub state: String,
+    /// Why it is in that state (what it waits for, its last exit, ...).
+    #[serde(default)]
+    pub detail: String,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Resident memory of its process tree (or its cgroup's usage).
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// Its memory share (`heapsize`), enforced with a cgroup when the machine has one.
+    #[serde(default)]
+    pub heap_bytes: Option<u64>,
+    pub restarts: u64,
+    /// When the running instance started (ms since the Unix epoch).
+    #[serde(default)]
+    pub started_ms: Option<u64>,
+    /// Its triplet's count: `all` or the number of instances allowed cluster-wide.
+    #[serde(default)]
+    pub count: String,
+    #[serde(default)]
+    pub ports: Vec<(String, u16)>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceAction {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// `cairn service start|stop|restart --node N --service S`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRequest {
+    pub node: String,
+    pub service: String,
+    pub action: ServiceAction,
 }

@@ -364,6 +364,27 @@ impl Shared {
     }
 
     async fn handle(&self, req: Request) -> Result<Response, CldbError> {
+        match req {
+            // The Wardens' records live in coord, apart from the CLDB's tables: any CLDB answers.
+            Request::ListServices => {
+                return Ok(Response::Services(crate::warden::list(&self.coord()?).await?));
+            }
+            Request::ServiceCommand(request) => {
+                return crate::warden::command(&self.coord()?, request).await.map(Response::Services);
+            }
+            Request::ListAlarms => {
+                let mut alarms = match self.handle_any(Request::ListAlarms).await? {
+                    Response::Alarms(alarms) => alarms,
+                    other => return Ok(other),
+                };
+                alarms.extend(crate::warden::alarms(&self.coord()?).await?);
+                Ok(Response::Alarms(alarms))
+            }
+            req => self.handle_any(req).await,
+        }
+    }
+
+    async fn handle_any(&self, req: Request) -> Result<Response, CldbError> {
         if let Some(master) = self.master() {
             let result = self.handle_master(&master, req).await;
             return match result {

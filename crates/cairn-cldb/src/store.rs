@@ -90,12 +90,16 @@ pub fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(path: &str, data: &[u8]) -> Result<T, CldbError> {
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(path: &str, data: &[u8]) -> Result<T, CldbError> {
     serde_json::from_slice(data)
         .map_err(|e| CldbError::Corrupt { path: path.to_owned(), reason: e.to_string() })
 }
 
-async fn create_if_missing(client: &CoordClient, path: &str, data: &[u8]) -> Result<(), CoordError> {
+pub(crate) async fn create_if_missing(
+    client: &CoordClient,
+    path: &str,
+    data: &[u8],
+) -> Result<(), CoordError> {
     match client.create(path, data, CreateMode::Persistent).await {
         Ok(_) | Err(CoordError::NodeExists { .. }) => Ok(()),
         Err(CoordError::ConnectionLoss { .. }) => match client.exists(path).await? {
@@ -287,7 +291,7 @@ pub async fn read_node(client: &CoordClient, name: &str) -> Result<Option<NodeRe
 }
 
 /// The children of `dir` and their data; a child deleted meanwhile is skipped.
-async fn read_dir(client: &CoordClient, dir: &str) -> Result<Vec<(String, Vec<u8>)>, CldbError> {
+pub(crate) async fn read_dir(client: &CoordClient, dir: &str) -> Result<Vec<(String, Vec<u8>)>, CldbError> {
     let names = client.children(dir).await.map_err(unavailable)?;
     let mut out = Vec::with_capacity(names.len());
     for name in names {

@@ -1,5 +1,5 @@
 //! The web console: server-rendered HTML pages (no JavaScript, no build step) and a JSON REST API
-//! under `/api/` over the CLDB, plus the process's Prometheus metrics on `/metrics`.
+//! under `/api/` over the CLDB, plus the node's Prometheus metrics on `/metrics`.
 //!
 //! - [`Console`] serves one node's console; [`ConsoleConfig`] says where and for which cluster.
 //! - `api.rs`: the REST API. Its bodies are the CLDB's own message types (`cairn_cldb::proto`),
@@ -7,6 +7,8 @@
 //! - `pages.rs` and `html.rs`: the pages, rendered with `format!` and escaped by `html::esc`.
 //! - `users.rs`: users and roles in coord (argon2id hashes), the first admin at first start.
 //! - `auth.rs`: sessions (an HttpOnly, SameSite=Strict cookie, memory only) and HTTP Basic.
+//! - `metrics.rs`: `/metrics`, this process's families merged with those of the node's other
+//!   service processes (their loopback endpoints are listed in `DATA_DIR/run/`).
 //! - `webhdfs.rs`: the WebHDFS-compatible REST API on `/webhdfs/v1/`, over the files of the
 //!   cluster's volumes (`cairn_client::namespace`).
 //!
@@ -16,6 +18,7 @@
 pub mod api;
 pub mod auth;
 pub mod html;
+pub mod metrics;
 pub mod pages;
 pub mod users;
 pub mod webhdfs;
@@ -144,7 +147,11 @@ pub fn router(state: State) -> Router {
         .with_state(state)
 }
 
-/// The process's metrics in the text exposition format; no login, as Prometheus scrapes it.
-async fn metrics() -> impl axum::response::IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, cairn_metrics::CONTENT_TYPE)], cairn_metrics::render())
+/// The node's metrics in the text exposition format (see [`metrics::node_metrics`]); no login, as
+/// Prometheus scrapes it.
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<State>,
+) -> impl axum::response::IntoResponse {
+    let text = metrics::node_metrics(state.config.data_dir.as_deref()).await;
+    ([(axum::http::header::CONTENT_TYPE, cairn_metrics::CONTENT_TYPE)], text)
 }

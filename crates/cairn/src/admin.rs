@@ -15,8 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use cairn_cldb::proto::{
-    Alarm, ContainerInfo, ContainerKind, NodeInfo, NodeState, QuotaChange, ReplicationType, VipInfo, VipPool,
-    VipPoolEdit, VipPoolSpec, VolumeChange, VolumeInfo, VolumeSpec,
+    Alarm, ContainerInfo, ContainerKind, NodeInfo, NodeServices, NodeState, QuotaChange, ReplicationType,
+    ServiceAction, ServiceRequest, ServiceStatus, VipInfo, VipPool, VipPoolEdit, VipPoolSpec, VolumeChange,
+    VolumeInfo, VolumeSpec,
 };
 use cairn_cldb::{CldbClient, CldbClientOptions, CldbError};
 use cairn_types::text::{parse_size, size, utc};
@@ -144,6 +145,37 @@ impl From<ReplicationTypeArg> for ReplicationType {
 pub struct NodeListArgs {
     #[command(flatten)]
     target: Target,
+}
+
+#[derive(Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    command: ServiceCommand,
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Every service on every node: state, pid, memory, restarts, uptime (as each node's
+    /// Warden published it).
+    List,
+    /// Start a service a Warden was told to stop, or that it gave up restarting.
+    Start(ServiceTarget),
+    /// Stop a service; its Warden keeps it stopped until `cairn service start`.
+    Stop(ServiceTarget),
+    /// Stop a service and start it again.
+    Restart(ServiceTarget),
+}
+
+#[derive(Args)]
+struct ServiceTarget {
+    /// The node's name (see `cairn service list`).
+    #[arg(long)]
+    node: String,
+    /// The service's name.
+    #[arg(long)]
+    service: String,
 }
 
 #[derive(Args)]
@@ -297,6 +329,20 @@ pub fn container(args: ContainerArgs) -> anyhow::Result<()> {
             ContainerCommand::List { volume } => container_list(&target, volume.as_deref()).await,
             ContainerCommand::Info { id } => container_info(&target, id).await,
         }
+    })
+}
+
+/// `cairn service ...`.
+pub fn service(args: ServiceArgs) -> anyhow::Result<()> {
+    let target = args.target;
+    block_on(async move {
+        let (which, action) = match args.command {
+            ServiceCommand::List => return services(&target).await,
+            ServiceCommand::Start(which) => (which, ServiceAction::Start),
+            ServiceCommand::Stop(which) => (which, ServiceAction::Stop),
+            ServiceCommand::Restart(which) => (which, ServiceAction::Restart),
+        };
+        service_command(&target, which, action).await
     })
 }
 
@@ -665,6 +711,87 @@ async fn nodes(target: &Target) -> anyhow::Result<()> {
         return print_json(&nodes);
     }
     print(&node_table(&nodes, now_ms()))
+}
+
+async fn services(target: &Target) -> anyhow::Result<()> {
+    let action = "cannot list the services";
+    let cldb = Cldb::for_reads(target, action).await?;
+    let nodes = cldb.client.list_services().await.map_err(|e| cldb.failed(action, e))?;
+    if target.json {
+        return print_json(&nodes);
+    }
+    print(&service_table(&nodes, now_ms()))
+}
+
+/// How long `cairn service start|stop|restart` waits for the service to get there.
+const SERVICE_SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn service_command(target: &Target, which: ServiceTarget, action: ServiceAction) -> anyhow::Result<()> {
+    let verb = format!("{action:?}").to_lowercase();
+    let what = format!("cannot {verb} {} on node {}", which.service, which.node);
+    let cldb = Cldb::for_reads(target, &what).await?;
+    let request = ServiceRequest { node: which.node.clone(), service: which.service.clone(), action };
+    let before = cldb.client.service_command(request).await.map_err(|e| cldb.failed(&what, e))?;
+    let started_before =
+        status_of(&before, &which.node, &which.service).and_then(|s| s.started_ms.map(|at| (at, s.pid)));
+    // The Warden took the request; wait until the service is where it was asked to be.
+    let deadline = tokio::time::Instant::now() + SERVICE_SETTLE;
+    loop {
+        let nodes = cldb.client.list_services().await.map_err(|e| cldb.failed(&what, e))?;
+        if let Some(status) = status_of(&nodes, &which.node, &which.service) {
+            let arrived = match action {
+                ServiceAction::Stop => status.state == "stopped",
+                ServiceAction::Start => status.state == "running",
+                ServiceAction::Restart => {
+                    status.state == "running"
+                        && status.started_ms.map(|at| (at, status.pid)) != started_before
+                }
+            };
+            if arrived {
+                println!(
+                    "{} on node {}: {}{}",
+                    which.service,
+                    which.node,
+                    status.state,
+                    status.pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "{what}: still {} after {SERVICE_SETTLE:?}{}",
+                    status.state,
+                    if status.detail.is_empty() { String::new() } else { format!(" ({})", status.detail) }
+                );
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+fn status_of<'a>(nodes: &'a [NodeServices], node: &str, service: &str) -> Option<&'a ServiceStatus> {
+    nodes.iter().find(|n| n.node == node)?.services.iter().find(|s| s.name == service)
+}
+
+fn service_table(nodes: &[NodeServices], now: u64) -> String {
+    let mut table =
+        Table::new(&["NODE", "SERVICE", "STATE", "PID", "MEMORY", "HEAP", "RESTARTS", "UPTIME", "DETAIL"]);
+    for node in nodes {
+        for s in &node.services {
+            table.row(vec![
+                node.node.clone(),
+                s.name.clone(),
+                s.state.clone(),
+                s.pid.map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
+                s.memory_bytes.map_or_else(|| "-".to_owned(), cairn_types::text::size),
+                s.heap_bytes.map_or_else(|| "-".to_owned(), cairn_types::text::size),
+                s.restarts.to_string(),
+                s.started_ms.map_or_else(|| "-".to_owned(), |at| duration(now.saturating_sub(at))),
+                dash(&s.detail),
+            ]);
+        }
+    }
+    table.render_or("No Warden has published its services (is coord up?).")
 }
 
 fn node_table(nodes: &[NodeInfo], now: u64) -> String {

@@ -7,6 +7,7 @@ mod fs_cli;
 mod node;
 mod up;
 mod vip_agent;
+mod warden;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ enum Command {
     Up(UpArgs),
     /// The coordination quorum: run a member, inspect and change the znode tree.
     Coord(coord::CoordArgs),
+    /// The services every node's Warden runs: list them, start, stop or restart one.
+    Service(admin::ServiceArgs),
     /// One node of a multi-node cluster.
     Node {
         #[command(subcommand)]
@@ -114,8 +117,8 @@ struct UpArgs {
 
 #[derive(Subcommand)]
 enum NodeCommand {
-    /// Run a node in the foreground: its coord member and CLDB (if configured), file server and
-    /// NFS gateway.
+    /// Run a node's Warden in the foreground: it starts the node's services (coord member and
+    /// CLDB if configured, file server, NFS gateway, console, pluggable ones) as child processes.
     Start {
         /// The node's configuration (JSON; see ARCHITECTURE.md and `cairn up --nodes 3`, which
         /// writes one per node under DATA_DIR/nodes/).
@@ -125,6 +128,15 @@ enum NodeCommand {
     /// Every node of the cluster: state, last heartbeat, services, addresses, topology (asks the
     /// CLDB).
     List(admin::NodeListArgs),
+    /// One built-in service of a node, in the foreground (the Warden runs these).
+    #[command(hide = true)]
+    Service {
+        #[arg(long)]
+        config: PathBuf,
+        /// coord, cldb, fileserver, nfs or console.
+        #[arg(long)]
+        service: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -178,6 +190,10 @@ fn main() -> ExitCode {
         Command::Node { command: NodeCommand::Start { config } } => node::run(&config),
         Command::Exports { command: ExportsCommand::Reload { data_dir } } => up::signal_reload(&data_dir),
         Command::Node { command: NodeCommand::List(args) } => admin::node_list(args),
+        Command::Node { command: NodeCommand::Service { config, service } } => {
+            node::run_service(&config, &service)
+        }
+        Command::Service(args) => admin::service(args),
         Command::Volume(args) => admin::volume(args),
         Command::Container(args) => admin::container(args),
         Command::Alarm(args) => admin::alarm(args),

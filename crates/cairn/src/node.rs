@@ -1,8 +1,9 @@
-//! `cairn node start --config FILE`: one node of a cluster, every service in one process: a coord
-//! member and a CLDB (when the configuration gives them ports), the file server with its
-//! heartbeat, the web console (when given a port), and the NFS gateway, which serves the
-//! configured volume from whichever node is its master. `cairn up --nodes N` writes N
-//! configurations and starts N of these.
+//! A node of a cluster: its configuration file, and its built-in services, each run as its own
+//! process by the node's Warden (`cairn node start`, see `warden.rs`): a coord member and a CLDB
+//! (when the configuration gives them ports), the file server with its heartbeat, the NFS
+//! gateway (which serves the configured volume from whichever node is its master, and holds
+//! virtual IPs), and the web console (when given a port). `cairn up --nodes N` writes N
+//! configurations and starts N Wardens.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -72,6 +73,9 @@ pub struct NodeConfig {
     /// The web console's port (plain HTTP, on `bind`), if this node runs one.
     #[serde(default)]
     pub console_port: Option<u16>,
+    /// The Warden's configuration: `warden.conf` and `conf.d/` [default: DATA_DIR/conf].
+    #[serde(default)]
+    pub conf_dir: Option<PathBuf>,
 }
 
 fn default_true() -> bool {
@@ -110,54 +114,180 @@ impl NodeConfig {
     }
 }
 
+/// `cairn node start`: the node's Warden, which runs each service below as its own process.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = NodeConfig::load(config_path)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_name("cairn-node")
+        .thread_name("cairn-warden")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(crate::warden::run(config, config_path))
 }
 
-async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+/// The built-in services, in the order a node starts them.
+pub const SERVICES: [&str; 5] = ["coord", "cldb", "fileserver", "nfs", "console"];
+
+impl NodeConfig {
+    /// The built-in services this node is configured for: a coord member and a CLDB only with
+    /// their ports, the console only with its port.
+    pub fn services(&self) -> Vec<&'static str> {
+        SERVICES
+            .into_iter()
+            .filter(|service| match *service {
+                "coord" => self.coord_id.is_some() && self.coord_port.is_some(),
+                "cldb" => self.cldb_port.is_some(),
+                "console" => self.console_port.is_some(),
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// The ports a built-in service listens on, by name (what its `/services` znode lists).
+    pub fn ports(&self, service: &str) -> Vec<(String, u16)> {
+        let named = |name: &str, port: Option<u16>| port.map(|port| (name.to_owned(), port));
+        match service {
+            "coord" => named("coord", self.coord_port).into_iter().collect(),
+            "cldb" => named("cldb", self.cldb_port).into_iter().collect(),
+            "fileserver" => vec![("fileserver".to_owned(), self.fileserver_port)],
+            "nfs" => [named("nfs", Some(self.nfs_port)), named("portmap", self.portmap_port)]
+                .into_iter()
+                .flatten()
+                .collect(),
+            "console" => named("console", self.console_port).into_iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn conf_dir(&self) -> PathBuf {
+        self.conf_dir.clone().unwrap_or_else(|| self.data_dir.join("conf"))
+    }
+
+    pub fn advertised_host(&self) -> String {
+        self.host()
+    }
+
+    pub fn coord_member_addresses(&self) -> Vec<String> {
+        self.coord_addresses()
+    }
+}
+
+/// `cairn node service --service S`: one built-in service of the node, in the foreground, until
+/// SIGTERM or SIGINT. The Warden starts these; each is its own process, with its own metrics.
+pub fn run_service(config_path: &Path, service: &str) -> anyhow::Result<()> {
+    let config = NodeConfig::load(config_path)?;
+    if !SERVICES.contains(&service) {
+        anyhow::bail!("no built-in service {service:?} (there are {})", SERVICES.join(", "));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(format!("cairn-{service}"))
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve_one(config, service))
+}
+
+fn metric_groups(service: &str) -> &'static [cairn_metrics::Group] {
+    use cairn_metrics::Group;
+    match service {
+        "coord" => &[Group::Coord],
+        "cldb" => &[Group::Cldb],
+        "fileserver" => &[Group::FileServer],
+        "nfs" => &[Group::Nfs],
+        _ => &[],
+    }
+}
+
+async fn serve_one(config: NodeConfig, service: &str) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let stopped = async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        tracing::info!("stopping");
+        let _ = stop_tx.send(true);
+    };
+    cairn_metrics::init(metric_groups(service));
+    if service != "console" {
+        publish_metrics(&config, service).await;
+    }
+    match service {
+        "coord" => serve_coord(&config, stopped).await,
+        "cldb" => serve_cldb(&config, stopped).await,
+        "fileserver" => serve_fileserver(&config, stop_rx, stopped).await,
+        "nfs" => serve_nfs(&config, stop_rx, stopped).await,
+        _ => serve_console(&config, stopped).await,
+    }?;
+    println!("node {} {service} stopped", config.name);
+    Ok(())
+}
+
+/// Serves the process's metrics on an ephemeral port of the node's address and names it in
+/// `DATA_DIR/run/<service>.metrics`, where the node's console finds it. Metrics are no part of
+/// the service: a failure is logged.
+pub(crate) async fn publish_metrics(config: &NodeConfig, service: &str) {
+    let run_dir = config.data_dir.join("run");
+    let listen = SocketAddr::new(config.bind, 0);
+    let result = async {
+        std::fs::create_dir_all(&run_dir)?;
+        let (mut address, _task) = cairn_metrics::serve(listen).await?;
+        if address.ip().is_unspecified() {
+            address.set_ip(IpAddr::from([127, 0, 0, 1]));
+        }
+        cairn_metrics::write_endpoint_file(&run_dir, service, address)
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::error!("no metrics endpoint for {service}: {error}");
+    }
+}
+
+async fn serve_coord(config: &NodeConfig, stopped: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let (Some(id), Some(port)) = (config.coord_id, config.coord_port) else {
+        anyhow::bail!("node {} has no coord member (coord_id and coord_port)", config.name);
+    };
     let host = config.host();
+    let args = crate::coord::ServeArgs {
+        id,
+        data_dir: config.data_dir.join("coord"),
+        listen: SocketAddr::new(config.bind, port).to_string(),
+        advertise: Some(format!("{host}:{port}")),
+        members: config.coord_members.clone(),
+        cluster_name: "cairn".to_string(),
+        snapshot_every: cairn_coord::raft::SNAPSHOT_EVERY_ENTRIES,
+    };
+    println!("node {} coord: member {id} on {host}:{port}", config.name);
+    crate::coord::run_member(args, stopped).await
+}
 
-    let mut coord_task = None;
-    if let (Some(id), Some(port)) = (config.coord_id, config.coord_port) {
-        let args = crate::coord::ServeArgs {
-            id,
-            data_dir: config.data_dir.join("coord"),
-            listen: SocketAddr::new(config.bind, port).to_string(),
-            advertise: Some(format!("{host}:{port}")),
-            members: config.coord_members.clone(),
-            cluster_name: "cairn".to_string(),
-            snapshot_every: cairn_coord::raft::SNAPSHOT_EVERY_ENTRIES,
-        };
-        let mut stop = stop_rx.clone();
-        coord_task = Some(tokio::spawn(crate::coord::run_member(args, async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        })));
-    }
+async fn serve_cldb(config: &NodeConfig, stopped: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let Some(port) = config.cldb_port else {
+        anyhow::bail!("node {} has no CLDB (cldb_port)", config.name);
+    };
+    let host = config.host();
+    let mut cldb_config =
+        CldbConfig::new(config.name.clone(), SocketAddr::new(config.bind, port), config.coord_addresses());
+    cldb_config.advertise = Some(format!("{host}:{port}"));
+    cldb_config.node_timeout = Duration::from_millis(config.node_timeout_ms);
+    cldb_config.rereplication_timeout = Duration::from_millis(config.rereplication_timeout_ms);
+    let cldb = Cldb::start(cldb_config).await.context("cannot start the CLDB")?;
+    println!("node {} cldb: {host}:{port}", config.name);
+    stopped.await;
+    cldb.shutdown().await;
+    Ok(())
+}
 
-    let mut cldb = None;
-    if let Some(port) = config.cldb_port {
-        let mut cldb_config = CldbConfig::new(
-            config.name.clone(),
-            SocketAddr::new(config.bind, port),
-            config.coord_addresses(),
-        );
-        cldb_config.advertise = Some(format!("{host}:{port}"));
-        cldb_config.node_timeout = Duration::from_millis(config.node_timeout_ms);
-        cldb_config.rereplication_timeout = Duration::from_millis(config.rereplication_timeout_ms);
-        cldb = Some(Cldb::start(cldb_config).await.context("cannot start the CLDB")?);
-    }
-
+async fn serve_fileserver(
+    config: &NodeConfig,
+    stop_rx: watch::Receiver<bool>,
+    stopped: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let host = config.host();
     let fileserver = Arc::new(
         FileServer::start(FileServerConfig {
             node: config.name.clone(),
@@ -170,42 +300,49 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         .await
         .context("cannot start the file server")?,
     );
-    let cldb_client = CldbClient::new(config.cldbs.clone());
     let identity = NodeIdentity {
         nfs_address: format!("{host}:{}", config.nfs_port),
         topology: config.topology.clone(),
-        services: ["fileserver", "nfs"]
-            .into_iter()
-            .chain(config.coord_id.map(|_| "coord"))
-            .chain(config.cldb_port.map(|_| "cldb"))
-            .chain(config.console_port.map(|_| "console"))
-            .map(str::to_string)
-            .collect(),
+        services: config.services().into_iter().map(str::to_string).collect(),
     };
-    let heartbeats =
-        tokio::spawn(fileserver.clone().run_heartbeats(cldb_client.clone(), identity, stop_rx.clone()));
+    let heartbeats = tokio::spawn(fileserver.clone().run_heartbeats(
+        CldbClient::new(config.cldbs.clone()),
+        identity,
+        stop_rx,
+    ));
+    println!("node {} running: fileserver={}", config.name, fileserver.advertised_address());
+    stopped.await;
+    let _ = heartbeats.await;
+    fileserver.shutdown().await;
+    Ok(())
+}
 
-    let mut console = None;
-    if let Some(port) = config.console_port {
-        // The console is no part of the data path: a node whose console port is taken still
-        // serves, and says so.
-        match cairn_console::Console::start(cairn_console::ConsoleConfig {
-            listen: SocketAddr::new(config.bind, port),
-            node: config.name.clone(),
-            cldb: cldb_client.clone(),
-            coord: config.coord_addresses(),
-            data_dir: Some(config.data_dir.clone()),
-        })
-        .await
-        {
-            Ok(started) => {
-                println!("node {} console: http://{host}:{}/", config.name, started.address().port());
-                console = Some(started);
-            }
-            Err(error) => tracing::error!("no web console on this node: {error}"),
-        }
-    }
+async fn serve_console(config: &NodeConfig, stopped: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let Some(port) = config.console_port else {
+        anyhow::bail!("node {} has no console (console_port)", config.name);
+    };
+    let console = cairn_console::Console::start(cairn_console::ConsoleConfig {
+        listen: SocketAddr::new(config.bind, port),
+        node: config.name.clone(),
+        cldb: CldbClient::new(config.cldbs.clone()),
+        coord: config.coord_addresses(),
+        data_dir: Some(config.data_dir.clone()),
+    })
+    .await
+    .context("cannot start the web console")?;
+    println!("node {} console: http://{}:{}/", config.name, config.host(), console.address().port());
+    stopped.await;
+    console.shutdown().await;
+    Ok(())
+}
 
+async fn serve_nfs(
+    config: &NodeConfig,
+    stop_rx: watch::Receiver<bool>,
+    stopped: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let host = config.host();
+    let cldb_client = CldbClient::new(config.cldbs.clone());
     let exports_file = match &config.exports {
         Some(path) => path.clone(),
         None => {
@@ -225,55 +362,32 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     };
     let gateway_task =
         tokio::spawn(start_gateway(cldb_client.clone(), config.nfs_volume.clone(), gateway_config));
-    println!("node {} running: fileserver={}", config.name, fileserver.advertised_address());
-
+    tokio::pin!(stopped);
     let gateway = tokio::select! {
-        _ = terminate.recv() => None,
-        _ = interrupt.recv() => None,
+        _ = &mut stopped => None,
         started = gateway_task => Some(started.context("gateway task failed")??),
     };
+    let Some(gateway) = gateway else { return Ok(()) };
     let mut vip_agent = None;
-    if let Some(gateway) = &gateway {
-        if config.vip_agent {
-            let nfs_ip = config.nfs_bind.unwrap_or(config.bind);
-            let check_ip = if nfs_ip.is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { nfs_ip };
-            let agent = crate::vip_agent::AgentConfig {
-                node: config.name.clone(),
-                device: crate::vip_agent::device_name(&config.name),
-                coord: config.coord_addresses(),
-                nfs_check: SocketAddr::new(check_ip, gateway.nfs_address().port()),
-                nfs_port: gateway.nfs_address().port(),
-                nfs_address: format!("{host}:{}", gateway.nfs_address().port()),
-            };
-            vip_agent =
-                Some(tokio::spawn(crate::vip_agent::run(agent, cldb_client.clone(), stop_rx.clone())));
-        }
-        println!("node {} ready: nfs={}", config.name, gateway.nfs_address());
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
+    if config.vip_agent {
+        let nfs_ip = config.nfs_bind.unwrap_or(config.bind);
+        let check_ip = if nfs_ip.is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { nfs_ip };
+        let agent = crate::vip_agent::AgentConfig {
+            node: config.name.clone(),
+            device: crate::vip_agent::device_name(&config.name),
+            coord: config.coord_addresses(),
+            nfs_check: SocketAddr::new(check_ip, gateway.nfs_address().port()),
+            nfs_port: gateway.nfs_address().port(),
+            nfs_address: format!("{host}:{}", gateway.nfs_address().port()),
+        };
+        vip_agent = Some(tokio::spawn(crate::vip_agent::run(agent, cldb_client.clone(), stop_rx)));
     }
-    tracing::info!("stopping");
-    let _ = stop_tx.send(true);
-    if let Some(console) = console {
-        console.shutdown().await;
-    }
+    println!("node {} ready: nfs={}", config.name, gateway.nfs_address());
+    stopped.await;
     if let Some(agent) = vip_agent {
         let _ = agent.await;
     }
-    if let Some(gateway) = gateway {
-        gateway.shutdown().await;
-    }
-    let _ = heartbeats.await;
-    fileserver.shutdown().await;
-    if let Some(cldb) = cldb {
-        cldb.shutdown().await;
-    }
-    if let Some(task) = coord_task {
-        task.await.context("coord task failed")??;
-    }
-    println!("node {} stopped", config.name);
+    gateway.shutdown().await;
     Ok(())
 }
 

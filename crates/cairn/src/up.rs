@@ -395,6 +395,7 @@ pub fn run_cluster(config: ClusterUpConfig) -> anyhow::Result<()> {
                 .unwrap_or(u64::MAX),
             scrub_interval_ms: u64::try_from(config.scrub_interval.as_millis()).unwrap_or(u64::MAX),
             console_port: config.console_port.map(|base| port(base, i)).transpose()?,
+            conf_dir: None,
         });
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

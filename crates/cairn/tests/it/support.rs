@@ -946,3 +946,34 @@ pub fn libnfs_ok(netns: Option<&str>, tool: &str, args: &[&str]) -> Output {
     assert!(output.status.success(), "{tool} {args:?} failed: {}", describe_output(&output));
     output
 }
+
+/// `pid` and every process descending from it (read from /proc), parents first.
+pub(crate) fn process_tree(pid: i32) -> Vec<i32> {
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The command name may hold spaces and parentheses: the fields follow the last ')'.
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        if let Some(parent) = rest.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok()) {
+            parents.push((child, parent));
+        }
+    }
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while next < tree.len() {
+        let parent = tree[next];
+        tree.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(c, _)| *c));
+        next += 1;
+    }
+    tree
+}
+
+/// Sends `signal` to `pid` and all its descendants (a node's Warden and its services: a frozen
+/// node is every one of its processes frozen).
+pub(crate) fn signal_tree(pid: i32, signal: libc::c_int) {
+    for member in process_tree(pid) {
+        // SAFETY: kill(2) has no memory-safety preconditions; the processes are this test's.
+        unsafe { libc::kill(member, signal) };
+    }
+}

@@ -137,11 +137,10 @@ impl VipCluster {
         }
     }
 
-    /// SIGSTOP / SIGCONT of node `i`'s process.
+    /// SIGSTOP / SIGCONT of node `i`'s processes (its Warden and every service it runs).
     pub fn signal(&self, i: usize, signal: i32) {
         let child = self.children[i].as_ref().expect("node running");
-        // SAFETY: kill(2) of our child.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        crate::support::signal_tree(child.id() as i32, signal);
     }
 
     /// `cairn ARGS --cldb ...` run in node `from`'s namespace.
