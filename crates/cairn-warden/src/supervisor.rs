@@ -460,8 +460,27 @@ impl Warden {
         if !self.healthy(name).await {
             return;
         }
+        if !self.ready(name).await {
+            return self.set_state(name, "starting", "waiting for its port to accept connections".into());
+        }
         self.register(name).await;
         self.set_state(name, "running", String::new());
+    }
+
+    /// A built-in service is ready (and registered, so that its dependents may start) once its
+    /// first port accepts connections; a pluggable one at once (its health check, if any, runs
+    /// from then on).
+    async fn ready(&mut self, name: &str) -> bool {
+        let Some(service) = self.services.get(name) else { return false };
+        if service.registered.is_some() || service.state == "running" {
+            return true;
+        }
+        let Some(builtin) = self.config.builtins.iter().find(|b| b.name == name) else { return true };
+        let Some((_, port)) = builtin.ports.first() else { return true };
+        let address = (self.config.host.as_str(), *port);
+        tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(address))
+            .await
+            .is_ok_and(|connected| connected.is_ok())
     }
 
     /// Runs the service's health check when due; after too many failures in a row, the service
@@ -518,11 +537,9 @@ impl Warden {
         false
     }
 
-    /// True if `service` runs on this node or is registered anywhere in the cluster.
+    /// True if `service` is registered somewhere in the cluster (this node included): it runs
+    /// and accepts connections.
     async fn runs_somewhere(&mut self, service: &str) -> bool {
-        if self.services.get(service).is_some_and(|s| s.running.is_some() && s.state == "running") {
-            return true;
-        }
         let Some(session) = self.session.clone() else { return false };
         matches!(session.children(&format!("{SERVICES}/{service}")).await, Ok(nodes) if !nodes.is_empty())
     }
@@ -668,9 +685,8 @@ impl Warden {
                 });
                 service.next_health = None;
                 service.health_failures = 0;
-                service.state = "running";
+                service.state = "starting";
                 service.detail.clear();
-                self.register(name).await;
             }
             Err(error) => {
                 tracing::error!(service = name, %error, "cannot start");
@@ -727,7 +743,9 @@ impl Warden {
                 self.config.node, self.config.node
             );
             tracing::error!("{message}");
-            service.failed = Some(format!("gave up after {count} failures; last: {why}"));
+            let detail = format!("gave up after {count} failures; last: {why}");
+            service.failed = Some(detail.clone());
+            service.detail = detail;
             service.state = "failed";
             self.release_slot(name).await;
             let subject = format!("{}/{name}", self.config.node);

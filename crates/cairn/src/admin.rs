@@ -730,10 +730,12 @@ async fn service_command(target: &Target, which: ServiceTarget, action: ServiceA
     let verb = format!("{action:?}").to_lowercase();
     let what = format!("cannot {verb} {} on node {}", which.service, which.node);
     let cldb = Cldb::for_reads(target, &what).await?;
-    let request = ServiceRequest { node: which.node.clone(), service: which.service.clone(), action };
-    let before = cldb.client.service_command(request).await.map_err(|e| cldb.failed(&what, e))?;
+    // The instance running before the request: a restart is done once another one runs.
+    let before = cldb.client.list_services().await.map_err(|e| cldb.failed(&what, e))?;
     let started_before =
         status_of(&before, &which.node, &which.service).and_then(|s| s.started_ms.map(|at| (at, s.pid)));
+    let request = ServiceRequest { node: which.node.clone(), service: which.service.clone(), action };
+    cldb.client.service_command(request).await.map_err(|e| cldb.failed(&what, e))?;
     // The Warden took the request; wait until the service is where it was asked to be.
     let deadline = tokio::time::Instant::now() + SERVICE_SETTLE;
     loop {

@@ -22,4 +22,5 @@ mod quota;
 mod repair;
 mod support;
 mod vip;
+mod warden;
 mod webhdfs;
