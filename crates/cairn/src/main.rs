@@ -1,6 +1,7 @@
 //! The `cairn` binary: parses the command line and hands over to the subcommand's `run`.
 
 mod admin;
+mod config;
 mod coord;
 mod distcp;
 mod fs_cli;
@@ -52,6 +53,9 @@ enum Command {
     /// Files of a cluster without an NFS mount: put, get, ls, cat, rm, ... (Hadoop's `-put`,
     /// `-ls`, ... spellings too).
     Fs(fs_cli::FsArgs),
+    /// Central configuration: files kept in the cluster's configuration volume and pulled by
+    /// every node's Warden (push, pull, ls, cat).
+    Config(config::ConfigArgs),
     /// Copy directory trees in parallel within a cluster, between clusters, or to and from the
     /// local file system; a second run copies only what is missing or changed.
     Distcp(distcp::DistcpArgs),
@@ -198,6 +202,7 @@ fn main() -> ExitCode {
         Command::Container(args) => admin::container(args),
         Command::Alarm(args) => admin::alarm(args),
         Command::Vip(args) => admin::vip(args),
+        Command::Config(args) => config::run(args),
         Command::Fs(args) => return fs_cli::main(args),
         Command::Distcp(args) => return distcp::main(args),
     };

@@ -341,6 +341,9 @@ async fn serve_nfs(
     stop_rx: watch::Receiver<bool>,
     stopped: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Watched from the start: a SIGHUP while the gateway still waits for its volume is then
+    // queued (the new exports are read at start anyway) instead of killing the process.
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let host = config.host();
     let cldb_client = CldbClient::new(config.cldbs.clone());
     let exports_file = match &config.exports {
@@ -383,7 +386,17 @@ async fn serve_nfs(
         vip_agent = Some(tokio::spawn(crate::vip_agent::run(agent, cldb_client.clone(), stop_rx)));
     }
     println!("node {} ready: nfs={}", config.name, gateway.nfs_address());
-    stopped.await;
+    // SIGHUP re-reads the exports file (`cairn config pull` sends it after writing a new one);
+    // a bad file keeps the old rules.
+    loop {
+        tokio::select! {
+            () = &mut stopped => break,
+            _ = hangup.recv() => match gateway.reload_exports() {
+                Ok(()) => tracing::info!("exports reloaded"),
+                Err(error) => tracing::error!("exports not reloaded, the old rules stay: {error}"),
+            },
+        }
+    }
     if let Some(agent) = vip_agent {
         let _ = agent.await;
     }

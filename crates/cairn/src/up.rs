@@ -500,6 +500,10 @@ async fn serve_cluster(
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
+    // The central configuration's volume (config.rs); `cairn config push` makes it otherwise.
+    if let Err(error) = crate::config::ensure_volume(&cldb).await {
+        tracing::warn!("{error:#}");
+    }
     // Every gateway serves once it reached the volume's master.
     for config in &configs {
         let address = format!(

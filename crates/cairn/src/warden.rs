@@ -60,8 +60,15 @@ pub async fn run(config: NodeConfig, config_path: &Path) -> anyhow::Result<()> {
         tracing::info!("stopping the node's services");
         let _ = stop_tx.send(true);
     });
+    // Central configuration (config.rs): pulls the cluster's files into conf_dir until stopped;
+    // the Warden's live reload applies what changed.
+    let puller = tokio::spawn(crate::config::run_pull_task(config.clone(), stop_rx.clone()));
     println!("node {} warden running: configuration in {}", config.name, warden.conf_dir.display());
-    cairn_warden::run(warden, stop_rx).await?;
+    let result = cairn_warden::run(warden, stop_rx).await;
+    // The puller has seen the stop too (or the Warden failed: stop it with it).
+    puller.abort();
+    let _ = puller.await;
+    result?;
     println!("node {} stopped", config.name);
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! data and logs).
 
 mod admin;
+mod central_config;
 mod cluster;
 mod console;
 mod coord;

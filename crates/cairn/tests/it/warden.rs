@@ -279,7 +279,7 @@ fn a_pluggable_singleton_is_restarted_then_failed_over_and_never_runs_twice() {
         let waiting = status(&list, node, "singleton").expect("listed");
         assert_eq!(waiting["state"], "waiting", "{node}: {waiting}");
     }
-    assert_eq!(children(&members, "/services/singleton"), [first.clone()]);
+    assert_eq!(children(&members, "/services/singleton"), std::slice::from_ref(&first));
 
     // Supervised: kill -9 of the program, its Warden restarts it on the same node.
     let old = pid_of(&list, &first, "singleton");
