@@ -1137,4 +1137,20 @@ other.product.key=whatever
         write(&dir.path().join("conf.d/warden.nfs.conf"), "services=nfs\nservice.command=nfs\n");
         assert!(load(dir.path()).unwrap_err().to_string().contains("`nfs` is a built-in service"));
     }
+
+    /// The examples of docs/operations.md ("The Warden") are files this parser accepts.
+    #[test]
+    fn the_operations_guide_examples_parse() {
+        let guide = include_str!("../../../docs/operations.md");
+        let section = guide.split("## The Warden").nth(1).unwrap().split("\n## ").next().unwrap();
+        let blocks: Vec<&str> = section.split("```").skip(1).step_by(2).collect();
+        let warden = blocks.iter().find(|b| b.contains("# warden.conf")).unwrap();
+        let parsed = parse_warden_conf(warden).unwrap();
+        assert_eq!(parsed.heaps["nfs"].percent, Some(5.0));
+        let plugin = blocks.iter().find(|b| b.contains("service.command=")).unwrap();
+        let plugin: String = plugin.lines().map(str::trim_start).collect::<Vec<_>>().join("\n");
+        let parsed = parse_service_conf("indexer", &plugin).unwrap();
+        assert_eq!(parsed.triplet.count, Count::Nodes(1));
+        assert_eq!(parsed.ports, [9300]);
+    }
 }
