@@ -126,6 +126,7 @@ pub fn router() -> Router<State> {
         .route("/whoami", get(whoami))
         .route("/cluster", get(cluster))
         .route("/nodes", get(nodes))
+        .route("/services", get(services))
         .route("/volumes", get(volumes).post(create_volume))
         .route("/volumes/{name}", get(volume).patch(modify_volume).delete(remove_volume))
         .route("/containers", get(containers))
@@ -263,6 +264,11 @@ async fn cluster(Ctx(state): Ctx<State>, _user: ApiUser) -> ApiResult<ClusterSum
 
 async fn nodes(Ctx(state): Ctx<State>, _user: ApiUser) -> ApiResult<Vec<NodeInfo>> {
     Ok(Json(state.config.cldb.list_nodes().await?))
+}
+
+/// Every node's services as its Warden published them.
+async fn services(Ctx(state): Ctx<State>, _user: ApiUser) -> ApiResult<Vec<cairn_cldb::proto::NodeServices>> {
+    Ok(Json(state.config.cldb.list_services().await?))
 }
 
 async fn volumes(Ctx(state): Ctx<State>, _user: ApiUser) -> ApiResult<Vec<VolumeInfo>> {

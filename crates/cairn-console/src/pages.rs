@@ -279,26 +279,33 @@ async fn nodes(Ctx(state): Ctx<State>, PageUser(user): PageUser, Query(flash): Q
 
 async fn services(Ctx(state): Ctx<State>, PageUser(user): PageUser, Query(flash): Query<Flash>) -> Response {
     let body = async {
-        let nodes = state.config.cldb.list_nodes().await?;
+        let nodes = state.config.cldb.list_services().await?;
         let mut rows = Vec::new();
-        for n in &nodes {
-            let up = n.record.state == NodeState::Up;
-            for service in &n.record.services {
+        for node in &nodes {
+            for s in &node.services {
+                let dash = || "—".to_owned();
                 rows.push(vec![
-                    esc(&n.record.name),
-                    esc(service),
-                    badge(if up { "running" } else { "node down" }, up),
-                    esc(&html::time(n.record.state_since_ms)),
-                    "—".to_owned(),
+                    esc(&node.node),
+                    esc(&s.name),
+                    badge(&s.state, s.state == "running"),
+                    s.pid.map_or_else(dash, |pid| pid.to_string()),
+                    s.memory_bytes.map_or_else(dash, cairn_types::text::size),
+                    s.heap_bytes.map_or_else(dash, cairn_types::text::size),
+                    s.restarts.to_string(),
+                    s.started_ms.map_or_else(dash, |at| esc(&html::time(at))),
+                    esc(&s.detail),
                 ]);
             }
         }
         let mut out = String::from(
-            "<p class=\"note\">What each node's heartbeat says it runs: every service of a node lives \
-             in the node's one process, so a service is running while its node is up. Per-service \
-             supervision and restart counts come with the Warden (issue 6).</p>",
+            "<p class=\"note\">Each node's Warden runs its services as processes and publishes their \
+             state; start, stop or restart one with <code>cairn service</code>.</p>",
         );
-        out.push_str(&table("services", &["Node", "Service", "State", "Since", "Restarts"], &rows));
+        out.push_str(&table(
+            "services",
+            &["Node", "Service", "State", "PID", "Memory", "Heap", "Restarts", "Since", "Detail"],
+            &rows,
+        ));
         Ok(out)
     }
     .await;
