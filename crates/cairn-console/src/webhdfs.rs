@@ -11,8 +11,11 @@
 //!   `&data=true`; that second request carries the bytes, streamed in 1 MiB writes.
 //! - Identity: a console login (session or HTTP Basic) acts as root if admin, as the anonymous
 //!   user if read-only; otherwise `user.name=NAME` (Hadoop's pseudo authentication) acts as that
-//!   user of this machine's /etc/passwd (its uid, primary gid and groups); without `user.name`,
-//!   the anonymous user, uid and gid 65534 (Hadoop's `dr.who`). Bad credentials are refused.
+//!   user of this machine's /etc/passwd (its uid, primary gid and the groups listing NAME); without
+//!   `user.name`, the anonymous user, uid and gid 65534 (Hadoop's `dr.who`). Bad credentials are
+//!   refused. The names are read with the mount table, not per request.
+//! - Paths above mount points that no volume holds (`/` without a root volume, `/var` above
+//!   `/var/cairn/configuration`) are directories: they list the volumes below them.
 //! - Errors are Hadoop's `{"RemoteException": {...}}` with its status codes.
 //!
 //! The file calls block ([`ClusterFs`]), so each op runs on a blocking thread.
@@ -31,7 +34,7 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use cairn_client::namespace::{Names, Namespace, Node, PathError, caller_for, normalize};
+use cairn_client::namespace::{Names, Namespace, Node, PathError, normalize, virtual_directory_attributes};
 use cairn_store::{
     Attributes, Caller, CreateHow, FileKind, FileSystem, SetAttributes, Stability, StoreError,
 };
@@ -47,14 +50,18 @@ use crate::users::Role;
 pub const PREFIX: &str = "/webhdfs/v1";
 /// Bytes of one READ or WRITE.
 const IO_BYTES: usize = cairn_types::limits::IO_SIZE_BYTES_MAX as usize;
-/// How long the list of volumes is reused before it is asked for again.
+/// How long the list of volumes (and the names of /etc/passwd and /etc/group) is reused before
+/// it is read again.
 const NAMESPACE_TTL: Duration = Duration::from_secs(5);
+/// Files a recursive DELETE removes at a time.
+const DELETE_FILES_PARALLEL: usize = 8;
 /// The anonymous user (Hadoop's `dr.who`): `nobody`.
 const ANONYMOUS_ID: u32 = 65534;
 /// The block size reported: a volume's chunk.
 const BLOCK_BYTES: u64 = cairn_types::limits::CHUNK_SIZE_BYTES_DEFAULT;
 
-/// The namespace the WebHDFS requests share, refreshed every few seconds.
+/// The namespace the WebHDFS requests share: its mount table and names are refreshed every
+/// [`NAMESPACE_TTL`]; its connections and opened volumes live as long as the console.
 #[derive(Default)]
 pub struct NamespaceCache(Mutex<Option<(Instant, Arc<Namespace>)>>);
 
@@ -147,6 +154,9 @@ impl HdfsError {
 
 impl From<PathError> for HdfsError {
     fn from(error: PathError) -> Self {
+        if error.is_mount_point() {
+            return HdfsError::access(error.to_string());
+        }
         match error.store_error() {
             Some(store) => {
                 let mut mapped = HdfsError::store(Path::new(""), store);
@@ -242,8 +252,9 @@ async fn serve(
     let raw = uri.path().strip_prefix(PREFIX).unwrap_or("/");
     let path = normalize(Path::new(OsStr::from_bytes(&percent_decode(raw))));
     let op = params.get("op").map(|op| op.to_ascii_uppercase()).unwrap_or_default();
-    let caller = caller_of(&state, &headers, &params).await?;
-    let namespace = namespace(&state).await?.as_caller(caller);
+    let shared = namespace(&state).await?;
+    let caller = caller_of(&state, &headers, &params, shared.names()).await?;
+    let namespace = shared.as_caller(caller);
     let call = Call { namespace, path, params };
     let data = call.flag("data", false)?;
     match (method, op.as_str()) {
@@ -273,6 +284,7 @@ async fn caller_of(
     state: &State,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
+    names: &Names,
 ) -> HdfsResult<Caller> {
     let anonymous = Caller { uid: ANONYMOUS_ID, gid: ANONYMOUS_ID, groups: Vec::new() };
     let has_credentials = headers.contains_key(axum::http::header::AUTHORIZATION)
@@ -293,21 +305,25 @@ async fn caller_of(
         Some(name) if name.contains(':') || name.parse::<u32>().is_ok() => {
             Err(HdfsError::access(format!("user.name={name}: give a user name")))
         }
-        Some(name) => caller_for(name).map_err(HdfsError::access),
+        Some(name) => names.caller_for(name).map_err(HdfsError::access),
     }
 }
 
-/// The shared namespace, connected again once it is older than [`NAMESPACE_TTL`].
+/// The shared namespace: connected on first use, its mount table and names read again once it
+/// is older than [`NAMESPACE_TTL`] (connections and opened volumes kept).
 async fn namespace(state: &State) -> HdfsResult<Arc<Namespace>> {
-    if let Some((at, namespace)) = state.webhdfs.0.lock().as_ref()
+    let previous = state.webhdfs.0.lock().clone();
+    if let Some((at, namespace)) = &previous
         && at.elapsed() < NAMESPACE_TTL
     {
         return Ok(namespace.clone());
     }
     let handle = tokio::runtime::Handle::current();
     let cldb = state.config.cldb.clone();
-    let connected = tokio::task::spawn_blocking(move || {
-        Namespace::connect_on(handle, cldb.clone(), cldb, Caller::root())
+    // Both block (a CLDB request, /etc/passwd and /etc/group read): not on an async worker.
+    let connected = tokio::task::spawn_blocking(move || match previous {
+        Some((_, namespace)) => namespace.refreshed(),
+        None => Namespace::connect_on(handle, cldb.clone(), cldb, Caller::root()),
     })
     .await
     .map_err(|error| HdfsError::io(error.to_string()))?
@@ -370,40 +386,37 @@ fn status_json(names: &Names, suffix: &[u8], attributes: &Attributes, replicatio
     })
 }
 
+/// The path's attributes and its volume's replication; a virtual directory has made-up
+/// attributes (and no replication: directories show 0 anyway).
+fn path_status(call: &Call) -> HdfsResult<(Attributes, u32)> {
+    Ok(match call.namespace.lookup_or_virtual(&call.path)? {
+        Some(node) => (node.attributes, node.mount.replication),
+        None => (virtual_directory_attributes(), 0),
+    })
+}
+
 fn file_status(call: &Call) -> HdfsResult<Value> {
-    let node = call.lookup(&call.path)?;
-    let status = status_json(&Names::load(), b"", &node.attributes, node.mount.replication);
+    let (attributes, replication) = path_status(call)?;
+    let status = status_json(call.namespace.names(), b"", &attributes, replication);
     Ok(json!({ "FileStatus": status }))
 }
 
 fn list_status(call: &Call) -> HdfsResult<Value> {
-    let node = call.lookup(&call.path)?;
-    let names = Names::load();
-    let replication = node.mount.replication;
-    if node.attributes.kind != FileKind::Directory {
-        let status = status_json(&names, b"", &node.attributes, replication);
+    let (attributes, replication) = path_status(call)?;
+    let names = call.namespace.names();
+    if attributes.kind != FileKind::Directory {
+        let status = status_json(names, b"", &attributes, replication);
         return Ok(json!({ "FileStatuses": { "FileStatus": [status] } }));
     }
-    let mut entries: Vec<(Vec<u8>, Attributes, u32)> = call
+    // Volumes mounted below show as their root directories.
+    let statuses: Vec<Value> = call
         .namespace
-        .list(&node.fs, node.fid)
-        .map_err(|error| HdfsError::store(&call.path, &error))?
-        .into_iter()
-        .map(|(name, _, attributes)| (name, attributes, replication))
-        .collect();
-    // Volumes mounted here show as their root directories.
-    for (name, mount) in call.namespace.mounts_below(&call.path) {
-        if mount.path == call.path {
-            continue;
-        }
-        let Ok(root) = call.lookup(&mount.path) else { continue };
-        entries.retain(|(existing, _, _)| *existing != name);
-        entries.push((name, root.attributes, mount.replication));
-    }
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    let statuses: Vec<Value> = entries
+        .list_directory(&call.path)?
         .iter()
-        .map(|(name, attributes, replication)| status_json(&names, name, attributes, *replication))
+        .map(|entry| {
+            let replication = entry.mount.as_ref().map_or(0, |mount| mount.replication);
+            status_json(names, &entry.name, &entry.attributes, replication)
+        })
         .collect();
     Ok(json!({ "FileStatuses": { "FileStatus": statuses } }))
 }
@@ -623,7 +636,7 @@ fn create_file(call: &Call) -> HdfsResult<Node> {
         return call.lookup(&call.path);
     }
     if let Some(parent) = call.path.parent() {
-        make_directories(call, parent, 0o755)?;
+        call.namespace.make_directories(parent, 0o755)?;
     }
     let (parent, name) = call.namespace.parent(&call.path)?;
     let attributes = SetAttributes { mode: Some(mode), ..SetAttributes::default() };
@@ -637,28 +650,8 @@ fn create_file(call: &Call) -> HdfsResult<Node> {
 // ------------------------------------------------------------------------------------------
 // Changes
 
-/// `mkdir -p`: every missing directory down to `path`.
-fn make_directories(call: &Call, path: &Path, mode: u32) -> HdfsResult<()> {
-    let mut partial = PathBuf::from("/");
-    for component in path.components().skip(1) {
-        partial.push(component);
-        match call.namespace.lookup_optional(&partial)? {
-            Some(node) if node.attributes.kind == FileKind::Directory => continue,
-            Some(_) => return Err(HdfsError::store(&partial, &StoreError::NotDirectory)),
-            None => {}
-        }
-        let (parent, name) = call.namespace.parent(&partial)?;
-        let attributes = SetAttributes { mode: Some(mode), ..SetAttributes::default() };
-        match parent.fs.mkdir(&call.namespace.caller, parent.fid, &name, attributes) {
-            Ok(_) | Err(StoreError::Exists) => {}
-            Err(error) => return Err(HdfsError::store(&partial, &error)),
-        }
-    }
-    Ok(())
-}
-
 fn mkdirs(call: &Call) -> HdfsResult<Value> {
-    make_directories(call, &call.path, call.permission(0o755)?)?;
+    call.namespace.make_directories(&call.path, call.permission(0o755)?)?;
     Ok(json!({ "boolean": true }))
 }
 
@@ -668,14 +661,14 @@ fn set_permission(call: &Call) -> HdfsResult<Value> {
 }
 
 fn set_owner(call: &Call) -> HdfsResult<Value> {
-    use cairn_client::namespace::{group_id, user_id};
+    let names = call.namespace.names();
     let uid = match call.param("owner") {
         None | Some("") => None,
-        Some(owner) => Some(user_id(owner).map_err(HdfsError::illegal)?.0),
+        Some(owner) => Some(names.user_id(owner).map_err(HdfsError::illegal)?.0),
     };
     let gid = match call.param("group") {
         None | Some("") => None,
-        Some(group) => Some(group_id(group).map_err(HdfsError::illegal)?),
+        Some(group) => Some(names.group_id(group).map_err(HdfsError::illegal)?),
     };
     if uid.is_none() && gid.is_none() {
         return Err(HdfsError::illegal("SETOWNER: give owner, group or both"));
@@ -691,50 +684,20 @@ fn set_attributes(call: &Call, changes: SetAttributes) -> HdfsResult<Value> {
     Ok(Value::Null)
 }
 
+/// DELETE: `false` for a path that does not exist; mount points and paths above them are
+/// refused (AccessControlException).
 fn delete(call: &Call) -> HdfsResult<Value> {
     let recursive = call.flag("recursive", false)?;
-    let Some(node) = call.namespace.lookup_optional(&call.path)? else {
-        return Ok(json!({ "boolean": false }));
-    };
-    if call.namespace.mounts().iter().any(|mount| mount.path.starts_with(&call.path)) {
-        return Err(HdfsError::access(format!(
-            "{}: is or holds a volume's mount point",
-            call.path.display()
-        )));
-    }
-    let (parent, name) = call.namespace.parent(&call.path)?;
-    let caller = &call.namespace.caller;
-    if node.attributes.kind == FileKind::Directory {
-        if recursive {
-            empty_directory(call, &node, node.fid, &call.path)?;
-        }
-        parent.fs.rmdir(caller, parent.fid, &name).map_err(|error| HdfsError::store(&call.path, &error))?;
+    let removed = if recursive {
+        call.namespace.remove_tree(&call.path, DELETE_FILES_PARALLEL)
     } else {
-        parent.fs.remove(caller, parent.fid, &name).map_err(|error| HdfsError::store(&call.path, &error))?;
+        call.namespace.remove(&call.path)
+    };
+    match removed {
+        Ok(()) => Ok(json!({ "boolean": true })),
+        Err(error) if error.is_not_found() => Ok(json!({ "boolean": false })),
+        Err(error) => Err(error.into()),
     }
-    call.namespace.forget(&call.path);
-    Ok(json!({ "boolean": true }))
-}
-
-/// Removes everything below a directory, depth first.
-fn empty_directory(call: &Call, volume: &Node, directory: cairn_types::Fid, path: &Path) -> HdfsResult<()> {
-    let caller = &call.namespace.caller;
-    let entries =
-        call.namespace.list(&volume.fs, directory).map_err(|error| HdfsError::store(path, &error))?;
-    for (name, fid, attributes) in entries {
-        let child = path.join(OsStr::from_bytes(&name));
-        let removed = if attributes.kind == FileKind::Directory {
-            empty_directory(call, volume, fid, &child)?;
-            volume.fs.rmdir(caller, directory, &name)
-        } else {
-            volume.fs.remove(caller, directory, &name)
-        };
-        match removed {
-            Ok(_) | Err(StoreError::NotFound) => {}
-            Err(error) => return Err(HdfsError::store(&child, &error)),
-        }
-    }
-    Ok(())
 }
 
 fn rename(call: &Call) -> HdfsResult<Value> {

@@ -24,7 +24,7 @@ use clap::Args;
 use crate::admin::Target;
 use crate::fs_cli::PathError;
 use crate::fs_cli::cluster;
-use crate::fs_cli::transfer::{self, ClusterTree, CopyConfig, Kind, LocalTree, Tree};
+use crate::fs_cli::transfer::{self, ClusterTree, CopyConfig, LocalTree, Tree};
 
 #[derive(Args)]
 #[command(after_help = "\
@@ -147,7 +147,7 @@ fn run(args: DistcpArgs) -> anyhow::Result<ExitCode> {
     };
     let (destination_place, destination) = locations.pop().expect("clap requires a destination");
     let to = tree_of(&destination_place);
-    make_directories(to, &destination)?;
+    to.make_directories(&destination, 0o755)?;
 
     let config = CopyConfig {
         overwrite: true,
@@ -205,25 +205,6 @@ fn run(args: DistcpArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// `mkdir -p`.
-fn make_directories(tree: &dyn Tree, path: &Path) -> Result<(), PathError> {
-    let mut partial = PathBuf::new();
-    for component in path.components() {
-        partial.push(component);
-        if partial.parent().is_none() {
-            continue;
-        }
-        match tree.stat(&partial)? {
-            Some(meta) if meta.kind == Kind::Directory => {}
-            Some(_) => {
-                return Err(PathError::message(Path::new(&tree.display(&partial)), "Not a directory"));
-            }
-            None => tree.make_directory(&partial, 0o755)?,
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

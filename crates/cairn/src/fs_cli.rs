@@ -27,7 +27,7 @@ use clap::{ArgAction, Args, Subcommand};
 use serde_json::json;
 
 use crate::admin::Target;
-use cairn_client::namespace::{Names, Namespace, Node, group_id, normalize, user_id};
+use cairn_client::namespace::{Names, Namespace, Node, normalize};
 use transfer::{ClusterTree, CopyConfig, Kind, LocalTree, Tree};
 
 /// Exit code for a path that does not exist.
@@ -396,7 +396,7 @@ fn run(args: FsArgs, outcome: &mut Outcome) -> anyhow::Result<()> {
             })
         }
         FsCommand::Chown { recursive, owner, paths } => {
-            let (uid, gid) = parse_owner(&owner)?;
+            let (uid, gid) = parse_owner(cx.namespace.names(), &owner)?;
             each_path(&paths, outcome, |path, _| {
                 apply(cx, path, recursive, &|_| SetAttributes { uid, gid, ..SetAttributes::default() })
             })
@@ -739,18 +739,18 @@ fn tail(cx: &Context, path: &Path, bytes: u64, follow: bool) -> anyhow::Result<(
 
 /// `--user NAME|UID[:GROUP|GID]`: the caller, with the user's groups from /etc/group.
 pub(crate) fn caller_for(text: &str) -> anyhow::Result<Caller> {
-    cairn_client::namespace::caller_for(text).map_err(anyhow::Error::msg)
+    Names::load().caller_for(text).map_err(anyhow::Error::msg)
 }
 
 /// `USER`, `USER:GROUP`, `:GROUP`.
-fn parse_owner(text: &str) -> anyhow::Result<(Option<u32>, Option<u32>)> {
+fn parse_owner(names: &Names, text: &str) -> anyhow::Result<(Option<u32>, Option<u32>)> {
     let (user, group) = match text.split_once(':') {
         Some((user, group)) => (user, Some(group)),
         None => (text, None),
     };
-    let uid = if user.is_empty() { None } else { Some(user_id(user).map_err(anyhow::Error::msg)?.0) };
+    let uid = if user.is_empty() { None } else { Some(names.user_id(user).map_err(anyhow::Error::msg)?.0) };
     let gid = match group {
-        Some(group) if !group.is_empty() => Some(group_id(group).map_err(anyhow::Error::msg)?),
+        Some(group) if !group.is_empty() => Some(names.group_id(group).map_err(anyhow::Error::msg)?),
         _ => None,
     };
     if uid.is_none() && gid.is_none() {
@@ -812,11 +812,12 @@ fn display_path(path: &Path) -> String {
     path.display().to_string()
 }
 
-/// One entry as `ls --json` and `stat --json` print it.
+/// One entry as `ls --json` and `stat --json` print it (`volume` null and `replication` 0 for a
+/// virtual directory).
 fn entry_json(
     path: &Path,
     attributes: &Attributes,
-    volume: &cluster::Mount,
+    volume: Option<&cluster::Mount>,
     names: &Names,
 ) -> serde_json::Value {
     let stamp =
@@ -834,8 +835,8 @@ fn entry_json(
         "group": names.group(attributes.gid),
         "nlink": attributes.nlink,
         "fileid": attributes.fileid,
-        "volume": volume.name,
-        "replication": volume.replication,
+        "volume": volume.map(|volume| volume.name.as_str()),
+        "replication": volume.map_or(0, |volume| volume.replication),
         "mtime_ms": stamp(&attributes.mtime),
         "atime_ms": stamp(&attributes.atime),
         "ctime_ms": stamp(&attributes.ctime),
@@ -850,14 +851,13 @@ struct Listing<'a> {
 }
 
 impl Listing<'_> {
-    fn add(&mut self, path: &Path, attributes: &Attributes, volume: &cluster::Mount) {
+    fn add(&mut self, path: &Path, attributes: &Attributes, volume: Option<&cluster::Mount>) {
         self.json.push(entry_json(path, attributes, volume, self.names));
         self.rows.push([
             permissions(attributes.kind, attributes.mode),
-            if attributes.kind == FileKind::Directory {
-                "-".to_owned()
-            } else {
-                volume.replication.to_string()
+            match volume {
+                Some(volume) if attributes.kind != FileKind::Directory => volume.replication.to_string(),
+                _ => "-".to_owned(),
             },
             self.names.user(attributes.uid),
             self.names.group(attributes.gid),
@@ -898,29 +898,17 @@ impl Listing<'_> {
     }
 }
 
-/// The entries of a directory: its own, plus the volumes mounted right below it (as their
-/// roots).
+/// The entries of a directory as [`Namespace::list_directory`] shows them, with their paths.
 fn directory_entries(
     cx: &Context,
     path: &Path,
-) -> anyhow::Result<Vec<(PathBuf, Attributes, cluster::Mount)>> {
-    let mut entries = Vec::new();
-    if !cx.namespace.is_virtual_directory(path) {
-        let node = cx.namespace.lookup(path)?;
-        for (name, _, attributes) in
-            cx.namespace.list(&node.fs, node.fid).map_err(|e| PathError::store(path, e))?
-        {
-            entries.push((path.join(OsStr::from_bytes(&name)), attributes, node.mount.clone()));
-        }
-    }
-    for (name, mount) in cx.namespace.mounts_below(path) {
-        let child = path.join(OsStr::from_bytes(&name));
-        let node = cx.namespace.lookup(&child)?;
-        entries.retain(|(existing, _, _)| *existing != child);
-        entries.push((child, node.attributes, mount));
-    }
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(entries)
+) -> anyhow::Result<Vec<(PathBuf, Attributes, Option<cluster::Mount>)>> {
+    Ok(cx
+        .namespace
+        .list_directory(path)?
+        .into_iter()
+        .map(|entry| (path.join(OsStr::from_bytes(&entry.name)), entry.attributes, entry.mount))
+        .collect())
 }
 
 fn ls(
@@ -932,14 +920,15 @@ fn ls(
     out: &mut Output,
 ) -> anyhow::Result<()> {
     let path = normalize(path);
-    let names = Names::load();
-    let mut listing = Listing { rows: Vec::new(), json: Vec::new(), names: &names, human };
-    let is_directory = cx.namespace.is_virtual_directory(&path) || {
-        let node = cx.namespace.lookup(&path)?;
-        if node.attributes.kind != FileKind::Directory || directory {
-            listing.add(&path, &node.attributes, &node.mount);
+    let mut listing = Listing { rows: Vec::new(), json: Vec::new(), names: cx.namespace.names(), human };
+    let is_directory = match cx.namespace.lookup_or_virtual(&path)? {
+        None => true,
+        Some(node) => {
+            if node.attributes.kind != FileKind::Directory || directory {
+                listing.add(&path, &node.attributes, Some(&node.mount));
+            }
+            node.attributes.kind == FileKind::Directory
         }
-        node.attributes.kind == FileKind::Directory
     };
     if is_directory && !directory {
         list_below(cx, &path, recursive, &mut listing)?;
@@ -951,7 +940,7 @@ fn ls(
 /// name order, like `hadoop fs -ls -R`).
 fn list_below(cx: &Context, path: &Path, recursive: bool, listing: &mut Listing<'_>) -> anyhow::Result<()> {
     for (child, attributes, mount) in directory_entries(cx, path)? {
-        listing.add(&child, &attributes, &mount);
+        listing.add(&child, &attributes, mount.as_ref());
         if recursive && attributes.kind == FileKind::Directory {
             list_below(cx, &child, recursive, listing)?;
         }
@@ -960,7 +949,7 @@ fn list_below(cx: &Context, path: &Path, recursive: bool, listing: &mut Listing<
 }
 
 fn stat(cx: &Context, paths: &[PathBuf], outcome: &mut Outcome) -> anyhow::Result<()> {
-    let names = Names::load();
+    let names = cx.namespace.names();
     let mut out = Output::new();
     let mut objects = Vec::new();
     for path in paths {
@@ -974,7 +963,7 @@ fn stat(cx: &Context, paths: &[PathBuf], outcome: &mut Outcome) -> anyhow::Resul
         };
         let a = &node.attributes;
         if cx.json {
-            objects.push(entry_json(&path, a, &node.mount, &names));
+            objects.push(entry_json(&path, a, Some(&node.mount), names));
             continue;
         }
         let time = |t: &cairn_store::Timestamp| {
@@ -1059,22 +1048,12 @@ fn du(
     for path in paths {
         let path = normalize(path);
         let result = (|| -> anyhow::Result<()> {
-            let node = if cx.namespace.is_virtual_directory(&path) {
-                None
-            } else {
-                Some(cx.namespace.lookup(&path)?)
-            };
+            let node = cx.namespace.lookup_or_virtual(&path)?;
             let is_directory = node.as_ref().is_none_or(|n| n.attributes.kind == FileKind::Directory);
             if summary || !is_directory {
                 let (attributes, replication) = match &node {
                     Some(node) => (node.attributes, node.mount.replication),
-                    None => (
-                        directory_entries(cx, &path)?
-                            .first()
-                            .map(|e| e.1)
-                            .ok_or_else(|| PathError::store(&path, StoreError::NotFound))?,
-                        1,
-                    ),
+                    None => (cairn_client::namespace::virtual_directory_attributes(), 1),
                 };
                 let mut used = if node.is_some() { usage(cx, &path, &attributes)? } else { Usage::default() };
                 if node.is_none() {
@@ -1089,7 +1068,8 @@ fn du(
                 rows.push((path.clone(), used, replication));
             } else {
                 for (child, attributes, mount) in directory_entries(cx, &path)? {
-                    rows.push((child.clone(), usage(cx, &child, &attributes)?, mount.replication));
+                    let replication = mount.map_or(1, |mount| mount.replication);
+                    rows.push((child.clone(), usage(cx, &child, &attributes)?, replication));
                 }
             }
             Ok(())
@@ -1194,16 +1174,7 @@ fn df(cx: &Context, paths: &[PathBuf], human: bool) -> anyhow::Result<()> {
 fn mkdir(cx: &Context, path: &Path, parents: bool) -> anyhow::Result<()> {
     let path = normalize(path);
     if parents {
-        let mut partial = PathBuf::from("/");
-        for component in path.components().skip(1) {
-            partial.push(component);
-            match cx.tree.stat(&partial)? {
-                Some(meta) if meta.kind == Kind::Directory => {}
-                Some(_) => return Err(PathError::store(&partial, StoreError::NotDirectory).into()),
-                None => cx.tree.make_directory(&partial, 0o755)?,
-            }
-        }
-        return Ok(());
+        return Ok(cx.namespace.make_directories(&path, 0o755)?);
     }
     let (parent, name) = cx.namespace.parent(&path)?;
     let attributes = SetAttributes { mode: Some(0o755), ..SetAttributes::default() };
@@ -1221,57 +1192,10 @@ fn rm(cx: &Context, path: &Path, recursive: bool, force: bool) -> anyhow::Result
         Err(error) if force && error.is_not_found() => return Ok(()),
         Err(error) => return Err(error.into()),
     };
-    let (parent, name) = cx.namespace.parent(&path)?;
-    let caller = &cx.namespace.caller;
-    if node.attributes.kind != FileKind::Directory {
-        parent.fs.remove(caller, parent.fid, &name).map_err(|e| PathError::store(&path, e))?;
-        return Ok(());
-    }
-    if !recursive {
+    if node.attributes.kind == FileKind::Directory && !recursive {
         return Err(PathError::store(&path, StoreError::IsDirectory).into());
     }
-    if cx.namespace.mounts().iter().any(|m| m.path.starts_with(&path)) {
-        return Err(PathError::message(&path, "holds a volume's mount point").into());
-    }
-    // The whole tree first, then files in parallel, then directories deepest first.
-    let mut files: Vec<(cairn_types::Fid, Vec<u8>, PathBuf)> = Vec::new();
-    let mut directories: Vec<(cairn_types::Fid, Vec<u8>, PathBuf)> = Vec::new();
-    let mut stack = vec![(node.fid, path.clone())];
-    while let Some((fid, dir)) = stack.pop() {
-        for (name, child, attributes) in
-            cx.namespace.list(&node.fs, fid).map_err(|e| PathError::store(&dir, e))?
-        {
-            let child_path = dir.join(OsStr::from_bytes(&name));
-            if attributes.kind == FileKind::Directory {
-                directories.push((fid, name, child_path.clone()));
-                stack.push((child, child_path));
-            } else {
-                files.push((fid, name, child_path));
-            }
-        }
-    }
-    let failure: parking_lot::Mutex<Option<PathError>> = parking_lot::Mutex::new(None);
-    transfer::run_parallel(files.len(), cx.copy.files_parallel, |index| {
-        let (directory, name, child) = &files[index];
-        match node.fs.remove(caller, *directory, name) {
-            Ok(_) | Err(StoreError::NotFound) => {}
-            Err(error) => {
-                failure.lock().get_or_insert(PathError::store(child, error));
-            }
-        }
-    });
-    if let Some(error) = failure.into_inner() {
-        return Err(error.into());
-    }
-    for (directory, name, child) in directories.iter().rev() {
-        match node.fs.rmdir(caller, *directory, name) {
-            Ok(_) | Err(StoreError::NotFound) => {}
-            Err(error) => return Err(PathError::store(child, error).into()),
-        }
-    }
-    parent.fs.rmdir(caller, parent.fid, &name).map_err(|e| PathError::store(&path, e))?;
-    cx.namespace.forget(&path);
-    Ok(())
+    Ok(cx.namespace.remove_tree(&path, cx.copy.files_parallel)?)
 }
 
 fn mv(cx: &Context, sources: &[PathBuf], destination: &Path, outcome: &mut Outcome) -> anyhow::Result<()> {

@@ -28,7 +28,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use parking_lot::Mutex;
 
 use super::PathError;
-use cairn_client::namespace::{Namespace, normalize};
+use cairn_client::namespace::{Namespace, run_parallel};
 
 /// Times a file is written again after its destination lost unstable writes.
 const REWRITES_MAX: usize = 3;
@@ -62,6 +62,8 @@ pub(crate) trait Tree: Send + Sync {
     fn list(&self, path: &Path) -> Result<Vec<(OsString, Meta)>, PathError>;
     /// Makes a directory; one that exists already is fine.
     fn make_directory(&self, path: &Path, mode: u32) -> Result<(), PathError>;
+    /// `mkdir -p`: makes every missing directory down to `path`.
+    fn make_directories(&self, path: &Path, mode: u32) -> Result<(), PathError>;
     fn reader<'a>(&'a self, path: &Path) -> Result<Box<dyn Reader + 'a>, PathError>;
     /// Creates the file, or empties an existing one.
     fn writer<'a>(&'a self, path: &Path, mode: u32) -> Result<Box<dyn Writer + 'a>, PathError>;
@@ -142,6 +144,10 @@ impl Tree for LocalTree {
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
             Err(error) => Err(PathError::io(path, error)),
         }
+    }
+
+    fn make_directories(&self, path: &Path, mode: u32) -> Result<(), PathError> {
+        std::fs::DirBuilder::new().recursive(true).mode(mode).create(path).map_err(|e| PathError::io(path, e))
     }
 
     fn reader<'a>(&'a self, path: &Path) -> Result<Box<dyn Reader + 'a>, PathError> {
@@ -262,35 +268,24 @@ impl Tree for ClusterTree {
     }
 
     fn stat(&self, path: &Path) -> Result<Option<Meta>, PathError> {
-        if self.namespace.is_virtual_directory(&normalize(path)) {
-            return Ok(Some(VIRTUAL_DIRECTORY));
+        match self.namespace.lookup_or_virtual(path) {
+            Ok(Some(node)) => Ok(Some(cluster_meta(&node.attributes))),
+            Ok(None) => Ok(Some(VIRTUAL_DIRECTORY)),
+            Err(error) if error.is_not_found() => Ok(None),
+            Err(error) => Err(self.relabel(error)),
         }
-        let node = self.namespace.lookup_optional(path).map_err(|e| self.relabel(e))?;
-        Ok(node.map(|node| cluster_meta(&node.attributes)))
     }
 
     fn list(&self, path: &Path) -> Result<Vec<(OsString, Meta)>, PathError> {
-        let path = normalize(path);
-        let mut entries: Vec<(OsString, Meta)> = Vec::new();
-        if !self.namespace.is_virtual_directory(&path) {
-            let node = self.namespace.lookup(&path).map_err(|e| self.relabel(e))?;
-            if node.attributes.kind != FileKind::Directory {
-                return Err(self.error(&path, StoreError::NotDirectory));
-            }
-            for (name, _, attributes) in
-                self.namespace.list(&node.fs, node.fid).map_err(|e| self.error(&path, e))?
-            {
-                entries.push((OsStr::from_bytes(&name).to_owned(), cluster_meta(&attributes)));
-            }
-        }
-        for (name, _) in self.namespace.mounts_below(&path) {
-            let name = OsStr::from_bytes(&name).to_owned();
-            entries.retain(|(existing, _)| *existing != name);
-            let meta = self.stat(&path.join(&name))?.unwrap_or(VIRTUAL_DIRECTORY);
-            entries.push((name, meta));
-        }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(entries)
+        let entries = self.namespace.list_directory(path).map_err(|e| self.relabel(e))?;
+        Ok(entries
+            .into_iter()
+            .map(|entry| {
+                let meta =
+                    if entry.mount.is_some() { cluster_meta(&entry.attributes) } else { VIRTUAL_DIRECTORY };
+                (OsStr::from_bytes(&entry.name).to_owned(), meta)
+            })
+            .collect())
     }
 
     fn make_directory(&self, path: &Path, mode: u32) -> Result<(), PathError> {
@@ -306,6 +301,10 @@ impl Tree for ClusterTree {
             }
             Err(error) => Err(self.error(path, error)),
         }
+    }
+
+    fn make_directories(&self, path: &Path, mode: u32) -> Result<(), PathError> {
+        self.namespace.make_directories(path, mode).map_err(|e| self.relabel(e))
     }
 
     fn reader<'a>(&'a self, path: &Path) -> Result<Box<dyn Reader + 'a>, PathError> {
@@ -543,29 +542,6 @@ fn walk(
         )),
     }
     Ok(())
-}
-
-/// Runs `work(0..count)` on up to `threads` threads.
-pub(crate) fn run_parallel(count: usize, threads: usize, work: impl Fn(usize) + Sync) {
-    let threads = threads.clamp(1, count.max(1));
-    if threads == 1 {
-        (0..count).for_each(work);
-        return;
-    }
-    let next = AtomicU64::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                loop {
-                    let index = next.fetch_add(1, Ordering::SeqCst) as usize;
-                    if index >= count {
-                        break;
-                    }
-                    work(index);
-                }
-            });
-        }
-    });
 }
 
 /// Runs `work(piece index, offset, length)` over the pieces of `size_bytes`, in parallel; stops
