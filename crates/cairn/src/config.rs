@@ -37,7 +37,7 @@ use cairn_cldb::CldbClient;
 use cairn_cldb::proto::{Alarm, AlarmKind, NodeState, VolumeSpec};
 use cairn_cldb::warden::{ALARMS, NODES};
 use cairn_client::ClusterFs;
-use cairn_client::namespace::{Mount, Namespace, PathError, normalize};
+use cairn_client::namespace::{Mount, Namespace, PathError};
 use cairn_coord::api::{CoordError, CreateMode};
 use cairn_coord::client::{ClientOptions, CoordClient};
 use cairn_store::{Caller, CreateHow, FileKind, FileSystem, SetAttributes, Stability, StoreError};
@@ -663,40 +663,6 @@ pub(crate) async fn ensure_volume(cldb: &CldbClient) -> anyhow::Result<()> {
     }
 }
 
-/// Makes the directories of `path` below the mount path of `mount` (like `mkdir -p`).
-fn make_directories(namespace: &Namespace, mount: &Mount, path: &Path) -> anyhow::Result<()> {
-    let path = normalize(path);
-    let rest = path
-        .strip_prefix(&mount.path)
-        .with_context(|| format!("{} is outside {}", path.display(), mount.path.display()))?;
-    let mut partial = mount.path.clone();
-    for component in rest.components() {
-        partial.push(component);
-        match namespace.lookup_optional(&partial)? {
-            Some(node) if node.attributes.kind == FileKind::Directory => {}
-            Some(_) => return Err(PathError::store(&partial, StoreError::NotDirectory).into()),
-            None => {
-                let (parent, name) = namespace.parent(&partial)?;
-                let attributes = SetAttributes { mode: Some(0o755), ..SetAttributes::default() };
-                match parent.fs.mkdir(&namespace.caller, parent.fid, &name, attributes) {
-                    Ok(_) | Err(StoreError::Exists) => {}
-                    Err(error) => return Err(PathError::store(&partial, error).into()),
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Makes `/var/cairn` in the volume mounted at `/`, so that listing `/var/cairn` shows the
-/// configuration volume's mount point. Without a volume at `/` there is nothing to do.
-fn make_mount_parent(namespace: &Namespace) -> anyhow::Result<()> {
-    let parent = Path::new(MOUNT_PATH).parent().unwrap_or(Path::new("/"));
-    let Some((root, _)) = namespace.mount_of(parent) else { return Ok(()) };
-    let root = root.clone();
-    make_directories(namespace, &root, parent)
-}
-
 /// Writes `bytes` as the file `path` of the cluster: a temporary file beside it (which pulls
 /// skip), written FILE_SYNC, then renamed over the old one, so a pull reads the old bytes or the
 /// new ones.
@@ -859,13 +825,10 @@ fn push(target: &Target, file: &Path, node: Option<&str>, name: Option<&str>) ->
     block_on(async { ensure_volume(&crate::admin::client(addresses, timeout)).await })?;
     let (namespace, mount) = connect(target)?;
     let mount = mount.with_context(|| format!("volume {VOLUME} exists but the CLDB does not list it"))?;
-    if let Err(error) = make_mount_parent(&namespace) {
-        tracing::warn!("cannot make {MOUNT_PATH}'s parent directories: {error:#}");
-    }
     let source = format!("{}/{relative}", source_dir(node));
     let path = mount.path.join(&source);
     if let Some(parent) = path.parent() {
-        make_directories(&namespace, &mount, parent)?;
+        namespace.make_directories(parent, 0o755)?;
     }
     write_cluster_file(&namespace, &path, &bytes)?;
     let message = format!("Pushed {} to {}.", file.display(), path.display());
