@@ -23,33 +23,33 @@ pub const SERVICE_COMMAND_WAIT: Duration = Duration::from_secs(4);
 
 /// Every published node, by name.
 pub async fn list(client: &CoordClient) -> Result<Vec<NodeServices>, CldbError> {
-    if client.exists(NODES).await.map_err(unavailable)?.is_none() {
-        return Ok(Vec::new());
-    }
-    let mut nodes = Vec::new();
-    for (name, data) in read_dir(client, NODES).await? {
-        match decode::<NodeServices>(&format!("{NODES}/{name}"), &data) {
-            Ok(node) => nodes.push(node),
-            Err(error) => tracing::warn!("{error}"),
-        }
-    }
+    let mut nodes: Vec<NodeServices> = read_records(client, NODES).await?;
     nodes.sort_by(|a, b| a.node.cmp(&b.node));
     Ok(nodes)
 }
 
 /// The Wardens' alarms.
 pub async fn alarms(client: &CoordClient) -> Result<Vec<Alarm>, CldbError> {
-    if client.exists(ALARMS).await.map_err(unavailable)?.is_none() {
+    read_records(client, ALARMS).await
+}
+
+/// The JSON records under `dir` (none if it does not exist yet); one that does not decode is
+/// left out with a warning.
+async fn read_records<T: serde::de::DeserializeOwned>(
+    client: &CoordClient,
+    dir: &str,
+) -> Result<Vec<T>, CldbError> {
+    if client.exists(dir).await.map_err(unavailable)?.is_none() {
         return Ok(Vec::new());
     }
-    let mut alarms = Vec::new();
-    for (key, data) in read_dir(client, ALARMS).await? {
-        match decode::<Alarm>(&format!("{ALARMS}/{key}"), &data) {
-            Ok(alarm) => alarms.push(alarm),
+    let mut records = Vec::new();
+    for (name, data) in read_dir(client, dir).await? {
+        match decode::<T>(&format!("{dir}/{name}"), &data) {
+            Ok(record) => records.push(record),
             Err(error) => tracing::warn!("{error}"),
         }
     }
-    Ok(alarms)
+    Ok(records)
 }
 
 /// Queues a request for the node's Warden and waits until it took it; answers the node's
