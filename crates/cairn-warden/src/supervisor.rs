@@ -552,8 +552,22 @@ impl Warden {
         {
             return true;
         }
+        // A read first: a Warden waiting for a slot held elsewhere retries every tick, and a
+        // failed create would still be a write through the quorum.
+        let Some(client) = self.session.clone() else { return false };
+        let taken = match client.children(&format!("{SLOTS}/{name}")).await {
+            Ok(taken) => taken,
+            Err(CoordError::NoNode { .. }) => Vec::new(),
+            Err(error) => {
+                tracing::debug!(service = name, %error, "cannot read the slots");
+                return false;
+            }
+        };
         let node = self.config.node.clone();
         for index in 0..count {
+            if taken.contains(&index.to_string()) {
+                continue;
+            }
             let path = format!("{SLOTS}/{name}/{index}");
             match self.claim(&path, node.as_bytes(), |existing| existing == node.as_bytes()).await {
                 Ok(true) => {

@@ -451,7 +451,7 @@ fn pull_once(handle: tokio::runtime::Handle, cldbs: Vec<String>, files: &NodeFil
 pub async fn run_pull_task(config: NodeConfig, mut stop: watch::Receiver<bool>) {
     let files = NodeFiles::of(&config);
     let cldbs = config.cldbs.clone();
-    let members = config.coord_member_addresses();
+    let members = config.coord_addresses();
     if cldbs.is_empty() || members.is_empty() {
         tracing::info!("no CLDB or coord configured: central configuration is off");
         return;

@@ -102,14 +102,16 @@ impl NodeConfig {
             .with_context(|| format!("{} is not a valid node configuration", path.display()))
     }
 
-    fn host(&self) -> String {
+    /// The host others reach this node at.
+    pub fn host(&self) -> String {
         if let Some(host) = &self.advertise_host {
             return host.clone();
         }
         if self.bind.is_unspecified() { "127.0.0.1".to_string() } else { self.bind.to_string() }
     }
 
-    fn coord_addresses(&self) -> Vec<String> {
+    /// Every coord member's `HOST:PORT`.
+    pub fn coord_addresses(&self) -> Vec<String> {
         self.coord_members.iter().filter_map(|m| m.split_once('=').map(|(_, a)| a.to_string())).collect()
     }
 }
@@ -163,14 +165,6 @@ impl NodeConfig {
 
     pub fn conf_dir(&self) -> PathBuf {
         self.conf_dir.clone().unwrap_or_else(|| self.data_dir.join("conf"))
-    }
-
-    pub fn advertised_host(&self) -> String {
-        self.host()
-    }
-
-    pub fn coord_member_addresses(&self) -> Vec<String> {
-        self.coord_addresses()
     }
 }
 

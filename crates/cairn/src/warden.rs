@@ -43,10 +43,10 @@ pub async fn run(config: NodeConfig, config_path: &Path) -> anyhow::Result<()> {
     crate::node::publish_metrics(&config, "warden").await;
     let warden = cairn_warden::WardenConfig {
         node: config.name.clone(),
-        host: config.advertised_host(),
+        host: config.host(),
         conf_dir,
         run_dir,
-        coord: config.coord_member_addresses(),
+        coord: config.coord_addresses(),
         builtins,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
