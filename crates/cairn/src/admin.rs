@@ -356,7 +356,7 @@ pub fn alarm(args: AlarmArgs) -> anyhow::Result<()> {
     })
 }
 
-fn block_on(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+pub(crate) fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1031,7 +1031,7 @@ fn parse_quota(text: &str) -> Result<QuotaChange, String> {
     parse_size(text).map(QuotaChange::Set)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

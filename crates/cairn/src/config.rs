@@ -30,7 +30,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::admin::{block_on, now_ms};
 
 use anyhow::Context;
 use cairn_cldb::CldbClient;
@@ -751,7 +753,7 @@ struct PullArgs {
 }
 
 pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
-    let coord = coord_members(&args.coord, &args.target.data_dir);
+    let coord = crate::coord::coord_addresses(&args.coord, &args.target.data_dir);
     match args.command {
         ConfigCommand::Pull(pull) => pull_command(&args.target, &coord, pull.node.as_deref(), pull.wait),
         ConfigCommand::Push { file, node, name, no_pull, wait } => {
@@ -764,32 +766,6 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<()> {
         ConfigCommand::Ls => ls(&args.target),
         ConfigCommand::Cat { name, node } => cat(&args.target, &name, node.as_deref()),
     }
-}
-
-/// The coord members: the flag, then CAIRN_COORD, then DATA_DIR/cluster.json, then the default
-/// port on loopback (as `cairn coord`).
-fn coord_members(flag: &[String], data_dir: &Path) -> Vec<String> {
-    let given: Vec<String> = flag.iter().map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
-    if !given.is_empty() {
-        return given;
-    }
-    if let Ok(env) = std::env::var("CAIRN_COORD") {
-        let list: Vec<String> =
-            env.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
-        if !list.is_empty() {
-            return list;
-        }
-    }
-    crate::up::coord_addresses_from(data_dir)
-        .unwrap_or_else(|| vec![format!("127.0.0.1:{}", crate::coord::COORD_PORT_DEFAULT)])
-}
-
-fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?
-        .block_on(work)
 }
 
 /// The namespace and the configuration volume's mount, if the volume exists.
@@ -1028,12 +1004,6 @@ fn cat(target: &Target, name: &str, node: Option<&str>) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&bytes).and_then(|()| stdout.flush()).context("cannot write to stdout")?;
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

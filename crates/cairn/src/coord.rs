@@ -133,7 +133,7 @@ pub fn run(args: CoordArgs) -> anyhow::Result<()> {
     match args.command {
         CoordCommand::Serve(serve) => runtime.block_on(serve_member(serve)),
         command => {
-            let members = coord_addresses(&args.coord);
+            let members = coord_addresses(&args.coord, Path::new("./cairn-data"));
             runtime.block_on(tool(members, command))
         }
     }
@@ -212,11 +212,12 @@ pub async fn run_member(args: ServeArgs, stop: impl Future<Output = ()>) -> anyh
     Ok(())
 }
 
-/// Where the tools find coord: the flag, then CAIRN_COORD, then the local `cairn up`'s
-/// cluster.json, then the default port on loopback.
-fn coord_addresses(flag: &[String]) -> Vec<String> {
-    if !flag.is_empty() {
-        return flag.to_vec();
+/// Where the tools find coord: the flag, then CAIRN_COORD, then the cluster.json of the
+/// `cairn up` in `data_dir`, then the default port on loopback.
+pub(crate) fn coord_addresses(flag: &[String], data_dir: &Path) -> Vec<String> {
+    let given: Vec<String> = flag.iter().map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
+    if !given.is_empty() {
+        return given;
     }
     if let Ok(env) = std::env::var("CAIRN_COORD") {
         let list: Vec<String> =
@@ -225,7 +226,7 @@ fn coord_addresses(flag: &[String]) -> Vec<String> {
             return list;
         }
     }
-    if let Some(list) = crate::up::coord_addresses_from(Path::new("./cairn-data")) {
+    if let Some(list) = crate::up::coord_addresses_from(data_dir) {
         return list;
     }
     vec![format!("127.0.0.1:{COORD_PORT_DEFAULT}")]
