@@ -208,12 +208,15 @@ impl Warden {
         self.take_requests().await;
         let triplets = self.triplets();
         let wanted: BTreeSet<String> = triplets.iter().map(|t| t.service.clone()).collect();
-        let running: Vec<String> =
-            self.services.iter().filter(|(_, s)| s.running.is_some()).map(|(n, _)| n.clone()).collect();
-        for name in running.iter().rev().filter(|name| !wanted.contains(*name)) {
+        // A service no longer configured here stops and gives up its slot (held while it runs
+        // or waits out a backoff), so that another node may run it.
+        let dropped: Vec<String> =
+            self.services.keys().filter(|name| !wanted.contains(*name)).cloned().collect();
+        for name in dropped.iter().rev() {
             self.stop(name, "no longer in the configuration").await;
+            self.release_slot(name).await;
         }
-        self.services.retain(|name, service| wanted.contains(name) || service.running.is_some());
+        self.services.retain(|name, _| wanted.contains(name));
         for triplet in &triplets {
             self.tend(triplet).await;
         }

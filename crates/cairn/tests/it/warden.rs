@@ -315,6 +315,14 @@ fn a_pluggable_singleton_is_restarted_then_failed_over_and_never_runs_twice() {
         assert!(Instant::now() < deadline, "/services/singleton does not name {second} alone");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Taken out of the holder's configuration: it stops there and gives its slot up, and the
+    // last node starts it.
+    std::fs::remove_file(conf_dir(&data, &second).join("conf.d").join("warden.singleton.conf"))
+        .expect("remove the plugin file");
+    let list = wait_list(&data, "the singleton on the third node", |list| {
+        holder(list).is_some_and(|node| node != first && node != second) && processes_with(&marker).len() == 1
+    });
+    assert!(status(&list, &second, "singleton").is_none(), "{second} still lists the singleton");
     stop.store(true, Ordering::SeqCst);
     watcher.join().expect("watcher");
     assert_eq!(most.load(Ordering::SeqCst), 1, "two instances of the singleton ran at once");
