@@ -205,8 +205,10 @@ fn start_ganesha(script: &Path, dir: &Path, netns: &str) -> Result<RunningServer
     })
 }
 
+/// The single server the NFS benchmark compares with Ganesha: `cairn up --embedded` (the store
+/// and the gateway in one process).
 fn start_cairn(binary: &Path, dir: &Path, netns_name: &str) -> Result<RunningServer> {
-    start_cairn_with(binary, dir, netns_name, &[], START_TIMEOUT)
+    start_cairn_with(binary, dir, netns_name, &["--embedded".to_owned()], START_TIMEOUT)
 }
 
 /// `ip netns exec NETNS cairn up --data-dir DIR --nfs-port 2049 --bind 127.0.0.1 --no-portmap

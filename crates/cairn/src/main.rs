@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a single-node cluster in the foreground (store + NFS gateway).
+    /// Run a cluster on this machine in the foreground: one node by default (coord, CLDB, file
+    /// server, NFS gateway and web console under its Warden), `--nodes N` for more.
     Up(UpArgs),
     /// The coordination quorum: run a member, inspect and change the znode tree.
     Coord(coord::CoordArgs),
@@ -82,39 +83,44 @@ struct UpArgs {
     /// `/ *(rw,no_root_squash)` when absent].
     #[arg(long)]
     exports: Option<PathBuf>,
-    /// Nodes to run on this machine, each its own process: 1 (one process, no CLDB), or 3 to 9
-    /// (coord and CLDB on the first 3, or 5 from 5 nodes on).
+    /// Nodes to run on this machine, each a Warden with its services as child processes: 1
+    /// (coord, CLDB, file server, NFS gateway and console on one node), or 3 to 9 (coord and
+    /// CLDB on the first 3, or 5 from 5 nodes on).
     #[arg(long, default_value_t = 1)]
     nodes: u16,
+    /// One process instead: the store and the NFS gateway with a one-member coord, and no
+    /// CLDB, Warden or console (the NFS benchmarks' and kernel-client tests' server).
+    #[arg(long, conflicts_with_all = ["nodes", "replication", "console_port", "no_console"])]
+    embedded: bool,
     /// Port of the first coord member; the others use the next ports.
     #[arg(long, default_value_t = coord::COORD_PORT_DEFAULT)]
     coord_port: u16,
-    /// With --nodes 3 or 5: port of the first node's CLDB; the others use the next ports.
+    /// Port of the first node's CLDB; the others use the next ports.
     #[arg(long, default_value_t = 7222)]
     cldb_port: u16,
-    /// With --nodes 3 or 5: port of the first node's file server; the others use the next ports.
+    /// Port of the first node's file server; the others use the next ports.
     /// (NFS too: node i serves NFS on --nfs-port + i.)
     #[arg(long, default_value_t = 5660)]
     fileserver_port: u16,
-    /// With several nodes: seconds a volume may lack copies (a node down) before the CLDB makes
+    /// Seconds a volume may lack copies (a node down) before the CLDB makes
     /// new ones on other nodes.
     #[arg(long, default_value_t = 60)]
     rereplication_timeout: u64,
-    /// With several nodes: copies of the default volume (DESIGN.md: 3).
-    #[arg(long, default_value_t = 3)]
-    replication: u32,
-    /// With several nodes: how the default volume's writes travel to its replicas.
+    /// Copies of the default volume [default: 3 (DESIGN.md), at most the nodes].
+    #[arg(long)]
+    replication: Option<u32>,
+    /// How the default volume's writes travel to its replicas.
     #[arg(long, value_enum, default_value = "chain")]
     replication_type: admin::ReplicationTypeArg,
-    /// With several nodes: seconds between two scrub passes (every block checked against its
+    /// Seconds between two scrub passes (every block checked against its
     /// checksum, bad ones repaired from another copy) over each copy [default: one day].
     #[arg(long)]
     scrub_interval: Option<u64>,
-    /// With several nodes: port of the first node's web console (plain HTTP on --bind); node i
-    /// serves it on this port + i.
+    /// Port of the first node's web console (plain HTTP on --bind); node i serves it on this
+    /// port + i.
     #[arg(long, default_value_t = 8443, conflicts_with = "no_console")]
     console_port: u16,
-    /// With several nodes: run no web console.
+    /// Run no web console.
     #[arg(long)]
     no_console: bool,
 }
@@ -173,21 +179,21 @@ fn main() -> ExitCode {
                 nodes: args.nodes,
                 coord_port: args.coord_port,
             };
-            if args.nodes > 1 {
+            if args.embedded {
+                up::run(config)
+            } else {
                 up::run_cluster(up::ClusterUpConfig {
                     up: config,
                     cldb_port: args.cldb_port,
                     fileserver_port: args.fileserver_port,
                     rereplication_timeout: std::time::Duration::from_secs(args.rereplication_timeout),
-                    replication: args.replication,
+                    replication: args.replication.unwrap_or(3.min(u32::from(args.nodes))),
                     replication_type: args.replication_type.into(),
                     scrub_interval: args
                         .scrub_interval
                         .map_or(cairn_fileserver::SCRUB_INTERVAL_DEFAULT, std::time::Duration::from_secs),
                     console_port: (!args.no_console).then_some(args.console_port),
                 })
-            } else {
-                up::run(config)
             }
         }
         Command::Coord(args) => coord::run(args),

@@ -1,8 +1,10 @@
-//! `cairn up`: a whole single-node cluster in one foreground process.
+//! `cairn up`: a whole cluster on this machine in the foreground, its nodes' Wardens as child
+//! processes ([`run_cluster`]; one node by default), or with `--embedded` the store and the NFS
+//! gateway in this one process with a one-member coord ([`run`]).
 
 use std::fs;
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,6 +50,7 @@ pub fn run(config: UpConfig) -> anyhow::Result<()> {
     fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    refuse_other_layout(&config.data_dir, "store", "nodes", "cairn up (without --embedded)")?;
     let exports_file = match &config.exports_file {
         Some(path) => path.clone(),
         None => {
@@ -254,16 +257,7 @@ async fn serve(config: UpConfig, exports_file: PathBuf) -> anyhow::Result<()> {
     }
     ready.push_str(&format!(" coord={} coord_leader={leader}", coord.addresses().join(",")));
     say!("{ready}");
-    // Bound to every address: any of this host's addresses will do.
-    let host = if nfs.ip().is_unspecified() { "THIS-HOST".to_owned() } else { nfs.ip().to_string() };
-    if gateway.portmap_address().is_some_and(|address| address.port() == 111) && nfs.port() == 2049 {
-        say!("Mount with: mount -t nfs -o vers=3,nolock {host}:/ /mnt");
-    } else {
-        say!(
-            "Mount with: mount -t nfs -o vers=3,proto=tcp,port={port},mountport={port},nolock {host}:/ /mnt",
-            port = nfs.port()
-        );
-    }
+    say!("{}", mount_hint(nfs, gateway.portmap_address()));
     let _ = std::io::stdout().flush();
 
     loop {
@@ -287,6 +281,35 @@ async fn serve(config: UpConfig, exports_file: PathBuf) -> anyhow::Result<()> {
     drop(coord);
     say!("Cairn stopped.");
     Ok(())
+}
+
+/// A data directory holds either an embedded Cairn (`DATA_DIR/store`) or a cluster's nodes
+/// (`DATA_DIR/nodes`): starting the other kind on it would show an empty file system beside
+/// the user's files, so it is refused with what to run instead.
+fn refuse_other_layout(data_dir: &Path, mine: &str, other: &str, other_command: &str) -> anyhow::Result<()> {
+    if data_dir.join(other).exists() && !data_dir.join(mine).exists() {
+        bail!(
+            "{} holds the data of `{other_command}` (its {other}/ folder); start that, or choose \
+             another --data-dir",
+            data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// How to mount the first NFS gateway (no `port=` needed when the portmapper is on 111 and
+/// NFS on 2049).
+fn mount_hint(nfs: SocketAddr, portmap: Option<SocketAddr>) -> String {
+    // Bound to every address: any of this host's addresses will do.
+    let host = if nfs.ip().is_unspecified() { "THIS-HOST".to_owned() } else { nfs.ip().to_string() };
+    if portmap.is_some_and(|address| address.port() == 111) && nfs.port() == 2049 {
+        format!("Mount with: mount -t nfs -o vers=3,nolock {host}:/ /mnt")
+    } else {
+        format!(
+            "Mount with: mount -t nfs -o vers=3,proto=tcp,port={port},mountport={port},nolock {host}:/ /mnt",
+            port = nfs.port()
+        )
+    }
 }
 
 /// Held for the life of the process: two nodes on one data directory would corrupt it.
@@ -324,7 +347,7 @@ pub fn signal_reload(data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Settings of `cairn up --nodes N` with N > 1.
+/// Settings of `cairn up` (without `--embedded`).
 pub struct ClusterUpConfig {
     pub up: UpConfig,
     pub cldb_port: u16,
@@ -344,21 +367,27 @@ pub struct ClusterUpConfig {
 /// Most nodes `cairn up` starts on one machine.
 pub const NODES_MAX: u16 = 9;
 
-/// `cairn up --nodes N` (3 ≤ N ≤ 9): N node processes on this machine, each running a file
-/// server and an NFS gateway, the first 3 (5 from 5 nodes on) also a coord member and a CLDB on its own ports (the first port of each
-/// kind, then the next ones), and the `default` volume.
+/// `cairn up [--nodes N]` (N = 1, or 3 ≤ N ≤ 9): N node processes (Wardens) on this machine,
+/// each running a file server, an NFS gateway and a console, the first 3 (5 from 5 nodes on; the
+/// only one of a one-node cluster) also a coord member and a CLDB, on their own ports (the first
+/// port of each kind, then the next ones), and the `default` volume.
 pub fn run_cluster(config: ClusterUpConfig) -> anyhow::Result<()> {
     let up = &config.up;
     fs::create_dir_all(&up.data_dir)
         .with_context(|| format!("cannot create data directory {}", up.data_dir.display()))?;
     let _lock = lock_data_dir(&up.data_dir)?;
-    if !(3..=NODES_MAX).contains(&up.nodes) {
+    if up.nodes != 1 && !(3..=NODES_MAX).contains(&up.nodes) {
         bail!("--nodes must be 1, or 3 to {NODES_MAX}, not {}", up.nodes);
     }
-    // Coord members and CLDBs run on the first 3 nodes (5 from 5 nodes on): a quorum needs an
-    // odd number of members, and more than 5 only slows it down. The other nodes hold data and
-    // serve NFS.
-    let control = if up.nodes >= 5 { 5 } else { 3 };
+    refuse_other_layout(&up.data_dir, "nodes", "store", "cairn up --embedded")?;
+    // Coord members and CLDBs run on the first 3 nodes (5 from 5 nodes on; the only node of a
+    // one-node cluster): a quorum needs an odd number of members, and more than 5 only slows it
+    // down. The other nodes hold data and serve NFS.
+    let control = match up.nodes {
+        1 => 1,
+        3 | 4 => 3,
+        _ => 5,
+    };
     let host =
         if up.bind_address.is_unspecified() { "127.0.0.1".to_owned() } else { up.bind_address.to_string() };
     let port = |base: u16, i: u16| base.checked_add(i).context("port out of range");
@@ -558,6 +587,16 @@ async fn serve_cluster(
         coord.join(","),
         if consoles.is_empty() { String::new() } else { format!(" console={}", consoles.join(",")) }
     );
+    let first_nfs = SocketAddr::new(configs[0].bind, configs[0].nfs_port);
+    let portmap = match configs[0].portmap_port {
+        // Skipped with a warning by the gateway when it cannot be bound: say so only if it
+        // answers.
+        Some(port) if tokio::net::TcpStream::connect((host(&configs[0]), port)).await.is_ok() => {
+            Some(SocketAddr::new(configs[0].bind, port))
+        }
+        _ => None,
+    };
+    say!("{}", mount_hint(first_nfs, portmap));
     if let Some(first) = consoles.first() {
         say!(
             "Web console: {first} (user admin; password from $CAIRN_ADMIN_PASSWORD, or printed once \

@@ -316,7 +316,7 @@ impl CairnServer {
         let stderr_file = std::fs::File::create(&stderr_log).expect("create the server's stderr log");
         let mut command = in_netns(config.netns.as_deref(), CAIRN);
         command
-            .arg("up")
+            .args(["up", "--embedded"])
             .arg("--data-dir")
             .arg(&config.data_dir)
             .arg("--bind")

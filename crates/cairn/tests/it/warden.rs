@@ -44,9 +44,38 @@ fn wait_list(data: &Path, what: &str, check: impl Fn(&serde_json::Value) -> bool
         if check(&list) {
             return list;
         }
-        assert!(Instant::now() < deadline, "{what}: not within {SETTLE:?}:\n{list:#}");
+        assert!(Instant::now() < deadline, "{what}: not within {SETTLE:?}:\n{}", explain(data, &list));
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// A failure's evidence, shortest first (CI shows only the start of a long output): one line
+/// per listed service, then the end of each node's log (its Warden's and its services' lines).
+fn explain(data: &Path, list: &serde_json::Value) -> String {
+    let mut text = String::new();
+    for node in list.as_array().into_iter().flatten() {
+        for service in node["services"].as_array().into_iter().flatten() {
+            text.push_str(&format!(
+                "{} {} {} pid={} restarts={} {}\n",
+                node["node"],
+                service["name"],
+                service["state"],
+                service["pid"],
+                service["restarts"],
+                service["detail"]
+            ));
+        }
+    }
+    for entry in std::fs::read_dir(data.join("nodes")).into_iter().flatten().flatten() {
+        let log = std::fs::read_to_string(entry.path().join("node.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        text.push_str(&format!("--- {} (last 25 lines)\n", entry.path().join("node.log").display()));
+        for line in &lines[lines.len().saturating_sub(25)..] {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text
 }
 
 fn running(list: &serde_json::Value, node: &str, service: &str) -> bool {
@@ -356,4 +385,50 @@ fn a_service_over_its_memory_limit_is_killed_restarted_then_failed_with_an_alarm
         (hog["state"].clone(), hog["restarts"].clone())
     );
     assert!(processes_with("b'x' * (300 << 20)").is_empty());
+}
+
+/// Plain `cairn up` (one node) is a whole cluster too: the node's Warden runs coord, the CLDB,
+/// the file server, the NFS gateway and the console; the default volume has one copy; the
+/// admin commands and the console answer; NFS serves files. A data directory of the other
+/// layout (`--embedded`) is refused with what to run instead.
+#[test]
+fn a_one_node_cairn_up_runs_every_service_under_its_warden() {
+    crate::support::require_libnfs_utils();
+    let dir = test_dir("warden-one-node");
+    let data = dir.path().join("data");
+    let cluster = Cluster::start_nodes(&data, 1);
+    let builtins = ["coord", "cldb", "fileserver", "nfs", "console"];
+    wait_list(&data, "every service running on n1", |list| {
+        builtins.iter().all(|service| running(list, "n1", service))
+    });
+
+    let volume: serde_json::Value =
+        serde_json::from_str(&cli_ok(&data, &["volume", "info", "default", "--json"])).expect("JSON");
+    assert_eq!(volume["volume"]["replication"], 1, "{volume:#}");
+    assert_eq!(volume["volume"]["mount_path"], "/", "{volume:#}");
+
+    let bytes = crate::support::random_bytes(300_000);
+    let source = dir.path().join("source.bin");
+    std::fs::write(&source, &bytes).expect("write the source");
+    let url = crate::support::nfs_file_url(cluster.nfs[0], "/one-node.bin", "");
+    crate::support::libnfs_ok(None, "nfs-cp", &[source.to_str().expect("path"), &url]);
+    let read = crate::support::libnfs_ok(None, "nfs-cat", &[&url]);
+    assert!(read.stdout == bytes, "nfs-cat returned {} other bytes", read.stdout.len());
+
+    // The console serves its login page.
+    let port = cluster.cluster["nodes"][0]["console_port"].as_u64().expect("a console port") as u16;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the console");
+    use std::io::{Read, Write};
+    stream.write_all(b"GET /login HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer:.300}");
+    assert!(answer.contains("<form"), "no login form: {answer:.600}");
+    drop(cluster);
+
+    let out =
+        Command::new(CAIRN).args(["up", "--embedded", "--no-portmap", "--data-dir"]).arg(&data).output();
+    let out = out.expect("run cairn up --embedded");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("cairn up (without --embedded)"), "{stderr}");
 }
