@@ -56,6 +56,8 @@ pub struct Tables {
     pub last_heartbeat_ms: BTreeMap<String, u64>,
     /// Each node's latest report, per volume.
     pub reports: BTreeMap<String, BTreeMap<u32, VolumeReport>>,
+    /// Each node's disk, from its latest heartbeat (soft state, like the reports).
+    pub disks: BTreeMap<String, crate::proto::DiskSpace>,
     /// The alarms currently raised, by [`Alarm::key`].
     pub alarms: BTreeMap<String, Alarm>,
     /// Records in coord that could not be decoded: path → reason.

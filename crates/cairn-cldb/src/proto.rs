@@ -163,6 +163,17 @@ pub struct Heartbeat {
     /// Every volume the node holds a copy of.
     #[serde(default)]
     pub volumes: Vec<VolumeReport>,
+    /// The file system holding the node's containers (absent when it cannot be read).
+    #[serde(default)]
+    pub disk: Option<DiskSpace>,
+}
+
+/// Size and free space of a file system, from statvfs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskSpace {
+    pub total_bytes: u64,
+    /// What an unprivileged writer may still use (`f_bavail`).
+    pub free_bytes: u64,
 }
 
 /// What a node holds of one volume.
@@ -432,6 +443,9 @@ pub struct NodeInfo {
     pub last_heartbeat_ms: u64,
     /// Volumes placed on the node (replicas and resyncing).
     pub volumes: u32,
+    /// The node's disk as of its last heartbeat to this master (only the master knows it).
+    #[serde(default)]
+    pub disk: Option<DiskSpace>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -645,6 +645,10 @@ impl Shared {
         }
         let tables = &mut st.loaded.tables;
         tables.last_heartbeat_ms.insert(hb.node.clone(), now);
+        match hb.disk {
+            Some(disk) => tables.disks.insert(hb.node.clone(), disk),
+            None => tables.disks.remove(&hb.node),
+        };
         let reports: BTreeMap<_, _> = hb.volumes.iter().map(|r| (r.volume, r.clone())).collect();
         tables.reports.insert(hb.node.clone(), reports);
         let assignments = planner::assignments(tables, &hb.node, &hb.volumes, now, &self.planner);

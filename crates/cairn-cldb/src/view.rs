@@ -66,6 +66,7 @@ pub fn node_infos(t: &Tables) -> Vec<NodeInfo> {
             record: r.clone(),
             last_heartbeat_ms: t.last_heartbeat_ms.get(&r.name).copied().unwrap_or(r.last_heartbeat_ms),
             volumes: u32::try_from(load.get(&r.name).copied().unwrap_or(0)).unwrap_or(u32::MAX),
+            disk: t.disks.get(&r.name).copied(),
         })
         .collect()
 }

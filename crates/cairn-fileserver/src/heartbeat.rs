@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_cldb::CldbClient;
-use cairn_cldb::proto::{AssignedRole, Assignment, Heartbeat, ReplicationType, ReportedRole, VolumeReport};
+use cairn_cldb::proto::{
+    AssignedRole, Assignment, DiskSpace, Heartbeat, ReplicationType, ReportedRole, VolumeReport,
+};
 use cairn_types::ClusterId;
 use cairn_types::VolumeId;
 use tokio::sync::watch;
@@ -52,6 +54,9 @@ impl FileServer {
                 topology: node.topology.clone(),
                 services: node.services.clone(),
                 volumes: self.reports(),
+                disk: cairn_store::disk_space(&self.inner.config.data_dir)
+                    .ok()
+                    .map(|(total_bytes, free_bytes)| DiskSpace { total_bytes, free_bytes }),
             };
             match cldb.heartbeat(heartbeat).await {
                 Ok(reply) if reply.cldb_epoch >= highest_cldb_epoch => {

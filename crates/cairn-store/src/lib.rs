@@ -89,6 +89,7 @@ use cairn_types::{ClusterId, ContainerId, Epoch, Fid, TxnId, VolumeId};
 #[doc(hidden)]
 pub use faults::FailPoint;
 pub use fs::{FileSystem, next_change_id, serving_request};
+pub use open::disk_space;
 use parking_lot::{Mutex, RwLock};
 
 use crate::data::{ChunkFiles, DataContainer};

@@ -47,6 +47,13 @@ pub(crate) fn statvfs(path: &Path) -> StoreResult<libc::statvfs> {
     Ok(unsafe { stat.assume_init() })
 }
 
+/// Total and available bytes (`f_blocks`, `f_bavail`) of the file system holding `path`.
+pub fn disk_space(path: &Path) -> StoreResult<(u64, u64)> {
+    let stat = statvfs(path)?;
+    let fragment = stat.f_frsize as u64;
+    Ok(((stat.f_blocks as u64).saturating_mul(fragment), (stat.f_bavail as u64).saturating_mul(fragment)))
+}
+
 pub(crate) fn available_bytes(path: &Path) -> StoreResult<u64> {
     let stat = statvfs(path)?;
     Ok(stat.f_bavail as u64 * stat.f_frsize as u64)

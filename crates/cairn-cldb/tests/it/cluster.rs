@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cairn_cldb::proto::{
-    AlarmKind, AssignedRole, Assignment, Heartbeat, ReportedRole, Request, RpcClient, VolumeReport,
-    VolumeSpec,
+    AlarmKind, AssignedRole, Assignment, DiskSpace, Heartbeat, ReportedRole, Request, RpcClient,
+    VolumeReport, VolumeSpec,
 };
 use cairn_cldb::{Cldb, CldbClient, CldbConfig, CldbError};
 use cairn_coord::member::{Member, MemberConfig};
@@ -17,6 +17,9 @@ use cairn_coord::store::FlushMode;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// The disk every fake node reports.
+const FAKE_DISK: DiskSpace = DiskSpace { total_bytes: 1 << 40, free_bytes: 3 << 38 };
 
 /// One coord member serving on a free port.
 pub(crate) struct Coord {
@@ -141,6 +144,7 @@ impl FakeNode {
                 topology: String::new(),
                 services: vec!["fileserver".into(), "nfs".into()],
                 volumes,
+                disk: Some(FAKE_DISK),
             };
             if let Ok(reply) = client.heartbeat(hb).await {
                 let mut v = view.lock();
@@ -203,6 +207,9 @@ async fn cldb_failover_keeps_the_tables_and_volume_masters_fail_over() {
         via_b.list_nodes().await.is_ok_and(|n| n.len() == 3)
     })
     .await;
+    // The master knows each node's disk from its heartbeats.
+    let from_master = CldbClient::new(vec![a_addr.clone()]).list_nodes().await.unwrap();
+    assert!(from_master.iter().all(|n| n.disk == Some(FAKE_DISK)), "{from_master:?}");
 
     // Create through the non-master.
     let too_many = VolumeSpec {
@@ -265,6 +272,8 @@ async fn cldb_failover_keeps_the_tables_and_volume_masters_fail_over() {
         nodes.values().all(|n| n.view.lock().cldb_epoch == 2)
     })
     .await;
+    let disks: Vec<_> = reader_b.list_nodes().await.unwrap().into_iter().map(|n| n.disk).collect();
+    assert_eq!(disks, vec![Some(FAKE_DISK); 3], "the new master learnt the disks from heartbeats");
 
     // Alpha's master node dies: a surviving replica becomes master with epoch 2.
     let victim = nodes.remove(master_node).unwrap();
