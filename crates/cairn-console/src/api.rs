@@ -15,11 +15,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use cairn_cldb::CldbError;
 use cairn_cldb::proto::{
-    Alarm, ContainerInfo, NodeInfo, NodeState, VipInfo, VipPool, VipPoolEdit, VipPoolSpec, VolumeChange,
-    VolumeInfo, VolumeSpec,
+    Alarm, ContainerInfo, NodeInfo, NodeServices, NodeState, ServiceRequest, VipInfo, VipPool, VipPoolEdit,
+    VipPoolSpec, VolumeChange, VolumeInfo, VolumeSpec,
 };
+use cairn_cldb::{CldbClient, CldbError};
 use cairn_coord::api::CoordError;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -126,7 +126,7 @@ pub fn router() -> Router<State> {
         .route("/whoami", get(whoami))
         .route("/cluster", get(cluster))
         .route("/nodes", get(nodes))
-        .route("/services", get(services))
+        .route("/services", get(services).post(service_command))
         .route("/volumes", get(volumes).post(create_volume))
         .route("/volumes/{name}", get(volume).patch(modify_volume).delete(remove_volume))
         .route("/containers", get(containers))
@@ -201,23 +201,38 @@ pub struct ClusterSummary {
     pub used_bytes: u64,
     /// Sum of the volumes' hard quotas (volumes without one count for nothing).
     pub quota_bytes: u64,
-    /// The disk of the node serving this console (nodes do not report their disks yet).
-    pub capacity: Option<DiskSpace>,
+    /// The disks of the nodes up, as their file servers last reported them (none known: `None`).
+    pub capacity: Option<Capacity>,
     pub alarms: usize,
 }
 
+/// The sum of the disks the nodes up report. Nodes that share a file system (several nodes of
+/// `cairn up` on one machine) each count it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct DiskSpace {
-    pub node: String,
-    pub path: String,
+pub struct Capacity {
     pub total_bytes: u64,
     pub free_bytes: u64,
+    /// How many nodes' disks are in the sum.
+    pub nodes: usize,
+}
+
+/// The nodes as the CLDB master sees them: the last heartbeats and the disks are in its memory,
+/// and another CLDB answers from coord without them. Any CLDB's answer when no master does.
+pub async fn nodes_from_master(cldb: &CldbClient) -> Result<Vec<NodeInfo>, CldbError> {
+    if let Ok(status) = cldb.status().await
+        && !status.is_master
+        && let Some(master) = status.master
+        && let Ok(nodes) = CldbClient::new(vec![master]).list_nodes().await
+    {
+        return Ok(nodes);
+    }
+    cldb.list_nodes().await
 }
 
 pub async fn summary(state: &State) -> Result<ClusterSummary, ApiError> {
     let cldb = &state.config.cldb;
     let (status, nodes, volumes, alarms) =
-        tokio::try_join!(cldb.status(), cldb.list_nodes(), cldb.list_volumes(), cldb.list_alarms())?;
+        tokio::try_join!(cldb.status(), nodes_from_master(cldb), cldb.list_volumes(), cldb.list_alarms())?;
     let nodes_up = nodes.iter().filter(|n| n.record.state == NodeState::Up).count();
     let live: Vec<&VolumeInfo> = volumes.iter().filter(|v| !v.volume.removed).collect();
     Ok(ClusterSummary {
@@ -228,34 +243,20 @@ pub async fn summary(state: &State) -> Result<ClusterSummary, ApiError> {
         volumes: live.len(),
         used_bytes: live.iter().filter_map(|v| v.size_bytes).sum(),
         quota_bytes: live.iter().filter_map(|v| v.volume.quota_bytes).sum(),
-        capacity: state.config.data_dir.as_ref().and_then(|dir| {
-            disk_space(dir).map(|(total_bytes, free_bytes)| DiskSpace {
-                node: state.config.node.clone(),
-                path: dir.display().to_string(),
-                total_bytes,
-                free_bytes,
-            })
-        }),
+        capacity: capacity(&nodes),
         alarms: alarms.len(),
     })
 }
 
-/// Total and available bytes of the file system holding `path` (statvfs).
-fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: c_path is a valid NUL-terminated string and stats points to writable memory of
-    // the right size; statvfs fills it completely when it returns 0.
-    let result = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
-    if result != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it initialised the structure.
-    let stats = unsafe { stats.assume_init() };
-    // The fields are u64 on Linux (fsblkcnt_t, c_ulong).
-    let fragment = stats.f_frsize;
-    Some((stats.f_blocks.saturating_mul(fragment), stats.f_bavail.saturating_mul(fragment)))
+/// The sum of the disks of the nodes up that reported one.
+fn capacity(nodes: &[NodeInfo]) -> Option<Capacity> {
+    let disks: Vec<_> =
+        nodes.iter().filter(|n| n.record.state == NodeState::Up).filter_map(|n| n.disk).collect();
+    (!disks.is_empty()).then(|| Capacity {
+        total_bytes: disks.iter().map(|d| d.total_bytes).sum(),
+        free_bytes: disks.iter().map(|d| d.free_bytes).sum(),
+        nodes: disks.len(),
+    })
 }
 
 async fn cluster(Ctx(state): Ctx<State>, _user: ApiUser) -> ApiResult<ClusterSummary> {
@@ -263,11 +264,11 @@ async fn cluster(Ctx(state): Ctx<State>, _user: ApiUser) -> ApiResult<ClusterSum
 }
 
 async fn nodes(Ctx(state): Ctx<State>, _user: ApiUser) -> ApiResult<Vec<NodeInfo>> {
-    Ok(Json(state.config.cldb.list_nodes().await?))
+    Ok(Json(nodes_from_master(&state.config.cldb).await?))
 }
 
 /// Every node's services as its Warden published them.
-async fn services(Ctx(state): Ctx<State>, _user: ApiUser) -> ApiResult<Vec<cairn_cldb::proto::NodeServices>> {
+async fn services(Ctx(state): Ctx<State>, _user: ApiUser) -> ApiResult<Vec<NodeServices>> {
     Ok(Json(state.config.cldb.list_services().await?))
 }
 
@@ -320,7 +321,7 @@ pub struct NfsGateway {
 
 pub async fn gateways(state: &State) -> Result<Vec<NfsGateway>, ApiError> {
     let cldb = &state.config.cldb;
-    let nodes = cldb.list_nodes().await?;
+    let nodes = nodes_from_master(cldb).await?;
     // Only the CLDB master knows the grants; without one the gateways are still listed.
     let vips = cldb.list_vips().await.unwrap_or_default();
     Ok(nodes
@@ -450,6 +451,25 @@ async fn move_vip(
 ) -> ApiResult<Vec<VipInfo>> {
     user.require_admin()?;
     Ok(Json(state.config.cldb.move_vip(parse_ip(&vip)?, &request.to_mac).await?))
+}
+
+/// The body is a `ServiceRequest` (node, service, action); the answer is every node's services
+/// once the node's Warden has taken the request (it acts on it within a tick or two).
+async fn service_command(
+    Ctx(state): Ctx<State>,
+    ApiUser(user): ApiUser,
+    JsonBody(request): JsonBody<ServiceRequest>,
+) -> ApiResult<Vec<NodeServices>> {
+    user.require_admin()?;
+    let nodes = state.config.cldb.service_command(request.clone()).await?;
+    tracing::info!(
+        user = user.user,
+        node = request.node,
+        service = request.service,
+        action = ?request.action,
+        "console: service request"
+    );
+    Ok(Json(nodes))
 }
 
 // ------------------------------------------------------------------------------------------

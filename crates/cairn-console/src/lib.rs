@@ -47,7 +47,7 @@ pub struct ConsoleConfig {
     pub cldb: CldbClient,
     /// Every coord member, `HOST:PORT`: users and VIP pools are read there.
     pub coord: Vec<String>,
-    /// This node's data directory: its disk's size and free space are shown as the capacity.
+    /// This node's data directory, whose `run/` names the metrics endpoints of its services.
     pub data_dir: Option<PathBuf>,
 }
 

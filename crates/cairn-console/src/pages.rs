@@ -195,7 +195,7 @@ async fn dashboard(Ctx(state): Ctx<State>, PageUser(user): PageUser, Query(flash
                     &mut out,
                     "capacity",
                     esc(&html::bytes(disk.total_bytes)),
-                    &format!("capacity ({}'s disk)", disk.node),
+                    &format!("capacity ({} node disk{})", disk.nodes, if disk.nodes == 1 { "" } else { "s" }),
                     format!(
                         "<div class=\"bar\"><span style=\"width:{percent}%\"></span></div>\
                          <div class=\"label\">{} free, {percent}% used</div>",
@@ -238,7 +238,7 @@ async fn dashboard(Ctx(state): Ctx<State>, PageUser(user): PageUser, Query(flash
 
 async fn nodes(Ctx(state): Ctx<State>, PageUser(user): PageUser, Query(flash): Query<Flash>) -> Response {
     let body = async {
-        let nodes = state.config.cldb.list_nodes().await?;
+        let nodes = api::nodes_from_master(&state.config.cldb).await?;
         let now = now_ms();
         let rows: Vec<Vec<String>> = nodes
             .iter()
@@ -251,6 +251,10 @@ async fn nodes(Ctx(state): Ctx<State>, PageUser(user): PageUser, Query(flash): Q
                     esc(&html::age(n.last_heartbeat_ms, now)),
                     esc(&r.services.join(", ")),
                     n.volumes.to_string(),
+                    esc(&n.disk.map_or_else(
+                        || "?".to_owned(),
+                        |d| format!("{} free of {}", html::bytes(d.free_bytes), html::bytes(d.total_bytes)),
+                    )),
                     esc(&r.fileserver_address),
                     esc(&r.nfs_address),
                     esc(if r.topology.is_empty() { "/default-rack" } else { &r.topology }),
@@ -266,6 +270,7 @@ async fn nodes(Ctx(state): Ctx<State>, PageUser(user): PageUser, Query(flash): Q
                 "Last heartbeat",
                 "Services",
                 "Volumes",
+                "Disk",
                 "File server",
                 "NFS",
                 "Topology",

@@ -613,8 +613,10 @@ impl Core {
         if let Err(e) = self.catch_up(point).await {
             return Response::Read { result: Err(e), zxid: self.applied() };
         }
-        // Read and register under the tree lock, so no change slips between the two.
-        let result = self.machine.read(|tree| match op {
+        // Read and register under the tree lock, so no change slips between the two; and answer
+        // the zxid of that very tree (a later one would have the client believe it saw changes it
+        // did not, and miss their watch events after a reconnect).
+        let (result, zxid) = self.machine.read_applied(|tree| match op {
             ReadOp::Get => {
                 let r = tree.get(&path).map(|(data, stat)| ReadOk::Data { data, stat });
                 if watch && r.is_ok() {
@@ -637,7 +639,7 @@ impl Core {
                 r
             }
         });
-        Response::Read { result, zxid: self.applied() }
+        Response::Read { result, zxid }
     }
 
     async fn set_watches(
@@ -932,6 +934,36 @@ impl cairn_rpc::Handler for Handler {
     }
 }
 
+/// Makes a member that led a term before it stopped start as a follower, so that it leads again only
+/// after winning a new term.
+///
+/// openraft 0.9 restores a member whose saved vote is its own committed vote as the leader of that
+/// term at once, without an election. Such a leader knows its commit index only from the
+/// `committed` hint, which may trail what it acknowledged before it stopped; and its no-op is the
+/// one it committed in its previous life, so `ensure_linearizable` answers `max(no-op, committed)`:
+/// a read point behind writes already acknowledged to clients, and a read after `sync` was
+/// answered from a tree that had not replayed them (`NoNode` for a znode created before the
+/// restart). Raft's read rule (§8) holds only for a leader that has committed an entry of its term
+/// since it knows its commit index; a new term does that with its no-op. It also keeps a leader
+/// that lost log entries not yet flushed when it died (a majority of followers may have made them
+/// durable and committed) from proposing different entries under the same log ids in the same term.
+///
+/// Turning the vote into an uncommitted vote for the same term is safe: it grants nothing new (a
+/// candidate of the same term is still refused), and no other member can lead that term.
+async fn step_down_after_restart(log: &mut store::LogStore, id: NodeId) -> Result<(), StartError> {
+    use openraft::storage::RaftLogStorage;
+    let vote = log.read_vote().await.map_err(|e| StartError::Raft(e.to_string()))?;
+    if let Some(vote) = vote
+        && vote.is_committed()
+        && vote.leader_id().voted_for() == Some(id)
+    {
+        tracing::info!(%vote, "led this term before stopping: starting as a follower, to be elected anew");
+        let demoted = openraft::Vote::new(vote.leader_id().get_term(), id);
+        log.save_vote(&demoted).await.map_err(|e| StartError::Raft(e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// A running member. Dropping it does not stop it: call [`Member::shutdown`].
 pub struct Member {
     core: Arc<Core>,
@@ -944,7 +976,8 @@ impl Member {
     pub async fn start(config: MemberConfig, dialer: Arc<dyn Dialer>) -> Result<Member, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::Raft(format!("cannot create {}: {e}", config.data_dir.display())))?;
-        let (log, machine_store) = store::open(&config.data_dir, config.flush)?;
+        let (mut log, machine_store) = store::open(&config.data_dir, config.flush)?;
+        step_down_after_restart(&mut log, config.id).await?;
         let machine = machine_store.machine();
         let raft_config = raft_config(&config.cluster_name, config.snapshot_every_entries)
             .map_err(|e| StartError::Config(e.to_string()))?;

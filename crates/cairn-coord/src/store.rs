@@ -58,8 +58,11 @@ const KEY_FORMAT: &str = "format";
 
 /// Version of the layout of this file; see docs/format.md.
 const FORMAT_VERSION: u32 = 1;
-/// How often the `committed` hint is written.
-const COMMITTED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// The `committed` hint is written once it has moved this many entries past the last one written.
+/// A count of entries, not a period of time: what a restarted member replays at start must depend
+/// only on what was written, never on how fast the machine ran (the deterministic simulation
+/// restarts members and compares what they replayed from run to run).
+const COMMITTED_EVERY_ENTRIES: u64 = 64;
 /// Durable log entries kept in memory for replication.
 const CACHED_ENTRIES_MAX: usize = 4096;
 /// How long the flusher waits for more jobs when several are already queued.
@@ -152,7 +155,8 @@ struct Shared {
     /// a hint for replay at start, not worth a commit of its own.
     /// (one past the committed index, encoded value).
     committed: Mutex<Option<(u64, Vec<u8>)>>,
-    committed_written: Mutex<Option<std::time::Instant>>,
+    /// One past the committed index of the hint last written (`None`: none written since open).
+    committed_written: Mutex<Option<u64>>,
     last_purged: Mutex<Option<LogId<NodeId>>>,
     flusher: Option<std::sync::mpsc::Sender<Job>>,
     /// Set when a write failed: the member must stop, never retry (fsyncgate).
@@ -273,9 +277,9 @@ impl Shared {
 
     fn write_jobs(&self, jobs: &[Job]) -> Result<(), String> {
         let mut batch = self.db.batch();
-        // At most once a second: a hint for replay at start, not worth the bytes on every commit.
-        // And never ahead of the log this batch leaves durable: at start openraft replays up to
-        // it, and fails if entries are missing.
+        // Every `COMMITTED_EVERY_ENTRIES` entries: a hint for replay at start, not worth the bytes
+        // on every commit. And never ahead of the log this batch leaves durable: at start openraft
+        // replays up to it, and fails if entries are missing.
         let mut log_end = self.mark.lock().log_end;
         for job in jobs {
             match job {
@@ -288,12 +292,15 @@ impl Shared {
                 Job::Purge { .. } | Job::Meta { .. } => {}
             }
         }
-        let due = self.committed_written.lock().is_none_or(|at| at.elapsed() >= COMMITTED_EVERY);
-        if due {
+        {
+            let mut written = self.committed_written.lock();
+            let due = |end: u64| {
+                end <= log_end && written.is_none_or(|w| end >= w.saturating_add(COMMITTED_EVERY_ENTRIES))
+            };
             let mut pending = self.committed.lock();
-            if let Some((_, committed)) = pending.take_if(|(end, _)| *end <= log_end) {
+            if let Some((end, committed)) = pending.take_if(|(end, _)| due(*end)) {
                 batch.insert(&self.meta, KEY_COMMITTED, committed);
-                *self.committed_written.lock() = Some(std::time::Instant::now());
+                *written = Some(end);
             }
         }
         // Indexes appended earlier in this same batch (not yet visible to reads of the keyspace).
@@ -756,6 +763,13 @@ impl Machine {
     pub fn read<T>(&self, f: impl FnOnce(&Tree) -> T) -> T {
         f(&self.tree.read())
     }
+    /// Runs `f` on the current tree, and returns the zxid that tree has applied (`applied` is
+    /// advanced under the tree lock, so the two belong together).
+    pub fn read_applied<T>(&self, f: impl FnOnce(&Tree) -> T) -> (T, Zxid) {
+        let tree = self.tree.read();
+        let applied = *self.applied.borrow();
+        (f(&tree), applied)
+    }
     /// The last zxid applied (the end of the last applied entry), and a way to wait for a later
     /// one.
     pub fn applied(&self) -> tokio::sync::watch::Receiver<Zxid> {
@@ -858,9 +872,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 results.push(result);
                 last = Some(index);
             }
-        }
-        if let Some(index) = last {
-            self.machine.applied.send_replace(zxid_entry_end(index));
+            // Under the tree lock, so that a reader sees the tree and `applied` of the same moment.
+            if let Some(index) = last {
+                self.machine.applied.send_replace(zxid_entry_end(index));
+            }
         }
         Ok(results)
     }
@@ -891,9 +906,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();
             state.snapshot = Some(stored);
-        }
-        if let Some(l) = meta.last_log_id {
-            self.machine.applied.send_replace(zxid_entry_end(l.index));
+            if let Some(l) = meta.last_log_id {
+                self.machine.applied.send_replace(zxid_entry_end(l.index));
+            }
         }
         Ok(())
     }

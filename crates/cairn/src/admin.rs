@@ -1,7 +1,12 @@
-//! `cairn volume|container|alarm|vip ...` and `cairn node list`: the cluster's administration
-//! commands. Each is one or two calls on the CLDB through [`CldbClient`], printed as an aligned
+//! `cairn volume|container|alarm|vip|service|user ...` and `cairn node list`: the cluster's
+//! administration commands. Each is one or two calls on a [`Backend`], printed as an aligned
 //! table, or with `--json` as the CLDB's own reply types (`VolumeInfo`, `NodeInfo`,
 //! `ContainerInfo`, `Alarm`, serialized by serde).
+//!
+//! The backend is the CLDB itself through [`CldbClient`], or with `--console URL` (or
+//! `$CAIRN_CONSOLE`) a node's web console through its JSON API (`rest.rs`), as a console user
+//! whose role the console enforces. The API's bodies are the same CLDB types, so both print
+//! through the same code. `cairn user ...` always goes through a console: users live there.
 //!
 //! The CLDBs are named by `--cldb HOST:PORT,...`, or else read from the `cldb` list of
 //! `DATA_DIR/cluster.json`, which `cairn up --nodes N` writes. Reads go to the CLDB master when
@@ -10,6 +15,7 @@
 
 use std::fmt::Display;
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,9 +26,15 @@ use cairn_cldb::proto::{
     VolumeInfo, VolumeSpec,
 };
 use cairn_cldb::{CldbClient, CldbClientOptions, CldbError};
+use cairn_console::api::MoveVip;
+use cairn_console::users::{NewUser, Role, UserChange, UserView};
 use cairn_types::text::{parse_size, size, utc};
 use clap::{Args, Subcommand, ValueEnum};
-use serde::Serialize;
+use parking_lot::Mutex;
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+
+use crate::rest::{self, ConsoleClient};
 
 /// The file of a data directory where `cairn up` says what runs where (see `up.rs`).
 const CLUSTER_FILE: &str = "cluster.json";
@@ -51,10 +63,54 @@ pub struct Target {
     pub(crate) timeout: u64,
 }
 
+/// Whether the admin commands go through a node's web console, and as whom.
+#[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Console options")]
+pub struct ConsoleOptions {
+    /// Go through this node's web console, http://HOST:PORT, and its JSON API instead of the
+    /// CLDB; env CAIRN_CONSOLE [`cairn user` default: the first node's console in
+    /// DATA_DIR/cluster.json].
+    #[arg(long, global = true, value_name = "URL")]
+    console: Option<String>,
+    /// The console user to log in as; env CAIRN_USER [default: admin]. Its password comes from
+    /// $CAIRN_PASSWORD, or is asked when stdin is a terminal. A read-only user may only look.
+    #[arg(long, global = true, value_name = "NAME")]
+    user: Option<String>,
+}
+
+impl ConsoleOptions {
+    /// `--console`, or else `$CAIRN_CONSOLE`.
+    fn url(&self) -> Option<String> {
+        self.console
+            .clone()
+            .or_else(|| std::env::var(rest::CONSOLE_ENV).ok())
+            .filter(|url| !url.trim().is_empty())
+    }
+
+    /// `--user`, or else `$CAIRN_USER`, or else `admin`.
+    fn user(&self) -> String {
+        self.user
+            .clone()
+            .or_else(|| std::env::var(rest::USER_ENV).ok())
+            .filter(|user| !user.trim().is_empty())
+            .unwrap_or_else(|| rest::DEFAULT_USER.to_owned())
+    }
+
+    /// Logs in to the console at `url` as the user named.
+    async fn login(&self, url: &str, target: &Target) -> anyhow::Result<ConsoleClient> {
+        let url = rest::console_url(url)?;
+        let user = self.user();
+        let password = rest::login_password(&user, &url)?;
+        ConsoleClient::login(url, &user, &password, Duration::from_secs(target.timeout.max(1))).await
+    }
+}
+
 #[derive(Args)]
 pub struct VolumeArgs {
     #[command(flatten)]
     target: Target,
+    #[command(flatten)]
+    console: ConsoleOptions,
     #[command(subcommand)]
     command: VolumeCommand,
 }
@@ -145,12 +201,16 @@ impl From<ReplicationTypeArg> for ReplicationType {
 pub struct NodeListArgs {
     #[command(flatten)]
     target: Target,
+    #[command(flatten)]
+    console: ConsoleOptions,
 }
 
 #[derive(Args)]
 pub struct ServiceArgs {
     #[command(flatten)]
     target: Target,
+    #[command(flatten)]
+    console: ConsoleOptions,
     #[command(subcommand)]
     command: ServiceCommand,
 }
@@ -182,6 +242,8 @@ struct ServiceTarget {
 pub struct ContainerArgs {
     #[command(flatten)]
     target: Target,
+    #[command(flatten)]
+    console: ConsoleOptions,
     #[command(subcommand)]
     command: ContainerCommand,
 }
@@ -202,6 +264,8 @@ enum ContainerCommand {
 pub struct AlarmArgs {
     #[command(flatten)]
     target: Target,
+    #[command(flatten)]
+    console: ConsoleOptions,
     #[command(subcommand)]
     command: AlarmCommand,
 }
@@ -214,15 +278,14 @@ enum AlarmCommand {
 
 /// `cairn volume ...`.
 pub fn volume(args: VolumeArgs) -> anyhow::Result<()> {
-    let target = args.target;
-    block_on(async move {
-        match args.command {
-            VolumeCommand::Create(create) => volume_create(&target, create).await,
-            VolumeCommand::List => volume_list(&target).await,
-            VolumeCommand::Info { name } => volume_info(&target, &name).await,
-            VolumeCommand::Remove { name } => volume_remove(&target, &name).await,
-            VolumeCommand::Modify(modify) => volume_modify(&target, modify).await,
-        }
+    let VolumeArgs { target, console, command } = args;
+    let json = target.json;
+    with_backend(&target, &console, async |backend| match command {
+        VolumeCommand::Create(create) => volume_create(backend, json, create).await,
+        VolumeCommand::List => volume_list(backend, json).await,
+        VolumeCommand::Info { name } => volume_info(backend, json, &name).await,
+        VolumeCommand::Remove { name } => volume_remove(backend, json, &name).await,
+        VolumeCommand::Modify(modify) => volume_modify(backend, json, modify).await,
     })
 }
 
@@ -230,6 +293,8 @@ pub fn volume(args: VolumeArgs) -> anyhow::Result<()> {
 pub struct VipArgs {
     #[command(flatten)]
     target: Target,
+    #[command(flatten)]
+    console: ConsoleOptions,
     #[command(subcommand)]
     command: VipCommand,
 }
@@ -245,14 +310,14 @@ enum VipCommand {
     Move {
         /// The VIP to move.
         #[arg(long, alias = "start")]
-        vip: std::net::Ipv4Addr,
+        vip: Ipv4Addr,
         #[arg(long, value_name = "MAC")]
         to_mac: String,
     },
     /// Remove the pool that starts at --start; its VIPs are released.
     Remove {
         #[arg(long)]
-        start: std::net::Ipv4Addr,
+        start: Ipv4Addr,
     },
     /// Every VIP: its node, interface, MAC and the interface's own (physical) address.
     List,
@@ -262,10 +327,10 @@ enum VipCommand {
 struct VipAddArgs {
     /// The first (or only) VIP.
     #[arg(long)]
-    start: std::net::Ipv4Addr,
+    start: Ipv4Addr,
     /// The last VIP of the range [default: --start].
     #[arg(long)]
-    end: Option<std::net::Ipv4Addr>,
+    end: Option<Ipv4Addr>,
     /// The VIPs' netmask, 255.255.255.0 or 24: the subnet they share with the interfaces that
     /// may hold them.
     #[arg(long)]
@@ -287,9 +352,9 @@ struct VipAddArgs {
 struct VipEditArgs {
     /// The first VIP of the pool to change.
     #[arg(long)]
-    start: std::net::Ipv4Addr,
+    start: Ipv4Addr,
     #[arg(long)]
-    end: Option<std::net::Ipv4Addr>,
+    end: Option<Ipv4Addr>,
     #[arg(long)]
     netmask: Option<String>,
     /// The MACs that may hold the pool's VIPs; `any` for every interface in the subnet.
@@ -304,55 +369,137 @@ struct VipEditArgs {
 
 /// `cairn vip ...`.
 pub fn vip(args: VipArgs) -> anyhow::Result<()> {
-    let target = args.target;
-    block_on(async move {
-        match args.command {
-            VipCommand::Add(add) => vip_add(&target, add).await,
-            VipCommand::Edit(edit) => vip_edit(&target, edit).await,
-            VipCommand::Move { vip, to_mac } => vip_move(&target, vip, &to_mac).await,
-            VipCommand::Remove { start } => vip_remove(&target, start).await,
-            VipCommand::List => vip_list(&target).await,
-        }
+    let VipArgs { target, console, command } = args;
+    let json = target.json;
+    with_backend(&target, &console, async |backend| match command {
+        VipCommand::Add(add) => vip_add(backend, json, add).await,
+        VipCommand::Edit(edit) => vip_edit(backend, json, edit).await,
+        VipCommand::Move { vip, to_mac } => vip_move(backend, json, vip, &to_mac).await,
+        VipCommand::Remove { start } => vip_remove(backend, json, start).await,
+        VipCommand::List => vip_list(backend, json).await,
     })
 }
 
 /// `cairn node list`.
 pub fn node_list(args: NodeListArgs) -> anyhow::Result<()> {
-    block_on(nodes(&args.target))
+    let json = args.target.json;
+    with_backend(&args.target, &args.console, async |backend| nodes(backend, json).await)
 }
 
 /// `cairn container ...`.
 pub fn container(args: ContainerArgs) -> anyhow::Result<()> {
-    let target = args.target;
-    block_on(async move {
-        match args.command {
-            ContainerCommand::List { volume } => container_list(&target, volume.as_deref()).await,
-            ContainerCommand::Info { id } => container_info(&target, id).await,
-        }
+    let ContainerArgs { target, console, command } = args;
+    let json = target.json;
+    with_backend(&target, &console, async |backend| match command {
+        ContainerCommand::List { volume } => container_list(backend, json, volume.as_deref()).await,
+        ContainerCommand::Info { id } => container_info(backend, json, id).await,
     })
 }
 
 /// `cairn service ...`.
 pub fn service(args: ServiceArgs) -> anyhow::Result<()> {
-    let target = args.target;
-    block_on(async move {
-        let (which, action) = match args.command {
-            ServiceCommand::List => return services(&target).await,
+    let ServiceArgs { target, console, command } = args;
+    let json = target.json;
+    with_backend(&target, &console, async |backend| {
+        let (which, action) = match command {
+            ServiceCommand::List => return services(backend, json).await,
             ServiceCommand::Start(which) => (which, ServiceAction::Start),
             ServiceCommand::Stop(which) => (which, ServiceAction::Stop),
             ServiceCommand::Restart(which) => (which, ServiceAction::Restart),
         };
-        service_command(&target, which, action).await
+        service_command(backend, which, action).await
     })
 }
 
 /// `cairn alarm ...`.
 pub fn alarm(args: AlarmArgs) -> anyhow::Result<()> {
-    let target = args.target;
-    block_on(async move {
-        match args.command {
-            AlarmCommand::List => alarms(&target).await,
+    let AlarmArgs { target, console, command } = args;
+    let json = target.json;
+    with_backend(&target, &console, async |backend| match command {
+        AlarmCommand::List => alarms(backend, json).await,
+    })
+}
+
+#[derive(Args)]
+pub struct UserArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    console: ConsoleOptions,
+    #[command(subcommand)]
+    command: UserCommand,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Every console user: name, role, when it was added (admins only).
+    List,
+    /// Add a user. Its password comes from $CAIRN_NEW_PASSWORD, or is asked twice when stdin
+    /// is a terminal.
+    Add {
+        /// 1 to 64 letters, digits, '-', '_' or '.'.
+        name: String,
+        /// What the user may do: everything (admin), or only look (read-only).
+        #[arg(long, value_enum, default_value_t = RoleArg::ReadOnly)]
+        role: RoleArg,
+    },
+    /// Remove a user; its sessions on the console asked end at once.
+    Remove { name: String },
+    /// Set a user's password, from $CAIRN_NEW_PASSWORD or asked twice when stdin is a terminal;
+    /// the user's sessions on the console asked end.
+    Passwd {
+        /// The user [default: the one logged in as, --user].
+        name: Option<String>,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum RoleArg {
+    /// May see and change everything, users included.
+    Admin,
+    /// May see everything but users; every change is refused.
+    #[value(name = "read-only", alias = "readonly")]
+    ReadOnly,
+}
+
+impl From<RoleArg> for Role {
+    fn from(arg: RoleArg) -> Role {
+        match arg {
+            RoleArg::Admin => Role::Admin,
+            RoleArg::ReadOnly => Role::Readonly,
         }
+    }
+}
+
+/// `cairn user ...`: always through a console, `--console` or the first of DATA_DIR/cluster.json.
+pub fn user(args: UserArgs) -> anyhow::Result<()> {
+    let UserArgs { target, console, command } = args;
+    block_on(async {
+        let url = match console.url() {
+            Some(url) => url,
+            None => console_from_cluster_file(&target.data_dir)?,
+        };
+        let client = console.login(&url, &target).await?;
+        let result = user_command(&client, target.json, command).await;
+        client.logout().await;
+        result
+    })
+}
+
+/// Runs one command on the backend `--console` chooses, then logs out of the console.
+fn with_backend<T>(
+    target: &Target,
+    console: &ConsoleOptions,
+    work: impl AsyncFnOnce(&Backend) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    block_on(async {
+        let backend = match console.url() {
+            Some(url) => Backend::Console(console.login(&url, target).await?),
+            None => Backend::Cldb(Cldb::new(target)?),
+        };
+        let result = work(&backend).await;
+        backend.close().await;
+        result
     })
 }
 
@@ -412,8 +559,8 @@ fn addresses_from_cluster_file(text: &str, path: &Path) -> anyhow::Result<Vec<St
     }
     if list.is_empty() {
         anyhow::bail!(
-            "{} names no CLDB: a one-node `cairn up` runs none (start a cluster with \
-             `cairn up --nodes 3`), or pass --cldb HOST:PORT",
+            "{} names no CLDB: `cairn up --embedded` runs none (start a cluster with \
+             `cairn up`), or pass --cldb HOST:PORT",
             path.display()
         );
     }
@@ -422,7 +569,10 @@ fn addresses_from_cluster_file(text: &str, path: &Path) -> anyhow::Result<Vec<St
 
 /// A CLDB client and what to say when it fails.
 struct Cldb {
+    /// For changes (they go to the master whatever the order).
     client: CldbClient,
+    /// For reads, made by the first one: the master first (see [`Cldb::reader`]).
+    reader: Mutex<Option<CldbClient>>,
     addresses: Vec<String>,
     timeout: Duration,
 }
@@ -431,22 +581,28 @@ impl Cldb {
     fn new(target: &Target) -> anyhow::Result<Cldb> {
         let addresses = cldb_addresses(target)?;
         let timeout = Duration::from_secs(target.timeout.max(1));
-        Ok(Cldb { client: client(addresses.clone(), timeout), addresses, timeout })
+        Ok(Cldb { client: client(addresses.clone(), timeout), reader: Mutex::new(None), addresses, timeout })
     }
 
-    /// Like [`Cldb::new`], but reads go to the master first: it alone knows the volumes' sizes
-    /// and the nodes' last heartbeats, and it has seen every write. Without a master (an election
-    /// is under way) any CLDB answers, from coord.
-    async fn for_reads(target: &Target, action: &str) -> anyhow::Result<Cldb> {
-        let mut cldb = Cldb::new(target)?;
-        let status = cldb.client.status().await.map_err(|e| cldb.failed(action, e))?;
-        let master = if status.is_master { Some(status.address) } else { status.master };
-        if let Some(master) = master {
-            let mut ordered = vec![master.clone()];
-            ordered.extend(cldb.addresses.iter().filter(|a| **a != master).cloned());
-            cldb.client = client(ordered, cldb.timeout);
+    /// The client for reads, which go to the master first: it alone knows the volumes' sizes and
+    /// the nodes' last heartbeats, and it has seen every write. Without a master (an election is
+    /// under way) any CLDB answers, from coord.
+    async fn reader(&self, action: &str) -> anyhow::Result<CldbClient> {
+        if let Some(reader) = self.reader.lock().clone() {
+            return Ok(reader);
         }
-        Ok(cldb)
+        let status = self.client.status().await.map_err(|e| self.failed(action, e))?;
+        let master = if status.is_master { Some(status.address) } else { status.master };
+        let reader = match master {
+            Some(master) => {
+                let mut ordered = vec![master.clone()];
+                ordered.extend(self.addresses.iter().filter(|a| **a != master).cloned());
+                client(ordered, self.timeout)
+            }
+            None => self.client.clone(),
+        };
+        *self.reader.lock() = Some(reader.clone());
+        Ok(reader)
     }
 
     /// One line saying what failed and why; for an unreachable CLDB, the addresses tried.
@@ -477,10 +633,190 @@ pub(crate) fn client(addresses: Vec<String>, timeout: Duration) -> CldbClient {
 }
 
 // ------------------------------------------------------------------------------------------
+// The backends
+
+/// Where the commands go: the CLDB itself, or a node's console over its JSON API. Both answer
+/// with the CLDB's types; each method says what failed in one line, after `action`.
+enum Backend {
+    Cldb(Cldb),
+    Console(ConsoleClient),
+}
+
+/// `DELETE /api/volumes/NAME`'s answer.
+#[derive(Deserialize)]
+struct RemovedVolume {
+    id: u32,
+}
+
+impl Backend {
+    /// Ends the console session, if any.
+    async fn close(self) {
+        if let Backend::Console(console) = self {
+            console.logout().await;
+        }
+    }
+
+    async fn create_volume(&self, spec: VolumeSpec, action: &str) -> anyhow::Result<VolumeInfo> {
+        match self {
+            Backend::Cldb(cldb) => cldb.client.create_volume(spec).await.map_err(|e| cldb.failed(action, e)),
+            Backend::Console(console) => console.send(Method::POST, &["volumes"], &spec, action).await,
+        }
+    }
+
+    async fn modify_volume(&self, change: VolumeChange, action: &str) -> anyhow::Result<VolumeInfo> {
+        match self {
+            Backend::Cldb(cldb) => {
+                cldb.client.modify_volume(change).await.map_err(|e| cldb.failed(action, e))
+            }
+            Backend::Console(console) => {
+                console.send(Method::PATCH, &["volumes", &change.name], &change, action).await
+            }
+        }
+    }
+
+    async fn remove_volume(&self, name: &str, action: &str) -> anyhow::Result<u32> {
+        match self {
+            Backend::Cldb(cldb) => cldb.client.remove_volume(name).await.map_err(|e| cldb.failed(action, e)),
+            Backend::Console(console) => {
+                Ok(console.delete::<RemovedVolume>(&["volumes", name], action).await?.id)
+            }
+        }
+    }
+
+    async fn list_volumes(&self, action: &str) -> anyhow::Result<Vec<VolumeInfo>> {
+        match self {
+            Backend::Cldb(cldb) => {
+                cldb.reader(action).await?.list_volumes().await.map_err(|e| cldb.failed(action, e))
+            }
+            Backend::Console(console) => console.get(&["volumes"], action).await,
+        }
+    }
+
+    async fn volume_info(&self, name: &str, action: &str) -> anyhow::Result<VolumeInfo> {
+        match self {
+            Backend::Cldb(cldb) => {
+                cldb.reader(action).await?.volume_info(name).await.map_err(|e| cldb.failed(action, e))
+            }
+            Backend::Console(console) => console.get(&["volumes", name], action).await,
+        }
+    }
+
+    async fn list_containers(&self, action: &str) -> anyhow::Result<Vec<ContainerInfo>> {
+        match self {
+            Backend::Cldb(cldb) => {
+                cldb.reader(action).await?.list_containers().await.map_err(|e| cldb.failed(action, e))
+            }
+            Backend::Console(console) => console.get(&["containers"], action).await,
+        }
+    }
+
+    async fn container_info(&self, id: u64, action: &str) -> anyhow::Result<ContainerInfo> {
+        match self {
+            Backend::Cldb(cldb) => {
+                cldb.reader(action).await?.container_info(id).await.map_err(|e| cldb.failed(action, e))
+            }
+            Backend::Console(console) => console.get(&["containers", &id.to_string()], action).await,
+        }
+    }
+
+    async fn list_nodes(&self, action: &str) -> anyhow::Result<Vec<NodeInfo>> {
+        match self {
+            Backend::Cldb(cldb) => {
+                cldb.reader(action).await?.list_nodes().await.map_err(|e| cldb.failed(action, e))
+            }
+            Backend::Console(console) => console.get(&["nodes"], action).await,
+        }
+    }
+
+    async fn list_alarms(&self, action: &str) -> anyhow::Result<Vec<Alarm>> {
+        match self {
+            Backend::Cldb(cldb) => {
+                cldb.reader(action).await?.list_alarms().await.map_err(|e| cldb.failed(action, e))
+            }
+            Backend::Console(console) => console.get(&["alarms"], action).await,
+        }
+    }
+
+    async fn list_services(&self, action: &str) -> anyhow::Result<Vec<NodeServices>> {
+        match self {
+            Backend::Cldb(cldb) => {
+                cldb.reader(action).await?.list_services().await.map_err(|e| cldb.failed(action, e))
+            }
+            Backend::Console(console) => console.get(&["services"], action).await,
+        }
+    }
+
+    async fn service_command(&self, request: ServiceRequest, action: &str) -> anyhow::Result<()> {
+        match self {
+            Backend::Cldb(cldb) => {
+                cldb.reader(action)
+                    .await?
+                    .service_command(request)
+                    .await
+                    .map_err(|e| cldb.failed(action, e))?;
+            }
+            Backend::Console(console) => {
+                let _: Vec<NodeServices> =
+                    console.send(Method::POST, &["services"], &request, action).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_vip_pool(&self, spec: VipPoolSpec, action: &str) -> anyhow::Result<VipPool> {
+        match self {
+            Backend::Cldb(cldb) => cldb.client.add_vip_pool(spec).await.map_err(|e| cldb.failed(action, e)),
+            Backend::Console(console) => console.send(Method::POST, &["vip-pools"], &spec, action).await,
+        }
+    }
+
+    async fn edit_vip_pool(
+        &self,
+        start: Ipv4Addr,
+        edit: VipPoolEdit,
+        action: &str,
+    ) -> anyhow::Result<VipPool> {
+        match self {
+            Backend::Cldb(cldb) => cldb.client.edit_vip_pool(edit).await.map_err(|e| cldb.failed(action, e)),
+            Backend::Console(console) => {
+                console.send(Method::PATCH, &["vip-pools", &start.to_string()], &edit, action).await
+            }
+        }
+    }
+
+    async fn remove_vip_pool(&self, start: Ipv4Addr, action: &str) -> anyhow::Result<VipPool> {
+        match self {
+            Backend::Cldb(cldb) => {
+                cldb.client.remove_vip_pool(start).await.map_err(|e| cldb.failed(action, e))
+            }
+            Backend::Console(console) => console.delete(&["vip-pools", &start.to_string()], action).await,
+        }
+    }
+
+    async fn move_vip(&self, vip: Ipv4Addr, to_mac: &str, action: &str) -> anyhow::Result<Vec<VipInfo>> {
+        match self {
+            Backend::Cldb(cldb) => {
+                cldb.client.move_vip(vip, to_mac).await.map_err(|e| cldb.failed(action, e))
+            }
+            Backend::Console(console) => {
+                let request = MoveVip { to_mac: to_mac.to_owned() };
+                console.send(Method::POST, &["vips", &vip.to_string(), "move"], &request, action).await
+            }
+        }
+    }
+
+    async fn list_vips(&self, action: &str) -> anyhow::Result<Vec<VipInfo>> {
+        match self {
+            Backend::Cldb(cldb) => cldb.client.list_vips().await.map_err(|e| cldb.failed(action, e)),
+            Backend::Console(console) => console.get(&["vips"], action).await,
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
 // Commands
 
-async fn volume_create(target: &Target, args: CreateArgs) -> anyhow::Result<()> {
-    let cldb = Cldb::new(target)?;
+async fn volume_create(backend: &Backend, json: bool, args: CreateArgs) -> anyhow::Result<()> {
     let spec = VolumeSpec {
         name: args.name.clone(),
         mount_path: args.path,
@@ -491,12 +827,8 @@ async fn volume_create(target: &Target, args: CreateArgs) -> anyhow::Result<()> 
         advisory_quota_bytes: args.advisory_quota,
         data_containers: args.data_containers,
     };
-    let info = cldb
-        .client
-        .create_volume(spec)
-        .await
-        .map_err(|e| cldb.failed(format_args!("cannot create volume {}", args.name), e))?;
-    if target.json {
+    let info = backend.create_volume(spec, &format!("cannot create volume {}", args.name)).await?;
+    if json {
         return print_json(&info);
     }
     let mut out = format!("Created volume {} (id {}).\n", info.volume.name, info.volume.id);
@@ -504,7 +836,7 @@ async fn volume_create(target: &Target, args: CreateArgs) -> anyhow::Result<()> 
     print(&out)
 }
 
-async fn volume_modify(target: &Target, args: ModifyArgs) -> anyhow::Result<()> {
+async fn volume_modify(backend: &Backend, json: bool, args: ModifyArgs) -> anyhow::Result<()> {
     if args.quota.is_none()
         && args.advisory_quota.is_none()
         && args.replication.is_none()
@@ -516,7 +848,6 @@ async fn volume_modify(target: &Target, args: ModifyArgs) -> anyhow::Result<()> 
             args.name
         );
     }
-    let cldb = Cldb::new(target)?;
     let change = VolumeChange {
         name: args.name.clone(),
         quota: args.quota.unwrap_or_default(),
@@ -524,12 +855,8 @@ async fn volume_modify(target: &Target, args: ModifyArgs) -> anyhow::Result<()> 
         replication: args.replication,
         min_replication: args.min_replication,
     };
-    let info = cldb
-        .client
-        .modify_volume(change)
-        .await
-        .map_err(|e| cldb.failed(format_args!("cannot modify volume {}", args.name), e))?;
-    if target.json {
+    let info = backend.modify_volume(change, &format!("cannot modify volume {}", args.name)).await?;
+    if json {
         return print_json(&info);
     }
     let mut out = format!("Modified volume {} (id {}).\n", info.volume.name, info.volume.id);
@@ -537,12 +864,10 @@ async fn volume_modify(target: &Target, args: ModifyArgs) -> anyhow::Result<()> 
     print(&out)
 }
 
-async fn volume_list(target: &Target) -> anyhow::Result<()> {
-    let action = "cannot list the volumes";
-    let cldb = Cldb::for_reads(target, action).await?;
-    let mut volumes = cldb.client.list_volumes().await.map_err(|e| cldb.failed(action, e))?;
+async fn volume_list(backend: &Backend, json: bool) -> anyhow::Result<()> {
+    let mut volumes = backend.list_volumes("cannot list the volumes").await?;
     volumes.sort_by(|a, b| a.volume.name.cmp(&b.volume.name));
-    if target.json {
+    if json {
         return print_json(&volumes);
     }
     let mut table = Table::new(&[
@@ -575,33 +900,26 @@ async fn volume_list(target: &Target) -> anyhow::Result<()> {
     print(&table.render_or("No volumes."))
 }
 
-async fn volume_info(target: &Target, name: &str) -> anyhow::Result<()> {
-    let action = format!("cannot get volume {name}");
-    let cldb = Cldb::for_reads(target, &action).await?;
-    let info = cldb.client.volume_info(name).await.map_err(|e| cldb.failed(&action, e))?;
-    if target.json {
+async fn volume_info(backend: &Backend, json: bool, name: &str) -> anyhow::Result<()> {
+    let info = backend.volume_info(name, &format!("cannot get volume {name}")).await?;
+    if json {
         return print_json(&info);
     }
     print(&volume_details(&info, now_ms()))
 }
 
-async fn volume_remove(target: &Target, name: &str) -> anyhow::Result<()> {
-    let cldb = Cldb::new(target)?;
-    let id = cldb
-        .client
-        .remove_volume(name)
-        .await
-        .map_err(|e| cldb.failed(format_args!("cannot remove volume {name}"), e))?;
-    if target.json {
+async fn volume_remove(backend: &Backend, json: bool, name: &str) -> anyhow::Result<()> {
+    let id = backend.remove_volume(name, &format!("cannot remove volume {name}")).await?;
+    if json {
         return print_json(&serde_json::json!({ "name": name, "id": id, "removed": true }));
     }
     print(&format!("Removed volume {name} (id {id}); the nodes delete its copies.\n"))
 }
 
-async fn vip_add(target: &Target, args: VipAddArgs) -> anyhow::Result<()> {
+async fn vip_add(backend: &Backend, json: bool, args: VipAddArgs) -> anyhow::Result<()> {
     let action = format!("cannot add the VIP pool starting at {}", args.start);
-    let cldb = Cldb::new(target)?;
-    let prefix = cairn_cldb::vip::parse_netmask(&args.netmask).map_err(|e| cldb.failed(&action, e))?;
+    let prefix =
+        cairn_cldb::vip::parse_netmask(&args.netmask).map_err(|e| anyhow::anyhow!("{action}: {e}"))?;
     let spec = VipPoolSpec {
         start: args.start,
         end: args.end,
@@ -610,18 +928,19 @@ async fn vip_add(target: &Target, args: VipAddArgs) -> anyhow::Result<()> {
         preferred_mac: args.preferred_mac,
         any_subnet: args.any_subnet,
     };
-    let pool = cldb.client.add_vip_pool(spec).await.map_err(|e| cldb.failed(&action, e))?;
-    if target.json {
+    let pool = backend.add_vip_pool(spec, &action).await?;
+    if json {
         return print_json(&pool);
     }
     print(&format!("added VIP pool {}\n", pool_line(&pool)))
 }
 
-async fn vip_edit(target: &Target, args: VipEditArgs) -> anyhow::Result<()> {
+async fn vip_edit(backend: &Backend, json: bool, args: VipEditArgs) -> anyhow::Result<()> {
     let action = format!("cannot edit the VIP pool starting at {}", args.start);
-    let cldb = Cldb::new(target)?;
     let prefix = match &args.netmask {
-        Some(mask) => Some(cairn_cldb::vip::parse_netmask(mask).map_err(|e| cldb.failed(&action, e))?),
+        Some(mask) => {
+            Some(cairn_cldb::vip::parse_netmask(mask).map_err(|e| anyhow::anyhow!("{action}: {e}"))?)
+        }
         None => None,
     };
     let macs = args.macs.map(|m| if m.len() == 1 && m[0] == "any" { Vec::new() } else { m });
@@ -634,38 +953,33 @@ async fn vip_edit(target: &Target, args: VipEditArgs) -> anyhow::Result<()> {
         preferred_mac,
         any_subnet: args.any_subnet,
     };
-    let pool = cldb.client.edit_vip_pool(edit).await.map_err(|e| cldb.failed(&action, e))?;
-    if target.json {
+    let pool = backend.edit_vip_pool(args.start, edit, &action).await?;
+    if json {
         return print_json(&pool);
     }
     print(&format!("VIP pool now {}\n", pool_line(&pool)))
 }
 
-async fn vip_move(target: &Target, vip: std::net::Ipv4Addr, to_mac: &str) -> anyhow::Result<()> {
-    let action = format!("cannot move VIP {vip}");
-    let cldb = Cldb::new(target)?;
-    let infos = cldb.client.move_vip(vip, to_mac).await.map_err(|e| cldb.failed(&action, e))?;
-    if target.json {
+async fn vip_move(backend: &Backend, json: bool, vip: Ipv4Addr, to_mac: &str) -> anyhow::Result<()> {
+    let infos = backend.move_vip(vip, to_mac, &format!("cannot move VIP {vip}")).await?;
+    if json {
         return print_json(&infos);
     }
     print(&vip_table(&infos))
 }
 
-async fn vip_remove(target: &Target, start: std::net::Ipv4Addr) -> anyhow::Result<()> {
-    let action = format!("cannot remove the VIP pool starting at {start}");
-    let cldb = Cldb::new(target)?;
-    let pool = cldb.client.remove_vip_pool(start).await.map_err(|e| cldb.failed(&action, e))?;
-    if target.json {
+async fn vip_remove(backend: &Backend, json: bool, start: Ipv4Addr) -> anyhow::Result<()> {
+    let pool =
+        backend.remove_vip_pool(start, &format!("cannot remove the VIP pool starting at {start}")).await?;
+    if json {
         return print_json(&pool);
     }
     print(&format!("removed VIP pool {}\n", pool_line(&pool)))
 }
 
-async fn vip_list(target: &Target) -> anyhow::Result<()> {
-    let action = "cannot list the VIPs";
-    let cldb = Cldb::new(target)?;
-    let infos = cldb.client.list_vips().await.map_err(|e| cldb.failed(action, e))?;
-    if target.json {
+async fn vip_list(backend: &Backend, json: bool) -> anyhow::Result<()> {
+    let infos = backend.list_vips("cannot list the VIPs").await?;
+    if json {
         return print_json(&infos);
     }
     print(&vip_table(&infos))
@@ -702,22 +1016,18 @@ fn vip_table(infos: &[VipInfo]) -> String {
     table.render_or("No VIP pools: add one with `cairn vip add --start IP --netmask MASK`.")
 }
 
-async fn nodes(target: &Target) -> anyhow::Result<()> {
-    let action = "cannot list the nodes";
-    let cldb = Cldb::for_reads(target, action).await?;
-    let mut nodes = cldb.client.list_nodes().await.map_err(|e| cldb.failed(action, e))?;
+async fn nodes(backend: &Backend, json: bool) -> anyhow::Result<()> {
+    let mut nodes = backend.list_nodes("cannot list the nodes").await?;
     nodes.sort_by(|a, b| a.record.name.cmp(&b.record.name));
-    if target.json {
+    if json {
         return print_json(&nodes);
     }
     print(&node_table(&nodes, now_ms()))
 }
 
-async fn services(target: &Target) -> anyhow::Result<()> {
-    let action = "cannot list the services";
-    let cldb = Cldb::for_reads(target, action).await?;
-    let nodes = cldb.client.list_services().await.map_err(|e| cldb.failed(action, e))?;
-    if target.json {
+async fn services(backend: &Backend, json: bool) -> anyhow::Result<()> {
+    let nodes = backend.list_services("cannot list the services").await?;
+    if json {
         return print_json(&nodes);
     }
     print(&service_table(&nodes, now_ms()))
@@ -726,20 +1036,23 @@ async fn services(target: &Target) -> anyhow::Result<()> {
 /// How long `cairn service start|stop|restart` waits for the service to get there.
 const SERVICE_SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
 
-async fn service_command(target: &Target, which: ServiceTarget, action: ServiceAction) -> anyhow::Result<()> {
+async fn service_command(
+    backend: &Backend,
+    which: ServiceTarget,
+    action: ServiceAction,
+) -> anyhow::Result<()> {
     let verb = format!("{action:?}").to_lowercase();
     let what = format!("cannot {verb} {} on node {}", which.service, which.node);
-    let cldb = Cldb::for_reads(target, &what).await?;
     // The instance running before the request: a restart is done once another one runs.
-    let before = cldb.client.list_services().await.map_err(|e| cldb.failed(&what, e))?;
+    let before = backend.list_services(&what).await?;
     let started_before =
         status_of(&before, &which.node, &which.service).and_then(|s| s.started_ms.map(|at| (at, s.pid)));
     let request = ServiceRequest { node: which.node.clone(), service: which.service.clone(), action };
-    cldb.client.service_command(request).await.map_err(|e| cldb.failed(&what, e))?;
+    backend.service_command(request, &what).await?;
     // The Warden took the request; wait until the service is where it was asked to be.
     let deadline = tokio::time::Instant::now() + SERVICE_SETTLE;
     loop {
-        let nodes = cldb.client.list_services().await.map_err(|e| cldb.failed(&what, e))?;
+        let nodes = backend.list_services(&what).await?;
         if let Some(status) = status_of(&nodes, &which.node, &which.service) {
             let arrived = match action {
                 ServiceAction::Stop => status.state == "stopped",
@@ -819,22 +1132,17 @@ fn node_table(nodes: &[NodeInfo], now: u64) -> String {
     table.render_or("No nodes have registered with the CLDB.")
 }
 
-async fn container_list(target: &Target, volume: Option<&str>) -> anyhow::Result<()> {
-    let action = "cannot list the containers";
-    let cldb = Cldb::for_reads(target, action).await?;
-    let mut containers = cldb.client.list_containers().await.map_err(|e| cldb.failed(action, e))?;
+async fn container_list(backend: &Backend, json: bool, volume: Option<&str>) -> anyhow::Result<()> {
+    let mut containers = backend.list_containers("cannot list the containers").await?;
     if let Some(volume) = volume {
         containers.retain(|c| c.volume_name == volume);
         if containers.is_empty() {
             // Says whether the volume exists at all.
-            cldb.client
-                .volume_info(volume)
-                .await
-                .map_err(|e| cldb.failed(format_args!("cannot list the containers of {volume}"), e))?;
+            backend.volume_info(volume, &format!("cannot list the containers of {volume}")).await?;
         }
     }
     containers.sort_by_key(|c| c.id);
-    if target.json {
+    if json {
         return print_json(&containers);
     }
     let mut table = Table::new(&["ID", "VOLUME", "KIND", "EPOCH", "MASTER", "REPLICAS", "RESYNCING"]);
@@ -852,24 +1160,21 @@ async fn container_list(target: &Target, volume: Option<&str>) -> anyhow::Result
     print(&table.render_or("No containers."))
 }
 
-async fn container_info(target: &Target, id: u64) -> anyhow::Result<()> {
+async fn container_info(backend: &Backend, json: bool, id: u64) -> anyhow::Result<()> {
     let action = format!("cannot get container {id}");
-    let cldb = Cldb::for_reads(target, &action).await?;
-    let info = cldb.client.container_info(id).await.map_err(|e| cldb.failed(&action, e))?;
-    if target.json {
+    let info = backend.container_info(id, &action).await?;
+    if json {
         return print_json(&info);
     }
     // The CLDB keeps sizes and the replication type per volume, not per container.
-    let volume = cldb.client.volume_info(&info.volume_name).await.ok();
+    let volume = backend.volume_info(&info.volume_name, &action).await.ok();
     print(&container_details(&info, volume.as_ref()))
 }
 
-async fn alarms(target: &Target) -> anyhow::Result<()> {
-    let action = "cannot list the alarms";
-    let cldb = Cldb::for_reads(target, action).await?;
-    let mut alarms = cldb.client.list_alarms().await.map_err(|e| cldb.failed(action, e))?;
+async fn alarms(backend: &Backend, json: bool) -> anyhow::Result<()> {
+    let mut alarms = backend.list_alarms("cannot list the alarms").await?;
     alarms.sort_by(|a, b| (a.since_ms, a.kind, &a.subject).cmp(&(b.since_ms, b.kind, &b.subject)));
-    if target.json {
+    if json {
         return print_json(&alarms);
     }
     print(&alarm_table(&alarms, now_ms()))
@@ -881,6 +1186,99 @@ fn alarm_table(alarms: &[Alarm], now: u64) -> String {
         table.row(vec![format!("{:?}", a.kind), a.subject.clone(), ago(a.since_ms, now), a.message.clone()]);
     }
     table.render_or("No alarms.")
+}
+
+async fn user_command(console: &ConsoleClient, json: bool, command: UserCommand) -> anyhow::Result<()> {
+    match command {
+        UserCommand::List => {
+            let mut users: Vec<UserView> = console.get(&["users"], "cannot list the users").await?;
+            users.sort_by(|a, b| a.name.cmp(&b.name));
+            if json {
+                return print_json(&users);
+            }
+            print(&user_table(&users, now_ms()))
+        }
+        UserCommand::Add { name, role } => {
+            let password = rest::new_password(&name)?;
+            let new = NewUser { name: name.clone(), password, role: role.into() };
+            let action = format!("cannot add user {name}");
+            let added: UserView = console.send(Method::POST, &["users"], &new, &action).await?;
+            if json {
+                return print_json(&added);
+            }
+            print(&format!("Added user {} ({}).\n", added.name, added.role.as_str()))
+        }
+        UserCommand::Remove { name } => {
+            let action = format!("cannot remove user {name}");
+            let _: serde_json::Value = console.delete(&["users", &name], &action).await?;
+            if json {
+                return print_json(&serde_json::json!({ "name": name, "removed": true }));
+            }
+            print(&format!("Removed user {name}.\n"))
+        }
+        UserCommand::Passwd { name } => {
+            let name = name.unwrap_or_else(|| console.user().to_owned());
+            let password = rest::new_password(&name)?;
+            let change = UserChange { password: Some(password), role: None };
+            let action = format!("cannot change the password of user {name}");
+            let changed: UserView = console.send(Method::PUT, &["users", &name], &change, &action).await?;
+            if json {
+                return print_json(&changed);
+            }
+            print(&format!("Changed the password of user {}.\n", changed.name))
+        }
+    }
+}
+
+fn user_table(users: &[UserView], now: u64) -> String {
+    let mut table = Table::new(&["NAME", "ROLE", "ADDED"]);
+    for u in users {
+        let added = if u.created_ms == 0 {
+            "-".to_owned()
+        } else {
+            format!("{} ({})", utc(u.created_ms), ago(u.created_ms, now))
+        };
+        table.row(vec![u.name.clone(), u.role.as_str().to_owned(), added]);
+    }
+    table.render_or("No users.")
+}
+
+/// The console of DATA_DIR/cluster.json's first node, for `cairn user` without `--console`.
+fn console_from_cluster_file(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(CLUSTER_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no --console URL given (nor ${}), and cannot read {} (written by `cairn up --nodes N` \
+             with --data-dir {})",
+            rest::CONSOLE_ENV,
+            path.display(),
+            data_dir.display()
+        )
+    })?;
+    console_from_cluster_text(&text, &path)
+}
+
+/// `http://ADDRESS:CONSOLE_PORT/` of the first node of a cluster.json that has a console.
+fn console_from_cluster_text(text: &str, path: &Path) -> anyhow::Result<String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("{} is not JSON", path.display()))?;
+    value
+        .get("nodes")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .find_map(|node| {
+            let address = node.get("address")?.as_str()?;
+            let port = node.get("console_port")?.as_u64()?;
+            Some(format!("http://{address}:{port}/"))
+        })
+        .with_context(|| {
+            format!(
+                "{} names no console (a one-node `cairn up`, or one started with --no-console): \
+                 pass --console URL",
+                path.display()
+            )
+        })
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1133,5 +1531,15 @@ mod tests {
         let one_node = r#"{"coord": [{"id": 1, "address": "127.0.0.1:5181"}]}"#;
         let error = addresses_from_cluster_file(one_node, path).expect_err("no CLDB").to_string();
         assert!(error.contains("names no CLDB"), "{error}");
+    }
+
+    #[test]
+    fn cluster_file_console() {
+        let path = Path::new("cluster.json");
+        let nodes = r#"{"nodes": [{"address": "10.0.0.1", "console_port": null},
+                                  {"address": "10.0.0.2", "console_port": 8443}]}"#;
+        assert_eq!(console_from_cluster_text(nodes, path).expect("console"), "http://10.0.0.2:8443/");
+        let error = console_from_cluster_text(r#"{"nodes": []}"#, path).expect_err("none").to_string();
+        assert!(error.contains("names no console"), "{error}");
     }
 }

@@ -6,6 +6,7 @@ mod coord;
 mod distcp;
 mod fs_cli;
 mod node;
+mod rest;
 mod up;
 mod vip_agent;
 mod warden;
@@ -42,15 +43,19 @@ enum Command {
         #[command(subcommand)]
         command: ExportsCommand,
     },
-    /// Volumes of a cluster: create, list, info, remove (asks the CLDB).
+    /// Volumes of a cluster: create, list, info, modify, remove (asks the CLDB, or a console).
     Volume(admin::VolumeArgs),
-    /// Containers of a cluster: where each lives, its master and epoch (asks the CLDB).
+    /// Containers of a cluster: where each lives, its master and epoch (asks the CLDB, or a
+    /// console).
     Container(admin::ContainerArgs),
     /// Alarms raised by the CLDB.
     Alarm(admin::AlarmArgs),
     /// Virtual IPs: pools of addresses the NFS gateways hold, moved to a healthy gateway when
-    /// theirs fails (asks the CLDB master).
+    /// theirs fails (asks the CLDB master, or a console).
     Vip(admin::VipArgs),
+    /// Users of the web console and its API: list, add, remove, set a password (through a
+    /// node's console).
+    User(admin::UserArgs),
     /// Files of a cluster without an NFS mount: put, get, ls, cat, rm, ... (Hadoop's `-put`,
     /// `-ls`, ... spellings too).
     Fs(fs_cli::FsArgs),
@@ -208,6 +213,7 @@ fn main() -> ExitCode {
         Command::Container(args) => admin::container(args),
         Command::Alarm(args) => admin::alarm(args),
         Command::Vip(args) => admin::vip(args),
+        Command::User(args) => admin::user(args),
         Command::Config(args) => config::run(args),
         Command::Fs(args) => return fs_cli::main(args),
         Command::Distcp(args) => return distcp::main(args),

@@ -11,7 +11,7 @@ use nfs3_client::nfs3_types::xdr_codec::Opaque;
 
 use crate::libnfs::with_nfs3_client;
 use crate::support::{
-    CAIRN, free_port, libnfs_ok, nfs_file_url, random_bytes, require_libnfs_utils, test_dir,
+    CAIRN, cluster_port_args, libnfs_ok, nfs_file_url, random_bytes, require_libnfs_utils, test_dir,
 };
 
 /// A running `cairn up --nodes 3`, stopped with SIGTERM when dropped.
@@ -37,22 +37,13 @@ impl Cluster {
         let mut last_error = String::new();
         for _ in 0..4 {
             // Four runs of `count` consecutive ports, in a range of their own.
-            let base = 21_000 + (free_port() % 9_000) / 10 * 6;
             // Consoles on ports of the same range unless the test chose (the default, 8443 and
             // up, would be shared by every cluster of a parallel run).
-            let console = if extra.iter().any(|arg| *arg == "--console-port" || *arg == "--no-console") {
-                Vec::new()
-            } else {
-                vec!["--console-port".to_owned(), (base + 38_000).to_string()]
-            };
+            let console = !extra.iter().any(|arg| *arg == "--console-port" || *arg == "--no-console");
             let mut up = Command::new(CAIRN)
                 .args(["up", "--no-portmap", "--nodes", &count.to_string()])
                 .args(extra)
-                .args(&console)
-                .args(["--nfs-port", &base.to_string()])
-                .args(["--coord-port", &(base + 10_000).to_string()])
-                .args(["--cldb-port", &(base + 20_000).to_string()])
-                .args(["--fileserver-port", &(base + 30_000).to_string()])
+                .args(cluster_port_args(console))
                 .arg("--data-dir")
                 .arg(data_dir)
                 .stdout(Stdio::piped())

@@ -38,7 +38,8 @@ impl ConsoleCluster {
     fn start(tag: &str) -> ConsoleCluster {
         let dir = test_dir(tag);
         let data = dir.path().join("data");
-        let console_port = free_port();
+        // Below the ephemeral range (see `cluster_port_args`).
+        let console_port = crate::support::port_run_base() + 4 * 6_100;
         let cluster = Cluster::start_with(&data, 3, &["--console-port", &console_port.to_string()]);
         let port =
             cluster.cluster["nodes"][0]["console_port"].as_u64().expect("console_port in cluster.json");
@@ -64,7 +65,7 @@ impl ConsoleCluster {
 }
 
 /// The password the console printed, once, in the log of the node that created `admin`.
-fn generated_admin_password(data: &Path) -> String {
+pub(crate) fn generated_admin_password(data: &Path) -> String {
     let deadline = Instant::now() + ADMIN_CREATED_TIMEOUT;
     loop {
         let mut printed = Vec::new();
@@ -145,7 +146,11 @@ fn the_api_needs_a_login_and_refuses_a_read_only_user_any_change() {
         assert_eq!(status, StatusCode::OK, "{summary}");
         assert_eq!(summary["nodes_up"], 3, "{summary}");
         assert_eq!(summary["nodes_down"], 0, "{summary}");
+        // Every node's disk, from its heartbeats to the CLDB master (nodes share this one).
         assert!(summary["capacity"]["total_bytes"].as_u64().is_some_and(|b| b > 0), "{summary}");
+        assert_eq!(summary["capacity"]["nodes"], 3, "{summary}");
+        let disk = nodes[0].disk.expect("the master knows node 1's disk");
+        assert!(disk.free_bytes > 0 && disk.free_bytes <= disk.total_bytes, "{disk:?}");
         let (status, gateways) = answer(get("/api/nfs").send().await.expect("nfs")).await;
         assert_eq!(status, StatusCode::OK, "{gateways}");
         assert_eq!(gateways.as_array().map(Vec::len), Some(3), "{gateways}");

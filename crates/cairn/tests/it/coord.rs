@@ -13,7 +13,7 @@ use cairn_coord::api::{CoordError, CreateMode, EventType};
 use cairn_coord::client::{ClientOptions, CoordClient, member_status};
 use cairn_coord::fence::{Fence, acquire, try_acquire};
 
-use crate::support::{CAIRN, free_port, test_dir};
+use crate::support::{CAIRN, cluster_port_args, port_run_base, test_dir};
 
 /// A quorum of member processes, each with its own folder and log. Dropping it kills them all.
 struct Quorum {
@@ -40,8 +40,10 @@ impl Quorum {
     fn start_with(tag: &str, size: u64, extra: &[&str]) -> Quorum {
         let dir = test_dir(tag);
         let root = dir.path().to_owned();
+        // Ports below the ephemeral range: a restarted member must find its port free.
+        let base = port_run_base() + 6_100;
         let addresses: BTreeMap<u64, String> =
-            (1..=size).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
+            (1..=size).map(|id| (id, format!("127.0.0.1:{}", base + id as u16))).collect();
         let initial: Vec<String> = addresses.iter().map(|(id, a)| format!("{id}={a}")).collect();
         let mut quorum = Quorum {
             _dir: dir,
@@ -548,7 +550,7 @@ fn members_are_added_and_removed_at_runtime() {
         for i in 0..50 {
             client.create(&format!("/m{i}"), b"x", CreateMode::Persistent).await.expect("create");
         }
-        let address = format!("127.0.0.1:{}", free_port());
+        let address = format!("127.0.0.1:{}", port_run_base() + 6_100 + 4);
         quorum.add_process(4, &address, false);
         // Add it only once it serves on its port (so no other process answers at that address).
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -779,12 +781,11 @@ fn a_multi_applies_all_or_nothing() {
 fn cairn_up_nodes_3_runs_a_three_member_quorum() {
     let dir = test_dir("coord-up3");
     let data_dir = dir.path().join("data");
-    // Three consecutive ports for the members; retry on a clash.
+    // Runs of consecutive ports for the members and the other services; retry on a clash.
     for attempt in 0..5 {
-        let base = 20_000 + (free_port() % 20_000);
         let mut up = Command::new(CAIRN)
             .args(["up", "--no-portmap", "--nodes", "3"])
-            .args(["--nfs-port", &free_port().to_string(), "--coord-port", &base.to_string()])
+            .args(cluster_port_args(true))
             .arg("--data-dir")
             .arg(&data_dir)
             .stdout(Stdio::piped())

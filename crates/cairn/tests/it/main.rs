@@ -11,6 +11,7 @@ mod admin;
 mod central_config;
 mod cluster;
 mod console;
+mod console_cli;
 mod coord;
 mod drc;
 mod exports;

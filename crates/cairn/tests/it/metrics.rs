@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use prometheus_parse::{Scrape, Value};
 
 use crate::cluster::Cluster;
-use crate::support::{
-    free_port, libnfs_ok, nfs_file_url, random_bytes, require_libnfs_utils, run_libnfs, test_dir,
-};
+use crate::support::{libnfs_ok, nfs_file_url, random_bytes, require_libnfs_utils, run_libnfs, test_dir};
 
 /// How long the cluster's roles may take to show in every node's metrics.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,7 +57,8 @@ fn observations(scrape: &Scrape, procedure: &str) -> f64 {
 fn every_node_reports_its_roles_and_its_counters_move_with_nfs_io() {
     require_libnfs_utils();
     let dir = test_dir("metrics");
-    let console_port = free_port();
+    // Below the ephemeral range (see `cluster_port_args`).
+    let console_port = crate::support::port_run_base() + 4 * 6_100;
     let cluster =
         Cluster::start_with(&dir.path().join("data"), 3, &["--console-port", &console_port.to_string()]);
     let ports: Vec<u64> = cluster.cluster["nodes"]

@@ -129,6 +129,32 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address of a bound listener").port()
 }
 
+/// The port options of a test `cairn up --nodes N` (N ≤ 9): NFS, coord, CLDB, file server and
+/// (with `console`) console ports, each kind a run of consecutive ports starting 6,100 after the
+/// previous kind, at a random base. Every one is below 32768, out of the kernel's ephemeral range
+/// (32768-60999), where an outgoing connection or a service's port-0 listener (its metrics
+/// endpoint) could hold it when the cluster starts, or restarts a service.
+pub fn cluster_port_args(console: bool) -> Vec<String> {
+    let base = port_run_base();
+    let kinds: &[&str] = if console {
+        &["--nfs-port", "--coord-port", "--cldb-port", "--fileserver-port", "--console-port"]
+    } else {
+        &["--nfs-port", "--coord-port", "--cldb-port", "--fileserver-port"]
+    };
+    let mut args = Vec::new();
+    for (k, flag) in (0u16..).zip(kinds) {
+        args.push((*flag).to_owned());
+        args.push((base + k * 6_100).to_string());
+    }
+    args
+}
+
+/// The first of a run of at most 9 ports below the kernel's ephemeral range, picked at random
+/// among 1,000 runs 6 apart; `base + k * 6_100` (k < 5) are other such runs.
+pub fn port_run_base() -> u16 {
+    2_000 + (free_port() % 1_000) * 6
+}
+
 /// `size` bytes from /dev/urandom.
 pub fn random_bytes(size: usize) -> Vec<u8> {
     let mut bytes = vec![0; size];
@@ -316,7 +342,7 @@ impl CairnServer {
         let stderr_file = std::fs::File::create(&stderr_log).expect("create the server's stderr log");
         let mut command = in_netns(config.netns.as_deref(), CAIRN);
         command
-            .args(["up", "--embedded"])
+            .arg("up")
             .arg("--data-dir")
             .arg(&config.data_dir)
             .arg("--bind")
@@ -331,6 +357,10 @@ impl CairnServer {
         }
         if let Some(port) = config.coord_port {
             command.arg("--coord-port").arg(port.to_string());
+        }
+        // One process (the store and the gateway) unless the test asks for a cluster.
+        if !config.extra_args.iter().any(|arg| arg == "--nodes") {
+            command.arg("--embedded");
         }
         command.args(&config.extra_args);
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr_file);

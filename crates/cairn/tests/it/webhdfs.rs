@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::cluster::Cluster;
-use crate::support::{free_port, test_dir};
+use crate::support::test_dir;
 
 /// A venv in `dir` with HdfsCLI installed; its python.
 fn hdfscli_venv(dir: &Path) -> std::path::PathBuf {
@@ -39,7 +39,8 @@ fn hdfscli_venv(dir: &Path) -> std::path::PathBuf {
 fn hdfscli_uploads_lists_reads_appends_renames_and_deletes() {
     let dir = test_dir("webhdfs");
     let python = hdfscli_venv(dir.path());
-    let console_port = free_port();
+    // Below the ephemeral range (see `cluster_port_args`).
+    let console_port = crate::support::port_run_base() + 4 * 6_100;
     let _cluster =
         Cluster::start_with(&dir.path().join("data"), 3, &["--console-port", &console_port.to_string()]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/webhdfs.py");
