@@ -813,14 +813,18 @@ impl Replica {
 
     /// fdatasyncs every chunk file and directory changed since the last durable point.
     fn sync_pending(&self, state: &mut State) -> StoreResult<()> {
+        let mut opened = Vec::new();
         for (container, inode, chunk) in std::mem::take(&mut state.unsynced_chunks) {
             let Some(files) = self.chunk_files(state, container, inode, chunk, false)? else {
                 continue;
             };
-            self.faults.check_data_sync()?;
-            files.data.sync_data()?;
-            files.sums.sync_data()?;
+            opened.push(files);
         }
+        let all: Vec<&File> = opened.iter().flat_map(|files| [&files.data, &files.sums]).collect();
+        data::sync_together(&all, |file| {
+            self.faults.check_data_sync()?;
+            Ok(file.sync_data()?)
+        })?;
         for dir in std::mem::take(&mut state.unsynced_dirs) {
             self.faults.check_data_sync()?;
             File::open(&dir)?.sync_all()?;
