@@ -25,37 +25,17 @@ use std::time::Duration;
 use cairn_coord::api::{CoordError, CreateMode, Zxid};
 use cairn_coord::client::{ClientOptions, CoordClient};
 use cairn_coord::member::{Member, MemberConfig};
-use cairn_coord::proto::{BoxStream, DialFuture, Dialer};
 use cairn_coord::raft::{Raft, SNAPSHOT_EVERY_ENTRIES, seed_thread_rng};
 use cairn_coord::store::{FlushMode, Machine};
 use openraft::ServerState;
 
+#[path = "common/sim_net.rs"]
+mod sim_net;
+
+use sim_net::{PORT, SimDialer, address, host_name};
+
 const MEMBERS: [u64; 3] = [1, 2, 3];
-const PORT: u16 = 7000;
 const CHILDREN: u32 = 20;
-
-fn host_name(id: u64) -> String {
-    format!("m{id}")
-}
-
-fn address(id: u64) -> String {
-    format!("m{id}:{PORT}")
-}
-
-struct SimDialer;
-
-impl Dialer for SimDialer {
-    fn dial<'a>(&'a self, address: &'a str) -> DialFuture<'a> {
-        Box::pin(async move {
-            let (host, port) = address
-                .rsplit_once(':')
-                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-                .ok_or_else(|| std::io::Error::other(format!("bad address {address:?}")))?;
-            let stream = turmoil::net::TcpStream::connect((host, port)).await?;
-            Ok(Box::new(stream) as BoxStream)
-        })
-    }
-}
 
 /// What the driver and the simulated hosts share (everything runs on one thread).
 #[derive(Default)]

@@ -22,6 +22,8 @@ mod checker;
 mod cluster;
 #[path = "sim/plan.rs"]
 mod plan;
+#[path = "common/sim_net.rs"]
+mod sim_net;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;

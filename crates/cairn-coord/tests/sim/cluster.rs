@@ -11,42 +11,17 @@ use std::time::Duration;
 use cairn_coord::api::{CoordError, CreateMode, Zxid};
 use cairn_coord::client::{ClientOptions, CoordClient};
 use cairn_coord::member::{Member, MemberConfig};
-use cairn_coord::proto::{BoxStream, DialFuture, Dialer};
 use cairn_coord::raft::{Raft, seed_thread_rng};
 use cairn_coord::store::{FlushMode, Machine};
 
 use crate::checker::Checker;
 use crate::plan::{Action, MEMBERS, SETTLE_LIMIT, WRITES_END, plan};
+use crate::sim_net::{PORT, SimDialer, address, host_name};
 
-const PORT: u16 = 7000;
 const TICK: Duration = Duration::from_millis(1);
 /// Short enough that several writes are tried, and fail, inside the no-quorum window.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const CLIENT: &str = "client";
-
-pub fn host_name(id: u64) -> String {
-    format!("m{id}")
-}
-
-fn address(id: u64) -> String {
-    format!("m{id}:{PORT}")
-}
-
-/// Connects over turmoil's simulated TCP.
-struct SimDialer;
-
-impl Dialer for SimDialer {
-    fn dial<'a>(&'a self, address: &'a str) -> DialFuture<'a> {
-        Box::pin(async move {
-            let (host, port) = address
-                .rsplit_once(':')
-                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-                .ok_or_else(|| std::io::Error::other(format!("bad address {address:?}")))?;
-            let stream = turmoil::net::TcpStream::connect((host, port)).await?;
-            Ok(Box::new(stream) as BoxStream)
-        })
-    }
-}
 
 /// Handles on a running member, for the checker to read between steps.
 pub struct Published {

@@ -12,11 +12,22 @@ use crate::support::{CAIRN, describe_output, free_port, test_dir};
 
 /// Runs `cairn ARGS --data-dir DATA_DIR`.
 pub(crate) fn cairn(data_dir: &Path, args: &[&str]) -> Output {
+    cairn_env(data_dir, args, &[])
+}
+
+/// Runs `cairn ARGS --data-dir DATA_DIR` with these environment variables, and none of the
+/// console's (`CAIRN_CONSOLE`, `CAIRN_USER`, ...) inherited from whoever runs the tests.
+pub(crate) fn cairn_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(CAIRN)
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
         .env("CAIRN_LOG", "warn")
+        .env_remove("CAIRN_CONSOLE")
+        .env_remove("CAIRN_USER")
+        .env_remove("CAIRN_PASSWORD")
+        .env_remove("CAIRN_NEW_PASSWORD")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("run cairn")
@@ -24,23 +35,35 @@ pub(crate) fn cairn(data_dir: &Path, args: &[&str]) -> Output {
 
 /// Runs a command that must succeed; its stdout.
 pub(crate) fn ok(data_dir: &Path, args: &[&str]) -> String {
-    let out = cairn(data_dir, args);
+    ok_env(data_dir, args, &[])
+}
+
+pub(crate) fn ok_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = cairn_env(data_dir, args, env);
     assert!(out.status.success(), "cairn {} failed: {}", args.join(" "), describe_output(&out));
     String::from_utf8(out.stdout).expect("stdout is UTF-8")
 }
 
 /// Runs a command with `--json`; its stdout parsed.
 pub(crate) fn json(data_dir: &Path, args: &[&str]) -> Value {
+    json_env(data_dir, args, &[])
+}
+
+pub(crate) fn json_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Value {
     let mut args = args.to_vec();
     args.push("--json");
-    let text = ok(data_dir, &args);
+    let text = ok_env(data_dir, &args, env);
     serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("cairn {} printed no JSON ({e}):\n{text}", args.join(" ")))
 }
 
-/// Runs a command that must fail with one line on stderr; that line.
+/// Runs a command that must fail with one line on stderr and nothing on stdout; that line.
 fn fails(data_dir: &Path, args: &[&str]) -> String {
-    let out = cairn(data_dir, args);
+    fails_env(data_dir, args, &[])
+}
+
+pub(crate) fn fails_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = cairn_env(data_dir, args, env);
     assert!(!out.status.success(), "cairn {} succeeded: {}", args.join(" "), describe_output(&out));
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
     assert_eq!(

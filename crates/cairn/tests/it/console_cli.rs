@@ -4,68 +4,18 @@
 //! user's change, a wrong or missing password) as one clear line and a failed exit.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::admin::{fails_env as fails, json_env as json, ok_env as ok};
 use crate::cluster::Cluster;
 use crate::console::generated_admin_password;
-use crate::support::{CAIRN, describe_output, test_dir};
+use crate::support::test_dir;
 
 /// Attempts at reading the same answer through both backends (a volume master's size report may
 /// land between the two reads).
 const SAME_ANSWER_ATTEMPTS: usize = 20;
-
-/// Runs `cairn ARGS --data-dir DATA_DIR` with these environment variables (and none of the
-/// console's others inherited from whoever runs the tests).
-fn cairn(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(CAIRN)
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .env("CAIRN_LOG", "warn")
-        .env_remove("CAIRN_CONSOLE")
-        .env_remove("CAIRN_USER")
-        .env_remove("CAIRN_PASSWORD")
-        .env_remove("CAIRN_NEW_PASSWORD")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run cairn")
-}
-
-/// Runs a command that must succeed; its stdout.
-fn ok(data: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = cairn(data, args, env);
-    assert!(out.status.success(), "cairn {} failed: {}", args.join(" "), describe_output(&out));
-    String::from_utf8(out.stdout).expect("stdout is UTF-8")
-}
-
-/// Runs a command with `--json` that must succeed; its stdout parsed.
-fn json(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Value {
-    let mut args = args.to_vec();
-    args.push("--json");
-    let text = ok(data, &args, env);
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("cairn {} printed no JSON ({e}):\n{text}", args.join(" ")))
-}
-
-/// Runs a command that must fail with one line on stderr and nothing on stdout; that line.
-fn fails(data: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = cairn(data, args, env);
-    assert!(!out.status.success(), "cairn {} succeeded: {}", args.join(" "), describe_output(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    assert_eq!(
-        stderr.lines().count(),
-        1,
-        "cairn {}: not one line: {}",
-        args.join(" "),
-        describe_output(&out)
-    );
-    assert!(out.stdout.is_empty(), "cairn {} printed on stdout: {}", args.join(" "), describe_output(&out));
-    stderr
-}
 
 fn names(list: &Value, pointer: &str) -> Vec<String> {
     list.as_array()
