@@ -24,15 +24,14 @@ use std::time::Duration;
 
 use cairn_coord::api::{CoordError, CreateMode, Zxid};
 use cairn_coord::client::{ClientOptions, CoordClient};
-use cairn_coord::member::{Member, MemberConfig};
 use cairn_coord::raft::{Raft, SNAPSHOT_EVERY_ENTRIES, seed_thread_rng};
-use cairn_coord::store::{FlushMode, Machine};
+use cairn_coord::store::Machine;
 use openraft::ServerState;
 
 #[path = "common/sim_net.rs"]
 mod sim_net;
 
-use sim_net::{PORT, SimDialer, address, host_name};
+use sim_net::{SimDialer, address, host_name, run_member};
 
 const MEMBERS: [u64; 3] = [1, 2, 3];
 const CHILDREN: u32 = 20;
@@ -54,28 +53,10 @@ type Shared = Rc<RefCell<Board>>;
 
 async fn member_main(id: u64, seed: u64, data_dir: PathBuf, board: Shared) -> turmoil::Result {
     seed_thread_rng(seed ^ id);
-    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
-    let config = MemberConfig {
-        id,
-        data_dir,
-        address: address(id),
-        initial_members: MEMBERS.iter().map(|m| (*m, address(*m))).collect(),
-        cluster_name: "restart".to_owned(),
-        flush: FlushMode::Inline,
-        snapshot_every_entries: SNAPSHOT_EVERY_ENTRIES,
-    };
-    let member = Member::start(config, Arc::new(SimDialer))
-        .await
-        .map_err(|e| format!("member {id} did not start: {e}"))?;
-    board.borrow_mut().members.insert(id, (member.raft().clone(), member.machine().clone()));
-    let handler = member.handler();
-    loop {
-        let (stream, peer) = listener.accept().await?;
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let _ = cairn_rpc::serve_connection(stream, peer.to_string(), handler).await;
-        });
-    }
+    run_member(id, &MEMBERS, "restart", SNAPSHOT_EVERY_ENTRIES, data_dir, |member| {
+        board.borrow_mut().members.insert(id, (member.raft().clone(), member.machine().clone()));
+    })
+    .await
 }
 
 async fn client_main(board: Shared) -> turmoil::Result {

@@ -533,6 +533,19 @@ pub(crate) fn cldb_addresses(target: &Target) -> anyhow::Result<Vec<String>> {
     addresses_from_cluster_file(&text, &path)
 }
 
+/// The `address` and the port named `port_field` of each node of a cluster.json that has both.
+fn node_ports<'a>(
+    cluster: &'a serde_json::Value,
+    port_field: &'a str,
+) -> impl Iterator<Item = (&'a str, u64)> {
+    cluster
+        .get("nodes")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(move |node| Some((node.get("address")?.as_str()?, node.get(port_field)?.as_u64()?)))
+}
+
 /// The `cldb` list of a cluster.json, or else its nodes' `address` and `cldb_port`.
 fn addresses_from_cluster_file(text: &str, path: &Path) -> anyhow::Result<Vec<String>> {
     let value: serde_json::Value =
@@ -545,17 +558,7 @@ fn addresses_from_cluster_file(text: &str, path: &Path) -> anyhow::Result<Vec<St
         .filter_map(|a| a.as_str().map(str::to_owned))
         .collect();
     if list.is_empty() {
-        list = value
-            .get("nodes")
-            .and_then(serde_json::Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|node| {
-                let address = node.get("address")?.as_str()?;
-                let port = node.get("cldb_port")?.as_u64()?;
-                Some(format!("{address}:{port}"))
-            })
-            .collect();
+        list = node_ports(&value, "cldb_port").map(|(address, port)| format!("{address}:{port}")).collect();
     }
     if list.is_empty() {
         anyhow::bail!(
@@ -1262,16 +1265,9 @@ fn console_from_cluster_file(data_dir: &Path) -> anyhow::Result<String> {
 fn console_from_cluster_text(text: &str, path: &Path) -> anyhow::Result<String> {
     let value: serde_json::Value =
         serde_json::from_str(text).with_context(|| format!("{} is not JSON", path.display()))?;
-    value
-        .get("nodes")
-        .and_then(serde_json::Value::as_array)
-        .into_iter()
-        .flatten()
-        .find_map(|node| {
-            let address = node.get("address")?.as_str()?;
-            let port = node.get("console_port")?.as_u64()?;
-            Some(format!("http://{address}:{port}/"))
-        })
+    node_ports(&value, "console_port")
+        .map(|(address, port)| format!("http://{address}:{port}/"))
+        .next()
         .with_context(|| {
             format!(
                 "{} names no console (a one-node `cairn up`, or one started with --no-console): \

@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use cairn_coord::api::{CoordError, CreateMode, Zxid};
 use cairn_coord::client::{ClientOptions, CoordClient};
-use cairn_coord::member::{Member, MemberConfig};
 use cairn_coord::raft::{Raft, seed_thread_rng};
-use cairn_coord::store::{FlushMode, Machine};
+use cairn_coord::store::Machine;
 
 use crate::checker::Checker;
 use crate::plan::{Action, MEMBERS, SETTLE_LIMIT, WRITES_END, plan};
-use crate::sim_net::{PORT, SimDialer, address, host_name};
+use crate::sim_net::{SimDialer, address, host_name, run_member};
 
 const TICK: Duration = Duration::from_millis(1);
 /// Short enough that several writes are tried, and fail, inside the no-quorum window.
@@ -75,20 +74,7 @@ async fn member_main(
     board: Shared,
 ) -> turmoil::Result {
     seed_thread_rng(seed ^ id);
-    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
-    let config = MemberConfig {
-        id,
-        data_dir,
-        address: address(id),
-        initial_members: MEMBERS.iter().map(|m| (*m, address(*m))).collect(),
-        cluster_name: "sim".to_owned(),
-        flush: FlushMode::Inline,
-        snapshot_every_entries,
-    };
-    let member = Member::start(config, Arc::new(SimDialer))
-        .await
-        .map_err(|e| format!("member {id} did not start: {e}"))?;
-    {
+    run_member(id, &MEMBERS, "sim", snapshot_every_entries, data_dir, |member| {
         let mut board = board.borrow_mut();
         let generation = {
             let starts = board.starts.entry(id).or_insert(0);
@@ -98,15 +84,8 @@ async fn member_main(
         let published =
             Published { generation, raft: member.raft().clone(), machine: member.machine().clone() };
         board.members.insert(id, published);
-    }
-    let handler = member.handler();
-    loop {
-        let (stream, peer) = listener.accept().await?;
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let _ = cairn_rpc::serve_connection(stream, peer.to_string(), handler).await;
-        });
-    }
+    })
+    .await
 }
 
 /// Creates `path` unless it exists, retrying through faults.
