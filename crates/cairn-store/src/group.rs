@@ -468,7 +468,13 @@ fn lead(store: &Store) {
     let mut queue = group.queue.lock();
     let gather_started = Instant::now();
     let deadline = gather_started + GATHER_WAIT_MAX;
-    while queue.last_batch_size > queue.returned && queue.operations.len() < BATCH_OPS_MAX {
+    // A batch of one says nobody else was calling: waiting for its caller would only add the
+    // wait to every call of a single client (its next call often comes on another thread, which
+    // `returned` cannot recognise).
+    while queue.last_batch_size > 1
+        && queue.last_batch_size > queue.returned
+        && queue.operations.len() < BATCH_OPS_MAX
+    {
         queue.gathering = true;
         if group.gather.wait_until(&mut queue, deadline).timed_out() {
             break;

@@ -756,7 +756,7 @@ impl Replica {
             data::chunk_paths(&image::container_dir(&self.config.data_dir, container), inode, chunk);
         let open = |path: &PathBuf| OpenOptions::new().read(true).write(true).open(path);
         let files = match (open(&data_path), open(&sums_path)) {
-            (Ok(data), Ok(sums)) => ChunkFiles { data, sums, dir },
+            (Ok(data), Ok(sums)) => ChunkFiles::new(data, sums, dir),
             (data, sums) => {
                 let missing = |result: &io::Result<File>| matches!(result, Err(error) if error.kind() == io::ErrorKind::NotFound);
                 if !missing(&data) && !missing(&sums) {
@@ -780,7 +780,7 @@ impl Replica {
                         .map_err(data::io_error)?;
                 }
                 state.unsynced_dirs.insert(dir.clone());
-                ChunkFiles { data, sums, dir }
+                ChunkFiles::new(data, sums, dir)
             }
         };
         if state.files.len() >= self.config.open_chunk_files_max.max(1) {
