@@ -933,7 +933,14 @@ pub(crate) fn commit_inodes(store: &Store, numbers: &[u64]) -> StoreResult<()> {
         items.push((number, clear));
     }
     let all: Vec<&File> = opened.iter().flat_map(|(files, _)| [&files.data, &files.sums]).collect();
+    let started = std::time::Instant::now();
     sync_together(&all, |file| sync_file(store, file))?;
+    tracing::debug!(
+        inodes = items.len(),
+        files = all.len(),
+        sync_us = started.elapsed().as_micros() as u64,
+        "commit synced chunk files"
+    );
     for (files, created) in &opened {
         if *created {
             sync_dir(store, &files.dir)?;
