@@ -154,21 +154,11 @@ impl ChunkFiles {
         if length < READ_AHEAD_MIN_BYTES {
             return;
         }
-        let end = offset + length;
-        let previous = self.read_end.swap(end, Ordering::Relaxed);
-        // Reads of one stream arrive a little out of order when several are in flight.
-        let sequential =
-            if previous == u64::MAX { offset == 0 } else { offset.abs_diff(previous) <= READ_AHEAD_BYTES };
-        if !sequential {
-            return;
-        }
-        let until = end + READ_AHEAD_BYTES;
-        // What an earlier read of this stream asked for already is not asked for again.
+        let previous = self.read_end.swap(offset + length, Ordering::Relaxed);
         let advised = self.advised_until.load(Ordering::Relaxed);
-        let from = if (offset..until).contains(&advised) { advised.max(end) } else { end };
-        if from >= until {
+        let Some((from, until)) = read_ahead_range(previous, advised, offset, length) else {
             return;
-        }
+        };
         self.advised_until.store(until, Ordering::Relaxed);
         // SAFETY: posix_fadvise on a valid open descriptor with plain integer arguments.
         let result = unsafe {
@@ -183,6 +173,29 @@ impl ChunkFiles {
             tracing::debug!(error = %io::Error::from_raw_os_error(result), "read-ahead advice failed");
         }
     }
+}
+
+/// The range to ask the kernel to read ahead after a large read of `length` bytes at `offset`,
+/// if any: `previous` is where the last large read ended (`u64::MAX`: none yet), `advised` how
+/// far read-ahead was asked for already. A read continues the stream when it starts within
+/// [`READ_AHEAD_BYTES`] of the previous end (reads of one stream arrive a little out of order
+/// when several are in flight), or at the start of the chunk.
+fn read_ahead_range(previous: u64, advised: u64, offset: u64, length: u64) -> Option<(u64, u64)> {
+    let sequential =
+        if previous == u64::MAX { offset == 0 } else { offset.abs_diff(previous) <= READ_AHEAD_BYTES };
+    if !sequential {
+        return None;
+    }
+    let end = offset + length;
+    let until = end + READ_AHEAD_BYTES;
+    // What an earlier read of this stream asked for is not asked for again (an `advised` far
+    // beyond is from an earlier pass over the chunk).
+    let from = if (offset..=until.saturating_add(READ_AHEAD_BYTES)).contains(&advised) {
+        advised.max(end)
+    } else {
+        end
+    };
+    (from < until).then_some((from, until))
 }
 
 /// Reads at least this large count as streaming, for read-ahead.
@@ -1260,4 +1273,37 @@ pub(crate) fn truncate_down(
     guard.inode.blocks_used = guard.inode.blocks_used.saturating_sub(freed_blocks);
     guard.touch();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{READ_AHEAD_BYTES, read_ahead_range};
+
+    const MIB: u64 = 1 << 20;
+    const AHEAD: u64 = READ_AHEAD_BYTES;
+
+    #[test]
+    fn a_stream_is_read_ahead_once_and_only_beyond_what_was_asked() {
+        // The first read of a chunk at its start asks for the whole window.
+        assert_eq!(read_ahead_range(u64::MAX, 0, 0, MIB), Some((MIB, MIB + AHEAD)));
+        // The next read asks only for the new megabyte at the far end.
+        assert_eq!(read_ahead_range(MIB, MIB + AHEAD, MIB, MIB), Some((MIB + AHEAD, 2 * MIB + AHEAD)));
+        // A read that arrives after a later one of the same stream asks for nothing.
+        assert_eq!(read_ahead_range(4 * MIB, 4 * MIB + AHEAD, 2 * MIB, MIB), None);
+    }
+
+    #[test]
+    fn random_reads_are_not_read_ahead() {
+        // The first read of a chunk elsewhere than its start.
+        assert_eq!(read_ahead_range(u64::MAX, 0, 100 * MIB, MIB), None);
+        // A jump further than the window from the previous read.
+        assert_eq!(read_ahead_range(MIB, MIB + AHEAD, 2 * MIB + AHEAD, MIB), None);
+        assert_eq!(read_ahead_range(100 * MIB, 0, MIB, MIB), None);
+    }
+
+    #[test]
+    fn a_second_pass_over_a_chunk_is_read_ahead_again() {
+        // The stream restarts at 1 MiB while `advised` still says 264 MiB from the first pass.
+        assert_eq!(read_ahead_range(MIB, 256 * MIB + AHEAD, MIB, MIB), Some((2 * MIB, 2 * MIB + AHEAD)));
+    }
 }
