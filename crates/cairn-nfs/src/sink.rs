@@ -8,8 +8,10 @@
 //! not take at once is queued, and the writer task finishes it, in order, while later replies
 //! queue behind it.
 //!
-//! Invariant: while `queue` is non-empty, `writer_active` is true, and nobody but the writer task
-//! writes to the socket (a partly written reply is always the head of the queue).
+//! Invariant: at most one of `writer_active` (the writer task owns the socket) and
+//! `direct_writer` (a thread in `send` does) is true; while `queue` is non-empty one of them is,
+//! and only its owner writes to the socket (a partly written reply is always the head of the
+//! queue).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -46,6 +48,8 @@ struct SinkState {
     head_written_bytes: usize,
     /// The writer task owns the socket.
     writer_active: bool,
+    /// A thread in [`ReplySink::send`] owns the socket (never together with `writer_active`).
+    direct_writer: bool,
     /// Writing failed (the client is gone): replies are dropped.
     failed: bool,
     /// No more replies will come; the writer task ends once the queue is empty.
@@ -68,6 +72,11 @@ impl ReplySink {
     }
 
     /// Sends replies (in this order), writing them now if the socket is idle. Empties `batch`.
+    ///
+    /// A thread that finds another one writing leaves its replies in the queue and returns at
+    /// once: the writing thread takes them in its next write. (Waiting for the lock through a
+    /// system call instead made the threads a group commit answers at once spin and yield
+    /// against each other.)
     pub fn send(&self, batch: &mut Vec<Outgoing>) {
         if batch.is_empty() {
             return;
@@ -77,50 +86,76 @@ impl ReplySink {
             batch.clear();
             return;
         }
-        if state.writer_active {
+        if state.writer_active || state.direct_writer {
             state.queue.extend(batch.drain(..));
             return;
         }
-        // The socket is idle: one non-blocking vectored write, under the lock so that no other
-        // thread's bytes can interleave.
-        let written = {
-            let mut slices = Vec::with_capacity(batch.len() * 3);
-            for outgoing in batch.iter() {
-                push_slices(&mut slices, &outgoing.reply);
-            }
-            match self.stream.try_write_vectored(&slices) {
+        state.direct_writer = true;
+        drop(state);
+        loop {
+            // One non-blocking vectored write, outside the lock: only the direct writer writes.
+            let outcome = {
+                let mut slices = Vec::with_capacity(batch.len() * 3);
+                for outgoing in batch.iter() {
+                    push_slices(&mut slices, &outgoing.reply);
+                }
+                match self.stream.try_write_vectored(&slices) {
+                    Ok(written) => Ok(written),
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                    Err(error) => Err(error),
+                }
+            };
+            let mut state = self.state.lock();
+            let written = match outcome {
                 Ok(written) => written,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(error) => {
                     tracing::debug!(%error, "writing replies failed");
                     state.failed = true;
+                    state.direct_writer = false;
+                    state.queue.clear();
                     batch.clear();
                     drop(state);
                     self.wake_writer.notify_one();
                     return;
                 }
+            };
+            // Drop what was written completely.
+            let mut left = written;
+            let mut fully_written = 0;
+            for outgoing in batch.iter() {
+                let total = outgoing.total_bytes();
+                if left < total {
+                    break;
+                }
+                left -= total;
+                fully_written += 1;
             }
-        };
-        // Drop what was written completely; queue the rest for the writer task.
-        let mut left = written;
-        let mut fully_written = 0;
-        for outgoing in batch.iter() {
-            let total = outgoing.total_bytes();
-            if left < total {
-                break;
+            batch.drain(..fully_written);
+            if !batch.is_empty() {
+                // The socket is full: the writer task finishes, this batch's rest first.
+                let queued = std::mem::take(&mut state.queue);
+                state.queue.extend(batch.drain(..));
+                state.queue.extend(queued);
+                state.head_written_bytes = left;
+                state.writer_active = true;
+                state.direct_writer = false;
+                drop(state);
+                self.wake_writer.notify_one();
+                return;
             }
-            left -= total;
-            fully_written += 1;
+            if state.queue.is_empty() {
+                state.direct_writer = false;
+                let closing = state.closing;
+                drop(state);
+                if closing {
+                    self.wake_writer.notify_one();
+                }
+                return;
+            }
+            // Replies other threads left while this one wrote.
+            let count = state.queue.len().min(WRITE_BATCH_REPLIES_MAX);
+            batch.extend(state.queue.drain(..count));
         }
-        batch.drain(..fully_written);
-        if batch.is_empty() {
-            return;
-        }
-        state.queue.extend(batch.drain(..));
-        state.head_written_bytes = left;
-        state.writer_active = true;
-        drop(state);
-        self.wake_writer.notify_one();
     }
 
     /// Tells the writer task that no more replies will come.
@@ -140,9 +175,10 @@ impl ReplySink {
                     state.queue.clear();
                     return;
                 }
-                if state.queue.is_empty() {
+                if state.queue.is_empty() || !state.writer_active {
+                    // Nothing to write, or a direct writer owns the socket and the queue.
                     state.writer_active = false;
-                    if state.closing {
+                    if state.closing && state.queue.is_empty() && !state.direct_writer {
                         return;
                     }
                     None

@@ -3,12 +3,15 @@
 //!
 //! Leader/follower: a caller queues its operation; if no leader is running, it becomes the
 //! leader, takes the whole queue (at most [`BATCH_OPS_MAX`]), applies each operation in order
-//! inside one write transaction, commits it durably, and wakes everyone with their own result.
+//! inside one write transaction, appends the batch to the journal and commits it to redb, hands
+//! the leadership over, waits until the batch is durable, and wakes everyone with their own
+//! result. Batches are pipelined: the next one is applied while this one's fdatasync runs, so a
+//! batch is visible to readers shortly before it is durable (like a local file system's page
+//! cache), but no caller is answered, and no later batch is acknowledged, before it is.
 //! Operations validate everything before they change anything (`Batch::mutated` marks the
 //! point of no return), so an operation that fails leaves no trace and does not affect the
 //! others. A storage error after that point fails the whole batch and poisons the store.
 
-use std::cell::Cell;
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -331,21 +334,15 @@ impl Batch<'_> {
     }
 }
 
-/// Longest a new leader waits for the callers of the previous batch to submit again.
-const GATHER_WAIT_MAX: Duration = Duration::from_micros(100);
-
-thread_local! {
-    /// The batch this thread's last operation was in (0: none), for gathering.
-    static LAST_BATCH: Cell<u64> = const { Cell::new(0) };
-}
+/// Longest a new leader waits for more operations while an fdatasync runs.
+const GATHER_WAIT_MAX: Duration = Duration::from_millis(1);
 
 /// What a waiting caller is told.
 enum SlotState {
     Waiting,
     /// The previous leader hands the leadership over: run the next batch.
     Lead,
-    /// The result, and the batch it was committed in.
-    Done(Box<StoreResult<Output>>, u64),
+    Done(Box<StoreResult<Output>>),
 }
 
 struct Slot {
@@ -362,16 +359,15 @@ impl Slot {
 
 struct Queue {
     operations: Vec<(Op, Arc<Slot>)>,
-    /// Invariant: when false, `operations` is empty (a finishing leader hands over to the
-    /// first queued caller).
+    /// Invariant: when false, `operations` is empty (a leader that has applied its batch hands
+    /// over to the first queued caller).
     leader: bool,
     /// A leader waits on `gather` for more operations.
     gathering: bool,
-    /// The sequence number of the last batch, its size, and how many of its callers have
-    /// submitted a new operation since.
-    last_batch: u64,
-    last_batch_size: usize,
-    returned: usize,
+    /// An fdatasync of the journal is running.
+    syncing: bool,
+    /// Operations the last finished fdatasync made durable (and so released to submit again).
+    last_synced_operations: u64,
 }
 
 pub(crate) struct ApplierState {
@@ -382,11 +378,30 @@ pub(crate) struct ApplierState {
     pub used_bytes: u64,
 }
 
+/// How much of the journal is durable.
+struct Synced {
+    /// Journal records, numbered as [`GroupCommit::appended`] counts them, known durable.
+    records: u64,
+    /// Operations in them, as [`GroupCommit::appended_operations`] counts them.
+    operations: u64,
+}
+
 pub(crate) struct GroupCommit {
     queue: Mutex<Queue>,
     gather: Condvar,
-    /// Held by the leader while it applies and commits a batch (and submits its record).
+    /// Held by the leader while it applies a batch, commits it to redb and appends its journal
+    /// record (and submits its replication record): the order of batches.
     pub applier: Mutex<ApplierState>,
+    /// Held while records are made durable: an fdatasync of the journal, or a checkpoint's
+    /// durable commit. Batches are acknowledged in the order their records became durable.
+    synced: Mutex<Synced>,
+    /// Journal records appended (fully written, maybe not yet durable) since opening, and the
+    /// operations in them.
+    appended: AtomicU64,
+    appended_operations: AtomicU64,
+    /// Hot entries a batch loaded, to evict once no batch is being applied (one that is may
+    /// hold them): (inode, whether a deleted entry goes too).
+    evictions: Mutex<Vec<(u64, bool)>>,
     last_txn: AtomicU64,
     /// Batches committed and operations in them (for measurements).
     pub batches: AtomicU64,
@@ -400,12 +415,15 @@ impl GroupCommit {
                 operations: Vec::new(),
                 leader: false,
                 gathering: false,
-                last_batch: 0,
-                last_batch_size: 0,
-                returned: 0,
+                syncing: false,
+                last_synced_operations: 0,
             }),
             gather: Condvar::new(),
             applier: Mutex::new(ApplierState { next_inode, txn_id, used_bytes }),
+            synced: Mutex::new(Synced { records: 0, operations: 0 }),
+            appended: AtomicU64::new(0),
+            appended_operations: AtomicU64::new(0),
+            evictions: Mutex::new(Vec::new()),
             last_txn: AtomicU64::new(txn_id),
             batches: AtomicU64::new(0),
             batched_operations: AtomicU64::new(0),
@@ -419,23 +437,24 @@ impl GroupCommit {
 
 /// Submits an operation and waits until it is durable (or failed).
 ///
-/// Gathering: when a batch completes, its callers usually submit again within microseconds,
-/// while the callers that queued during its commit start the next batch at once; batches would
-/// alternate at half the concurrency. So a new leader waits (at most [`GATHER_WAIT_MAX`]) until
-/// every caller of the previous batch has submitted again.
+/// Pipelining: a leader applies its batch, commits it to redb and appends it to the journal,
+/// then hands the leadership over and only then waits for the fdatasync. The next batch is
+/// applied while the previous one is being synced, and one fdatasync covers every record
+/// appended before it started.
+///
+/// Gathering: a batch costs a fixed redb transaction and commit, and one started while an
+/// fdatasync runs cannot be durable before that one ends anyway. So while one runs, a new leader
+/// waits (until it ends, at most [`GATHER_WAIT_MAX`]) for as many operations as the last
+/// finished fdatasync released: the callers it answered usually submit again within
+/// microseconds.
 pub(crate) fn submit(store: &Store, op: Op) -> StoreResult<Output> {
     let group = &store.group;
     let slot = Arc::new(Slot { state: Mutex::new(SlotState::Waiting), wake: Condvar::new() });
     let mut queue = group.queue.lock();
-    let previous = LAST_BATCH.with(Cell::get);
-    if previous != 0 && previous == queue.last_batch {
-        queue.returned += 1;
-    }
     queue.operations.push((op, slot.clone()));
     let lead_now = !queue.leader;
-    if lead_now {
-        queue.leader = true;
-    } else if queue.gathering {
+    queue.leader = true;
+    if queue.gathering {
         group.gather.notify_one();
     }
     drop(queue);
@@ -445,34 +464,25 @@ pub(crate) fn submit(store: &Store, op: Op) -> StoreResult<Output> {
             match std::mem::replace(&mut *state, SlotState::Waiting) {
                 SlotState::Waiting => slot.wake.wait(&mut state),
                 SlotState::Lead => break,
-                SlotState::Done(result, batch) => {
-                    LAST_BATCH.with(|last| last.set(batch));
-                    return *result;
-                }
+                SlotState::Done(result) => return *result,
             }
         }
     }
     lead(store);
     match std::mem::replace(&mut *slot.state.lock(), SlotState::Waiting) {
-        SlotState::Done(result, batch) => {
-            LAST_BATCH.with(|last| last.set(batch));
-            *result
-        }
+        SlotState::Done(result) => *result,
         _ => unreachable!("a leader's own operation is in the batch it runs"),
     }
 }
 
-/// Runs one batch as the leader, then hands the leadership to the first queued caller.
+/// Runs one batch as the leader: applies it, hands the leadership to the first queued caller,
+/// then waits until the batch is durable and answers its callers.
 fn lead(store: &Store) {
     let group = &store.group;
     let mut queue = group.queue.lock();
-    let gather_started = Instant::now();
-    let deadline = gather_started + GATHER_WAIT_MAX;
-    // A batch of one says nobody else was calling: waiting for its caller would only add the
-    // wait to every call of a single client (its next call often comes on another thread, which
-    // `returned` cannot recognise).
-    while queue.last_batch_size > 1
-        && queue.last_batch_size > queue.returned
+    let deadline = Instant::now() + GATHER_WAIT_MAX;
+    while queue.syncing
+        && (queue.operations.len() as u64) < queue.last_synced_operations
         && queue.operations.len() < BATCH_OPS_MAX
     {
         queue.gathering = true;
@@ -483,57 +493,69 @@ fn lead(store: &Store) {
     queue.gathering = false;
     let count = queue.operations.len().min(BATCH_OPS_MAX);
     let batch: Vec<(Op, Arc<Slot>)> = queue.operations.drain(..count).collect();
-    let sequence = queue.last_batch + 1;
     drop(queue);
-    let gathered = gather_started.elapsed();
-    run_batch(store, batch, sequence);
-    tracing::trace!(
-        gathered_us = gathered.as_micros() as u64,
-        total_us = gather_started.elapsed().as_micros() as u64,
-        "led a batch"
-    );
+    let slots: Vec<Arc<Slot>> = batch.iter().map(|(_, slot)| slot.clone()).collect();
+    let applied = std::panic::catch_unwind(AssertUnwindSafe(|| apply_batch(store, batch)));
     let mut queue = group.queue.lock();
-    queue.last_batch = sequence;
-    queue.last_batch_size = count;
-    queue.returned = 0;
     match queue.operations.first() {
         Some((_, next)) => next.set(SlotState::Lead),
         None => queue.leader = false,
     }
-}
-
-fn run_batch(store: &Store, batch: Vec<(Op, Arc<Slot>)>, sequence: u64) {
-    let slots: Vec<Arc<Slot>> = batch.iter().map(|(_, slot)| slot.clone()).collect();
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| execute(store, batch)));
-    let results = match outcome {
-        Ok(results) => results,
-        Err(_) => {
+    drop(queue);
+    let results = applied
+        .and_then(|applied| std::panic::catch_unwind(AssertUnwindSafe(|| acknowledge(store, applied))))
+        .unwrap_or_else(|_| {
             store.poison("a metadata batch panicked".to_string());
             slots.iter().map(|_| Err(store.poisoned_error())).collect()
-        }
-    };
+        });
     for (slot, result) in slots.iter().zip(results) {
-        slot.set(SlotState::Done(Box::new(result), sequence));
+        slot.set(SlotState::Done(Box::new(result)));
     }
 }
 
-fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output>> {
+/// A batch committed to redb (visible to readers), not yet acknowledged.
+struct Applied {
+    results: Vec<StoreResult<Output>>,
+    /// `None` when the batch failed as a whole (its results say so).
+    committed: Option<Committed>,
+}
+
+struct Committed {
+    /// The batch's journal record (its number in [`GroupCommit::appended`]) and the file to
+    /// fdatasync; `None` if the batch committed durably to redb (a checkpoint).
+    record: Option<(u64, Arc<std::fs::File>)>,
+    written: Vec<Written>,
+    post: Vec<Post>,
+    loaded: HashSet<u64>,
+    txn_id: u64,
+    operations: usize,
+    applied: Instant,
+}
+
+/// Applies a batch inside one write transaction, appends its changes to the journal and
+/// commits it to redb without an fsync (or, at a checkpoint, durably).
+fn apply_batch(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Applied {
     let count = batch.len();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
+    let failed = |results: Vec<StoreResult<Output>>| Applied { results, committed: None };
     if store.is_poisoned() {
-        return (0..count).map(|_| Err(store.poisoned_error())).collect();
+        return failed((0..count).map(|_| Err(store.poisoned_error())).collect());
     }
     let mut applier = store.group.applier.lock();
-    let fail_all = |store: &Store, error: StoreError| -> Vec<StoreResult<Output>> {
+    let deferred = std::mem::take(&mut *store.group.evictions.lock());
+    for (number, drop_deleted) in deferred {
+        store.hot.evict_if_clean(number, drop_deleted);
+    }
+    let fail_all = |store: &Store, error: StoreError| -> Applied {
         store.poison(format!("metadata commit failed: {error}"));
-        (0..count).map(|_| Err(store.poisoned_error())).collect()
+        failed((0..count).map(|_| Err(store.poisoned_error())).collect())
     };
     let space_available_bytes = match crate::open::available_bytes(&store.config.data_dir) {
         Ok(bytes) => bytes,
         Err(error) => {
-            return (0..count)
-                .map(|_| Err(StoreError::Io(std::io::Error::other(error.to_string()))))
-                .collect();
+            return failed(
+                (0..count).map(|_| Err(StoreError::Io(std::io::Error::other(error.to_string())))).collect(),
+            );
         }
     };
     let mut txn = match store.db.begin_write().db() {
@@ -625,9 +647,9 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
         )
     };
     let txn_id = applier.txn_id + mutations;
-    // Durability: append the batch's changes to the journal and fdatasync it, then commit to
-    // redb without an fsync; or, at a checkpoint, commit to redb durably and start a new journal
-    // generation.
+    // Durability: append the batch's changes to the journal, then commit to redb without an
+    // fsync (the journal's fdatasync comes in `acknowledge`, while the next batch is applied);
+    // or, at a checkpoint, commit to redb durably and start a new journal generation.
     let mut journal = store.journal.lock();
     changes.push(Change {
         table: TableId::Meta,
@@ -691,48 +713,108 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
     if let Err(error) = meta_result {
         return fail_all(store, error);
     }
-    let apply_done = std::time::Instant::now();
-    if checkpoint {
+    let record = if checkpoint {
+        // A durable commit makes every earlier record durable too; it waits for a running
+        // fdatasync, and commits nothing after a failed one.
+        let mut synced = store.group.synced.lock();
+        if store.is_poisoned() {
+            return failed((0..count).map(|_| Err(store.poisoned_error())).collect());
+        }
         if let Err(error) = txn.set_durability(Durability::Immediate).db() {
             return fail_all(store, error);
         }
         if let Err(error) = txn.commit().db() {
             return fail_all(store, error);
         }
+        synced.records = store.group.appended.load(Ordering::SeqCst);
+        synced.operations = store.group.appended_operations.load(Ordering::SeqCst);
         journal.restart(generation);
+        None
     } else {
-        let appended = journal
-            .append(&payload)
-            .and_then(|()| store.faults.check_metadata_sync())
-            .and_then(|()| journal.sync());
-        if let Err(error) = appended {
+        if let Err(error) = journal.append(&payload) {
             return fail_all(store, StoreError::Io(error));
         }
+        store.group.appended_operations.fetch_add(count as u64, Ordering::SeqCst);
+        let number = store.group.appended.fetch_add(1, Ordering::SeqCst) + 1;
         if let Err(error) = txn.set_durability(Durability::None).db() {
             return fail_all(store, error);
         }
         if let Err(error) = txn.commit().db() {
             return fail_all(store, error);
         }
-    }
+        Some((number, journal.file()))
+    };
     drop(journal);
-    tracing::trace!(
-        operations = count,
-        apply_us = (apply_done - started).as_micros() as u64,
-        commit_us = apply_done.elapsed().as_micros() as u64,
-        checkpoint,
-        "batch committed"
-    );
-    store.group.batches.fetch_add(1, Ordering::Relaxed);
-    store.group.batched_operations.fetch_add(count as u64, Ordering::Relaxed);
     applier.next_inode = next_inode;
     applier.txn_id = txn_id;
     applier.used_bytes = used_bytes;
-    store.group.last_txn.store(txn_id, Ordering::SeqCst);
     drop(applier);
+    tracing::trace!(
+        operations = count,
+        apply_us = started.elapsed().as_micros() as u64,
+        checkpoint,
+        "batch applied"
+    );
+    Applied {
+        results,
+        committed: Some(Committed {
+            record,
+            written,
+            post,
+            loaded,
+            txn_id,
+            operations: count,
+            applied: Instant::now(),
+        }),
+    }
+}
 
-    // After the commit: the records are durable.
-    for (entry, generation, blocks) in written {
+/// Waits until an applied batch is durable (making it so with an fdatasync that also covers
+/// every record appended before it, unless an earlier one already did), then finishes it: the
+/// in-memory state that may only change once the batch is durable, and the batch's results.
+fn acknowledge(store: &Store, applied: Applied) -> Vec<StoreResult<Output>> {
+    let Applied { results, committed } = applied;
+    let Some(committed) = committed else {
+        return results;
+    };
+    let group = &store.group;
+    if let Some((number, file)) = &committed.record {
+        let mut synced = group.synced.lock();
+        if synced.records < *number {
+            // After a failed fdatasync this record may be lost, and fsync is never retried.
+            if store.is_poisoned() {
+                return results.iter().map(|_| Err(store.poisoned_error())).collect();
+            }
+            let target = group.appended.load(Ordering::SeqCst);
+            let target_operations = group.appended_operations.load(Ordering::SeqCst);
+            group.queue.lock().syncing = true;
+            let outcome = store.faults.check_metadata_sync().and_then(|()| file.sync_data());
+            let mut queue = group.queue.lock();
+            queue.syncing = false;
+            queue.last_synced_operations = target_operations.saturating_sub(synced.operations);
+            if queue.gathering {
+                group.gather.notify_one();
+            }
+            drop(queue);
+            if let Err(error) = outcome {
+                store.poison(format!("metadata commit failed: {error}"));
+                return results.iter().map(|_| Err(store.poisoned_error())).collect();
+            }
+            synced.records = target;
+            synced.operations = target_operations;
+        }
+    }
+    tracing::trace!(
+        operations = committed.operations,
+        durable_us = committed.applied.elapsed().as_micros() as u64,
+        "batch durable"
+    );
+    group.batches.fetch_add(1, Ordering::Relaxed);
+    group.batched_operations.fetch_add(committed.operations as u64, Ordering::Relaxed);
+    group.last_txn.fetch_max(committed.txn_id, Ordering::SeqCst);
+
+    // The records are durable.
+    for (entry, generation, blocks) in committed.written {
         let mut guard = entry.lock();
         guard.persisted_generation = guard.persisted_generation.max(generation);
         for (index, block_generation) in blocks {
@@ -742,9 +824,9 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
             }
         }
     }
-    let mut deleted = Vec::new();
+    let mut evictions = Vec::new();
     let mut finished_deletes = Vec::new();
-    for action in post {
+    for action in committed.post {
         match action {
             Post::SetMarks { entry, chunk, container, regions } => {
                 let mut guard = entry.lock();
@@ -758,7 +840,7 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
                 state.marked.extend(regions);
             }
             Post::DeleteFiles { number, chunks } => {
-                deleted.push(number);
+                evictions.push((number, true));
                 if !chunks.is_empty() {
                     data::delete_chunk_files(store, number, &chunks);
                     finished_deletes.push(number);
@@ -766,14 +848,27 @@ fn execute(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Vec<StoreResult<Output
             }
         }
     }
-    for number in &deleted {
-        store.hot.evict_if_clean(*number, true);
-    }
     store.finished_deletes.lock().extend(finished_deletes);
-    for number in loaded {
-        store.hot.evict_if_clean(number, false);
-    }
+    evictions.extend(committed.loaded.into_iter().map(|number| (number, false)));
+    evict_or_defer(store, evictions);
     results
+}
+
+/// Evicts clean hot entries now if no batch is being applied, else leaves them to the next
+/// batch (a batch being applied may hold an entry it loaded and change it: evicting it would
+/// lose the change).
+fn evict_or_defer(store: &Store, mut evictions: Vec<(u64, bool)>) {
+    let group = &store.group;
+    match group.applier.try_lock() {
+        Some(applier) => {
+            evictions.append(&mut group.evictions.lock());
+            for (number, drop_deleted) in evictions {
+                store.hot.evict_if_clean(number, drop_deleted);
+            }
+            drop(applier);
+        }
+        None => group.evictions.lock().extend(evictions),
+    }
 }
 
 fn apply(store: &Store, b: &mut Batch<'_>, op: Op) -> StoreResult<Output> {

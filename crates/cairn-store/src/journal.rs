@@ -26,6 +26,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::api::{StoreError, StoreResult};
 
@@ -147,7 +148,7 @@ fn decode_changes(mut bytes: &[u8]) -> Option<Vec<Change>> {
 
 /// The journal file and where the next record goes. Only the group-commit leader uses it.
 pub(crate) struct Journal {
-    file: File,
+    file: Arc<File>,
     capacity_bytes: u64,
     pub generation: u64,
     offset: u64,
@@ -177,7 +178,7 @@ impl Journal {
             }
         }
         Ok(Journal {
-            file,
+            file: Arc::new(file),
             capacity_bytes: capacity_bytes.max(length),
             generation: 0,
             offset: 0,
@@ -255,6 +256,12 @@ impl Journal {
 
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    /// The journal file, to make appended records durable without holding the journal (the
+    /// next batch appends meanwhile).
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
     }
 }
 
