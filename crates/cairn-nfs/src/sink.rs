@@ -230,3 +230,72 @@ fn push_slices<'a>(slices: &mut Vec<IoSlice<'a>>, reply: &'a Reply) {
         slices.push(IoSlice::new(padding(reply.payload.len())));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// Threads sending at once, through a socket that fills up (the reader starts late): every
+    /// reply arrives whole, once, and each thread's in the order it sent them.
+    #[test]
+    fn concurrent_senders_and_a_full_socket() {
+        const THREADS: u32 = 8;
+        const REPLIES: u32 = 400;
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let (sink, writer) = runtime.block_on(async {
+            let (_read_half, write_half) = tokio::net::TcpStream::from_std(server).unwrap().into_split();
+            let sink = ReplySink::new(write_half);
+            let writer = tokio::spawn(sink.clone().write_loop());
+            (sink, writer)
+        });
+        let permits = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+        let senders: Vec<_> = (0..THREADS)
+            .map(|thread| {
+                let (sink, permits) = (sink.clone(), permits.clone());
+                std::thread::spawn(move || {
+                    for sequence in 0..REPLIES {
+                        let length = (sequence * 37 + thread * 11) % 3000;
+                        let mut head = thread.to_be_bytes().to_vec();
+                        head.extend_from_slice(&sequence.to_be_bytes());
+                        head.extend_from_slice(&length.to_be_bytes());
+                        let reply = Reply { head, payload: vec![thread as u8; length as usize] };
+                        let permit = permits.clone().try_acquire_owned().unwrap();
+                        sink.send(&mut vec![Outgoing { reply, _permit: permit }]);
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut next = [0u32; THREADS as usize];
+        for _ in 0..THREADS * REPLIES {
+            let mut head = [0u8; 12];
+            client.read_exact(&mut head).unwrap();
+            let field = |index: usize| u32::from_be_bytes(head[index * 4..index * 4 + 4].try_into().unwrap());
+            let (thread, sequence, length) = (field(0), field(1), field(2));
+            assert!(thread < THREADS, "garbled reply head {head:?}");
+            assert_eq!(sequence, next[thread as usize], "thread {thread}'s replies out of order");
+            next[thread as usize] += 1;
+            let mut payload = vec![0u8; length as usize + padding(length as usize).len()];
+            client.read_exact(&mut payload).unwrap();
+            assert!(payload[..length as usize].iter().all(|&byte| byte == thread as u8), "garbled payload");
+        }
+        for sender in senders {
+            sender.join().unwrap();
+        }
+        assert_eq!(next, [REPLIES; THREADS as usize]);
+        sink.close();
+        runtime.block_on(writer).unwrap();
+        assert!(!sink.has_failed());
+        // Every reply was written and dropped: all permits are back.
+        assert_eq!(permits.available_permits(), Semaphore::MAX_PERMITS);
+    }
+}
