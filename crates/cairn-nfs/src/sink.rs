@@ -6,7 +6,10 @@
 //! itself. Here a reply finished on a blocking thread, or a batch of replies finished in the
 //! connection task, is written with one non-blocking vectored write; only what the socket does
 //! not take at once is queued, and the writer task finishes it, in order, while later replies
-//! queue behind it.
+//! queue behind it. A thread that finds another one writing leaves small replies to it (the
+//! replies a group commit releases at once then go out in one write, without the threads
+//! spinning on a lock) and waits its turn with a large one (a READ's: measured faster for
+//! streaming reads).
 //!
 //! Invariant: at most one of `writer_active` (the writer task owns the socket) and
 //! `direct_writer` (a thread in `send` does) is true; while `queue` is non-empty one of them is,
