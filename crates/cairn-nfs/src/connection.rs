@@ -487,7 +487,7 @@ fn execute_and_send(shared: &Shared, peer: SocketAddr, sink: &ReplySink, queued:
     if let Some(ticket) = job.ticket {
         ticket.complete(&reply.head, Instant::now());
     }
-    sink.send(&mut vec![Outgoing { reply, _permit: permit }]);
+    sink.send_from_thread(&mut vec![Outgoing { reply, _permit: permit }]);
 }
 
 /// The calls of one connection that read (READ, READDIR, READDIRPLUS, FSSTAT, MOUNT), and its

@@ -8,8 +8,8 @@
 //! not take at once is queued, and the writer task finishes it, in order, while later replies
 //! queue behind it. A thread that finds another one writing leaves small replies to it (the
 //! replies a group commit releases at once then go out in one write, without the threads
-//! spinning on a lock) and waits its turn with a large one (a READ's: measured faster for
-//! streaming reads).
+//! spinning on a lock); a blocking thread waits its turn with a large one (a READ's: measured
+//! faster for streaming reads). The connection task never waits.
 //!
 //! Invariant: at most one of `writer_active` (the writer task owns the socket) and
 //! `direct_writer` (a thread in `send` does) is true; while `queue` is non-empty one of them is,
@@ -84,12 +84,23 @@ impl ReplySink {
     }
 
     /// Sends replies (in this order), writing them now if the socket is idle. Empties `batch`.
-    ///
-    /// A thread that finds another one writing leaves its replies in the queue and returns at
-    /// once: the writing thread takes them in its next write. (Waiting for the lock through a
-    /// system call instead made the threads a group commit answers at once spin and yield
-    /// against each other.)
+    /// Never waits: for the connection task. A thread that finds another one writing leaves its
+    /// replies in the queue and returns at once: the writing thread takes them in its next
+    /// write.
     pub fn send(&self, batch: &mut Vec<Outgoing>) {
+        self.send_inner(batch, false);
+    }
+
+    /// [`send`](ReplySink::send) for a blocking thread: a large reply (a READ's) that finds
+    /// another thread writing waits its turn and is written by this thread (measured faster for
+    /// streaming reads than leaving it to the writing thread). Small replies are left as with
+    /// `send`; waiting for the lock through a system call instead made the threads a group
+    /// commit answers at once spin and yield against each other.
+    pub fn send_from_thread(&self, batch: &mut Vec<Outgoing>) {
+        self.send_inner(batch, true);
+    }
+
+    fn send_inner(&self, batch: &mut Vec<Outgoing>, may_wait: bool) {
         if batch.is_empty() {
             return;
         }
@@ -98,11 +109,9 @@ impl ReplySink {
             batch.clear();
             return;
         }
-        if state.direct_writer && !state.writer_active {
+        if may_wait && state.direct_writer && !state.writer_active {
             let bytes: usize = batch.iter().map(Outgoing::total_bytes).sum();
             if bytes > LEAVE_BYTES_MAX {
-                // A large reply (a READ's) waits its turn and is written by its own thread:
-                // measured faster for streaming reads than leaving it to the writing thread.
                 while state.direct_writer && !state.writer_active && !state.failed {
                     self.turn.wait(&mut state);
                 }
@@ -304,7 +313,7 @@ mod tests {
                         head.extend_from_slice(&length.to_be_bytes());
                         let reply = Reply { head, payload: vec![thread as u8; length as usize] };
                         let permit = permits.clone().try_acquire_owned().unwrap();
-                        sink.send(&mut vec![Outgoing { reply, _permit: permit }]);
+                        sink.send_from_thread(&mut vec![Outgoing { reply, _permit: permit }]);
                     }
                 })
             })

@@ -506,11 +506,16 @@ fn lead(store: &Store) {
         .and_then(|applied| std::panic::catch_unwind(AssertUnwindSafe(|| acknowledge(store, applied))))
         .unwrap_or_else(|_| {
             store.poison("a metadata batch panicked".to_string());
-            slots.iter().map(|_| Err(store.poisoned_error())).collect()
+            poisoned_results(store, slots.len())
         });
     for (slot, result) in slots.iter().zip(results) {
         slot.set(SlotState::Done(Box::new(result)));
     }
+}
+
+/// The results of a batch that fails as a whole because the store is poisoned.
+fn poisoned_results(store: &Store, count: usize) -> Vec<StoreResult<Output>> {
+    (0..count).map(|_| Err(store.poisoned_error())).collect()
 }
 
 /// A batch committed to redb (visible to readers), not yet acknowledged.
@@ -539,7 +544,7 @@ fn apply_batch(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Applied {
     let started = Instant::now();
     let failed = |results: Vec<StoreResult<Output>>| Applied { results, committed: None };
     if store.is_poisoned() {
-        return failed((0..count).map(|_| Err(store.poisoned_error())).collect());
+        return failed(poisoned_results(store, count));
     }
     let mut applier = store.group.applier.lock();
     let deferred = std::mem::take(&mut *store.group.evictions.lock());
@@ -548,7 +553,7 @@ fn apply_batch(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Applied {
     }
     let fail_all = |store: &Store, error: StoreError| -> Applied {
         store.poison(format!("metadata commit failed: {error}"));
-        failed((0..count).map(|_| Err(store.poisoned_error())).collect())
+        failed(poisoned_results(store, count))
     };
     let space_available_bytes = match crate::open::available_bytes(&store.config.data_dir) {
         Ok(bytes) => bytes,
@@ -718,7 +723,7 @@ fn apply_batch(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Applied {
         // fdatasync, and commits nothing after a failed one.
         let mut synced = store.group.synced.lock();
         if store.is_poisoned() {
-            return failed((0..count).map(|_| Err(store.poisoned_error())).collect());
+            return failed(poisoned_results(store, count));
         }
         if let Err(error) = txn.set_durability(Durability::Immediate).db() {
             return fail_all(store, error);
@@ -783,7 +788,7 @@ fn acknowledge(store: &Store, applied: Applied) -> Vec<StoreResult<Output>> {
         if synced.records < *number {
             // After a failed fdatasync this record may be lost, and fsync is never retried.
             if store.is_poisoned() {
-                return results.iter().map(|_| Err(store.poisoned_error())).collect();
+                return poisoned_results(store, results.len());
             }
             let target = group.appended.load(Ordering::SeqCst);
             let target_operations = group.appended_operations.load(Ordering::SeqCst);
@@ -798,7 +803,7 @@ fn acknowledge(store: &Store, applied: Applied) -> Vec<StoreResult<Output>> {
             drop(queue);
             if let Err(error) = outcome {
                 store.poison(format!("metadata commit failed: {error}"));
-                return results.iter().map(|_| Err(store.poisoned_error())).collect();
+                return poisoned_results(store, results.len());
             }
             synced.records = target;
             synced.operations = target_operations;
