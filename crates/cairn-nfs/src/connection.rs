@@ -3,13 +3,17 @@
 //! Per connection, one reader (this task) and one writer task. The reader takes a permit of a
 //! semaphore of [`REQUESTS_IN_FLIGHT_MAX`] before reading each record, so a client that sends
 //! faster than it is served stops being read (TCP backpressure) instead of queueing without bound.
-//! The store blocks, so calls run in three ways, chosen by procedure to keep thread hand-offs off
+//! The store blocks, so calls run in four ways, chosen by procedure to keep thread hand-offs off
 //! the hot path (each costs more than a small call):
 //! - metadata reads that never wait (GETATTR, ACCESS, LOOKUP, ...) run in the connection task
 //!   ([`runs_inline`]);
-//! - calls that may wait for the store's group commit (every change but an UNSTABLE WRITE,
-//!   COMMIT) get a blocking thread each, so that concurrent ones share a commit
-//!   ([`may_wait_for_a_commit`]);
+//! - changes (CREATE, REMOVE, RENAME, SETATTR, ...) of a local store are checked in the connection
+//!   task and handed to the store's group commit without waiting (`Connection::start_change`);
+//!   the thread that makes their batch durable encodes and sends their replies. No thread per
+//!   call: a batch of changes costs one wake-up of a committer thread;
+//! - other calls that may wait for the group commit (FILE_SYNC WRITE, COMMIT, and every change
+//!   when the file system is remote) get a blocking thread each, so that concurrent ones share a
+//!   commit ([`may_wait_for_a_commit`]);
 //! - the other reads (READ, READDIR, ...) and UNSTABLE WRITEs queue for at most
 //!   [`READ_WORKERS_MAX`] blocking threads per connection that take call after call (`ReadLane`).
 //!
@@ -229,6 +233,9 @@ impl Connection {
         let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
         let mut in_flight = JoinSet::new();
         let read_lane = Arc::new(ReadLane::default());
+        // Each change handed to the store holds a clone until it is answered: the connection
+        // ends only after all are (`recv` returns `None` once every clone is dropped).
+        let (changes_pending, mut changes_answered) = tokio::sync::mpsc::channel::<()>(1);
         // Replies made in this task, sent together once no complete record is left in the read
         // buffer (one vectored write for a burst of small calls).
         let mut ready = Vec::new();
@@ -268,6 +275,13 @@ impl Connection {
                     let reply = run_job(&self.shared, self.peer, &job, &record);
                     ready.push(Outgoing { reply, _permit: permit });
                 }
+                Action::Execute(job) if self.shared.store.calls_are_cheap() && is_change(&job.header) => {
+                    let queued = Queued { job, record, permit };
+                    if let Some(outgoing) = self.start_change(queued, &sink, &mut in_flight, &changes_pending)
+                    {
+                        ready.push(outgoing);
+                    }
+                }
                 Action::Execute(job) => {
                     let shared = self.shared.clone();
                     let sink = sink.clone();
@@ -301,6 +315,8 @@ impl Connection {
         while let Some(joined) = in_flight.join_next().await {
             log_join_error(joined);
         }
+        drop(changes_pending);
+        let _ = changes_answered.recv().await;
         sink.close();
         let mut writer = writer;
         let written = match tokio::time::timeout(SHUTDOWN_WRITE_TIMEOUT, &mut writer).await {
@@ -413,6 +429,56 @@ impl Connection {
         Action::Execute(Job { header, caller, read_only: options.read_only, ticket })
     }
 
+    /// Hands a change to the store without waiting for it ([`cairn_store::FileSystem::start_change`]):
+    /// the thread that makes it durable encodes and sends the reply. Returns the reply when the
+    /// arguments fail. A file system that cannot start changes gets a blocking thread for this
+    /// one.
+    fn start_change(
+        &self,
+        queued: Queued,
+        sink: &Arc<ReplySink>,
+        in_flight: &mut JoinSet<()>,
+        changes_pending: &tokio::sync::mpsc::Sender<()>,
+    ) -> Option<Outgoing> {
+        let Queued { job, record, permit } = queued;
+        let header = &job.header;
+        let arguments = &record[header.arguments_offset..];
+        let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            nfs::start_change(
+                &self.shared,
+                &job.caller,
+                job.read_only,
+                header.xid,
+                header.procedure,
+                arguments,
+            )
+        }));
+        let (change, pending) = match started {
+            Ok(nfs::Started::Change(change, pending)) => (change, pending),
+            Ok(nfs::Started::Reply(reply)) => return Some(complete(job.ticket, reply, permit)),
+            Err(_) => return Some(complete(job.ticket, panicked(header), permit)),
+        };
+        let key = request_key(self.client_ip, header, arguments);
+        let Job { header, caller, ticket, .. } = job;
+        let shared = self.shared.clone();
+        let sink = sink.clone();
+        let answered = changes_pending.clone();
+        let done: cairn_store::ChangeDone = Box::new(move |result| {
+            let reply =
+                std::panic::catch_unwind(AssertUnwindSafe(|| pending.finish(&shared, &caller, result)))
+                    .unwrap_or_else(|_| panicked(&header));
+            sink.send_from_thread(&mut vec![complete(ticket, reply, permit)]);
+            drop(answered);
+        });
+        if let Err(not_started) = self.shared.store.clone().start_change(change, done) {
+            let (change, done) = *not_started;
+            let store = self.shared.store.clone();
+            in_flight
+                .spawn_blocking(move || done(cairn_store::serving_request(key, || store.change(change))));
+        }
+        None
+    }
+
     /// This client's options for NFS requests, recomputed only when the exports changed.
     fn export_options(&mut self) -> Option<ExportOptions> {
         let generation = self.shared.exports_generation.load(Ordering::Acquire);
@@ -484,10 +550,20 @@ struct Queued {
 fn execute_and_send(shared: &Shared, peer: SocketAddr, sink: &ReplySink, queued: Queued) {
     let Queued { job, record, permit } = queued;
     let reply = run_job(shared, peer, &job, &record);
-    if let Some(ticket) = job.ticket {
+    sink.send_from_thread(&mut vec![complete(job.ticket, reply, permit)]);
+}
+
+/// A reply ready to send: remembered by the duplicate request cache first if the call is in it.
+fn complete(ticket: Option<DrcTicket>, reply: Reply, permit: OwnedSemaphorePermit) -> Outgoing {
+    if let Some(ticket) = ticket {
         ticket.complete(&reply.head, Instant::now());
     }
-    sink.send_from_thread(&mut vec![Outgoing { reply, _permit: permit }]);
+    Outgoing { reply, _permit: permit }
+}
+
+/// Changes of the local store: the connection task hands them over ([`Connection::start_change`]).
+fn is_change(header: &CallHeader) -> bool {
+    header.program == crate::NFS_PROGRAM && nfs_args::is_change(header.procedure)
 }
 
 /// The calls of one connection that read (READ, READDIR, READDIRPLUS, FSSTAT, MOUNT), and its
@@ -585,15 +661,18 @@ fn run_job(shared: &Shared, peer: SocketAddr, job: &Job, record: &[u8]) -> Reply
         }
         _ => mount::execute(shared, peer, header.xid, header.version, header.procedure, arguments),
     }));
-    result.unwrap_or_else(|_| {
-        tracing::error!(
-            xid = header.xid,
-            program = header.program,
-            procedure = header.procedure,
-            "call panicked"
-        );
-        Reply::new(rpc::accepted_reply(header.xid, AcceptStatus::SystemError))
-    })
+    result.unwrap_or_else(|_| panicked(header))
+}
+
+/// The reply to a call whose execution panicked (a bug).
+fn panicked(header: &CallHeader) -> Reply {
+    tracing::error!(
+        xid = header.xid,
+        program = header.program,
+        procedure = header.procedure,
+        "call panicked"
+    );
+    Reply::new(rpc::accepted_reply(header.xid, AcceptStatus::SystemError))
 }
 
 fn log_join_error(joined: Result<(), tokio::task::JoinError>) {

@@ -6,8 +6,8 @@
 use std::time::Instant;
 
 use cairn_store::{
-    Attributes, Caller, DirectoryPage, FileKind, PreOpAttributes, Stability, StoreError, Timestamp, WccData,
-    access,
+    Attributes, Caller, Change, Changed, DirectoryPage, FileKind, PreOpAttributes, Stability, StoreError,
+    Timestamp, WccData, access,
 };
 use cairn_types::limits::{FILE_SIZE_BYTES_MAX, IO_SIZE_BYTES_MAX, NAME_LENGTH_BYTES_MAX};
 use cairn_types::{Fid, FileHandle};
@@ -116,9 +116,8 @@ pub fn execute(
     arguments: &[u8],
 ) -> Reply {
     let started = Instant::now();
-    let name = procedure_name(procedure_number);
     let Ok(arguments) = nfs_args::decode(procedure_number, arguments) else {
-        cairn_metrics::nfs_request(name, "GARBAGE_ARGS", started.elapsed());
+        cairn_metrics::nfs_request(procedure_name(procedure_number), "GARBAGE_ARGS", started.elapsed());
         return Reply::new(rpc::accepted_reply(xid, AcceptStatus::GarbageArguments));
     };
     let written_bytes = match &arguments {
@@ -130,7 +129,96 @@ pub fn execute(
     let status_at = out.len();
     let mut request = Request { shared, caller, read_only, out };
     let payload = request.run(arguments);
-    let mut out = request.out;
+    finish_reply(request.out, status_at, procedure_number, started, written_bytes, payload)
+}
+
+/// The procedures that change something, started in two steps so that the caller need not wait
+/// for the store: [`start_change`] checks the arguments (and answers at once when they fail),
+/// the store makes the change, then [`PendingChange::finish`] encodes its result. [`execute`]
+/// runs the same steps in one go.
+pub enum Started {
+    Reply(Reply),
+    Change(Change, PendingChange),
+}
+
+/// A change handed to the store, and how to answer once it is made.
+pub struct PendingChange {
+    xid: u32,
+    procedure_number: u32,
+    read_only: bool,
+    started: Instant,
+    finish: Finish,
+}
+
+/// How a change's result is encoded: the objects whose attributes a failure reports.
+enum Finish {
+    /// CREATE, MKDIR, SYMLINK, MKNOD.
+    Created {
+        directory: Fid,
+    },
+    /// REMOVE, RMDIR, SETATTR.
+    Wcc {
+        fid: Fid,
+    },
+    Renamed {
+        from: Fid,
+        to: Fid,
+    },
+    Linked {
+        file: Fid,
+        directory: Fid,
+    },
+}
+
+/// Step one for a procedure that [`nfs_args::is_change`]: the change to make, or the whole
+/// reply when the arguments are wrong.
+pub fn start_change(
+    shared: &Shared,
+    caller: &Caller,
+    read_only: bool,
+    xid: u32,
+    procedure_number: u32,
+    arguments: &[u8],
+) -> Started {
+    let started = Instant::now();
+    let Ok(arguments) = nfs_args::decode(procedure_number, arguments) else {
+        cairn_metrics::nfs_request(procedure_name(procedure_number), "GARBAGE_ARGS", started.elapsed());
+        return Started::Reply(Reply::new(rpc::accepted_reply(xid, AcceptStatus::GarbageArguments)));
+    };
+    let mut out = Vec::with_capacity(reply_capacity(&arguments));
+    rpc::begin_accepted_reply(&mut out, xid, AcceptStatus::Success);
+    let status_at = out.len();
+    let mut request = Request { shared, caller, read_only, out };
+    match request.prepare_change(arguments) {
+        Some((change, finish)) => {
+            Started::Change(change, PendingChange { xid, procedure_number, read_only, started, finish })
+        }
+        None => Started::Reply(finish_reply(request.out, status_at, procedure_number, started, 0, None)),
+    }
+}
+
+impl PendingChange {
+    /// Step two: the reply, once the store has answered.
+    pub fn finish(self, shared: &Shared, caller: &Caller, result: Result<Changed, StoreError>) -> Reply {
+        let mut out = Vec::with_capacity(256);
+        rpc::begin_accepted_reply(&mut out, self.xid, AcceptStatus::Success);
+        let status_at = out.len();
+        let mut request = Request { shared, caller, read_only: self.read_only, out };
+        request.finish_change(self.finish, result.map_err(|error| nfs_status(&error)));
+        finish_reply(request.out, status_at, self.procedure_number, self.started, 0, None)
+    }
+}
+
+/// Ends a reply whose result was written after `status_at`: metrics, record mark.
+fn finish_reply(
+    mut out: Vec<u8>,
+    status_at: usize,
+    procedure_number: u32,
+    started: Instant,
+    written_bytes: u64,
+    payload: Option<Vec<u8>>,
+) -> Reply {
+    let name = procedure_name(procedure_number);
     // Every procedure's result starts with its nfsstat3 (NULL has none: it always succeeds).
     let status = out
         .get(status_at..status_at + 4)
@@ -238,13 +326,6 @@ impl Request<'_> {
         match arguments {
             NfsArguments::Null => {}
             NfsArguments::GetAttr { object } => self.getattr(object),
-            NfsArguments::SetAttr { object, attributes, guard_ctime } => match self.fid(object) {
-                Ok(fid) => {
-                    let result = self.store().setattr(self.caller, fid, attributes, guard_ctime);
-                    self.wcc_result(result, fid);
-                }
-                Err(status) => self.fail_wcc(status, None),
-            },
             NfsArguments::Lookup { directory, name } => self.lookup(directory, name),
             NfsArguments::Access { object, access } => self.access(object, access),
             NfsArguments::ReadLink { object } => match self.fid(object) {
@@ -260,48 +341,20 @@ impl Request<'_> {
             },
             NfsArguments::Read { file, offset, count } => return self.read(file, offset, count),
             NfsArguments::Write { file, offset, stable, data } => self.write(file, offset, stable, data),
-            NfsArguments::Create { directory, name, how } => {
-                self.create_like(directory, name, |store, caller, fid| store.create(caller, fid, name, how))
-            }
-            NfsArguments::MkDir { directory, name, attributes } => {
-                self.create_like(directory, name, |store, caller, fid| {
-                    store.mkdir(caller, fid, name, attributes)
-                })
-            }
-            NfsArguments::Symlink { directory, name, attributes, target } => {
-                self.create_like(directory, name, |store, caller, fid| {
-                    store.symlink(caller, fid, name, target, attributes)
-                })
-            }
-            NfsArguments::MkNod { directory, name, what } => match what {
-                MknodWhat::Special(kind, attributes) => {
-                    self.create_like(directory, name, |store, caller, fid| {
-                        store.mknod(caller, fid, name, kind, attributes)
-                    })
+            arguments @ (NfsArguments::SetAttr { .. }
+            | NfsArguments::Create { .. }
+            | NfsArguments::MkDir { .. }
+            | NfsArguments::Symlink { .. }
+            | NfsArguments::MkNod { .. }
+            | NfsArguments::Remove { .. }
+            | NfsArguments::RmDir { .. }
+            | NfsArguments::Rename { .. }
+            | NfsArguments::Link { .. }) => {
+                if let Some((change, finish)) = self.prepare_change(arguments) {
+                    let result = self.store().change(change).map_err(|error| nfs_status(&error));
+                    self.finish_change(finish, result);
                 }
-                MknodWhat::BadType => {
-                    let fid = self.fid(directory).ok();
-                    self.fail_wcc(nfsstat3::NFS3ERR_BADTYPE, fid);
-                }
-            },
-            NfsArguments::Remove { directory, name } => match self.fid(directory) {
-                Ok(fid) => {
-                    let result = self.store().remove(self.caller, fid, name);
-                    self.wcc_result(result, fid);
-                }
-                Err(status) => self.fail_wcc(status, None),
-            },
-            NfsArguments::RmDir { directory, name } => match self.fid(directory) {
-                Ok(fid) => {
-                    let result = self.store().rmdir(self.caller, fid, name);
-                    self.wcc_result(result, fid);
-                }
-                Err(status) => self.fail_wcc(status, None),
-            },
-            NfsArguments::Rename { from_directory, from_name, to_directory, to_name } => {
-                self.rename(from_directory, from_name, to_directory, to_name)
             }
-            NfsArguments::Link { file, directory, name } => self.link(file, directory, name),
             NfsArguments::ReadDir { directory, cookie, count } => {
                 self.readdir(directory, cookie, ReaddirLimits::plain(count))
             }
@@ -370,16 +423,6 @@ impl Request<'_> {
         let attributes = self.attributes_after_failure(fid);
         self.out.put(&status);
         self.wcc(&WccData { before: None, after: attributes });
-    }
-
-    fn wcc_result(&mut self, result: Result<WccData, StoreError>, fid: Fid) {
-        match result {
-            Ok(wcc) => {
-                self.ok();
-                self.wcc(&wcc);
-            }
-            Err(error) => self.fail_wcc(nfs_status(&error), Some(fid)),
-        }
     }
 
     fn getattr(&mut self, object: &[u8]) {
@@ -474,91 +517,200 @@ impl Request<'_> {
         }
     }
 
-    /// CREATE, MKDIR, SYMLINK and MKNOD: the same result shape.
-    fn create_like(
+    /// The change a changing procedure asks for, and how to encode its result; `None` when the
+    /// arguments fail (the failure is encoded).
+    fn prepare_change(&mut self, arguments: NfsArguments<'_>) -> Option<(Change, Finish)> {
+        let caller = self.caller.clone();
+        match arguments {
+            NfsArguments::SetAttr { object, attributes, guard_ctime } => match self.fid(object) {
+                Ok(fid) => Some((
+                    Change::Setattr { caller, fid, changes: attributes, guard_ctime },
+                    Finish::Wcc { fid },
+                )),
+                Err(status) => {
+                    self.fail_wcc(status, None);
+                    None
+                }
+            },
+            NfsArguments::Create { directory, name, how } => {
+                self.prepare_creation(directory, name, |directory, name| Change::Create {
+                    caller,
+                    directory,
+                    name,
+                    how,
+                })
+            }
+            NfsArguments::MkDir { directory, name, attributes } => {
+                self.prepare_creation(directory, name, |directory, name| Change::Mkdir {
+                    caller,
+                    directory,
+                    name,
+                    attributes,
+                })
+            }
+            NfsArguments::Symlink { directory, name, attributes, target } => {
+                self.prepare_creation(directory, name, |directory, name| Change::Symlink {
+                    caller,
+                    directory,
+                    name,
+                    target: target.to_vec(),
+                    attributes,
+                })
+            }
+            NfsArguments::MkNod { directory, name, what } => match what {
+                MknodWhat::Special(kind, attributes) => {
+                    self.prepare_creation(directory, name, |directory, name| Change::Mknod {
+                        caller,
+                        directory,
+                        name,
+                        kind,
+                        attributes,
+                    })
+                }
+                MknodWhat::BadType => {
+                    let fid = self.fid(directory).ok();
+                    self.fail_wcc(nfsstat3::NFS3ERR_BADTYPE, fid);
+                    None
+                }
+            },
+            NfsArguments::Remove { directory, name } => match self.fid(directory) {
+                Ok(fid) => Some((
+                    Change::Remove { caller, directory: fid, name: name.to_vec() },
+                    Finish::Wcc { fid },
+                )),
+                Err(status) => {
+                    self.fail_wcc(status, None);
+                    None
+                }
+            },
+            NfsArguments::RmDir { directory, name } => match self.fid(directory) {
+                Ok(fid) => {
+                    Some((Change::Rmdir { caller, directory: fid, name: name.to_vec() }, Finish::Wcc { fid }))
+                }
+                Err(status) => {
+                    self.fail_wcc(status, None);
+                    None
+                }
+            },
+            NfsArguments::Rename { from_directory, from_name, to_directory, to_name } => {
+                let fids = self.fid(from_directory).and_then(|from| Ok((from, self.fid(to_directory)?)));
+                let (from, to) = match fids {
+                    Ok(fids) => fids,
+                    Err(status) => {
+                        self.out.put(&status);
+                        self.wcc(&WccData { before: None, after: None });
+                        self.wcc(&WccData { before: None, after: None });
+                        return None;
+                    }
+                };
+                let finish = Finish::Renamed { from, to };
+                if let Err(status) = check_new_name(to_name) {
+                    self.finish_change(finish, Err(status));
+                    return None;
+                }
+                let change = Change::Rename {
+                    caller,
+                    from_directory: from,
+                    from_name: from_name.to_vec(),
+                    to_directory: to,
+                    to_name: to_name.to_vec(),
+                };
+                Some((change, finish))
+            }
+            NfsArguments::Link { file, directory, name } => {
+                let fids = self.fid(file).and_then(|file| Ok((file, self.fid(directory)?)));
+                let (file, directory) = match fids {
+                    Ok(fids) => fids,
+                    Err(status) => {
+                        self.out.put(&status);
+                        self.post_op(None);
+                        self.wcc(&WccData { before: None, after: None });
+                        return None;
+                    }
+                };
+                let finish = Finish::Linked { file, directory };
+                if let Err(status) = check_new_name(name) {
+                    self.finish_change(finish, Err(status));
+                    return None;
+                }
+                Some((Change::Link { caller, fid: file, directory, name: name.to_vec() }, finish))
+            }
+            _ => {
+                // Not a change: a bug in the caller.
+                tracing::error!("prepare_change called for a procedure that changes nothing");
+                self.out.put(&nfsstat3::NFS3ERR_SERVERFAULT);
+                None
+            }
+        }
+    }
+
+    /// CREATE, MKDIR, SYMLINK and MKNOD: the same arguments checks.
+    fn prepare_creation(
         &mut self,
         directory: &[u8],
         name: &[u8],
-        operation: impl FnOnce(
-            &dyn cairn_store::FileSystem,
-            &Caller,
-            Fid,
-        ) -> Result<cairn_store::Created, StoreError>,
-    ) {
+        change: impl FnOnce(Fid, Vec<u8>) -> Change,
+    ) -> Option<(Change, Finish)> {
         let directory = match self.fid(directory) {
             Ok(fid) => fid,
-            Err(status) => return self.fail_wcc(status, None),
+            Err(status) => {
+                self.fail_wcc(status, None);
+                return None;
+            }
         };
         if let Err(status) = check_new_name(name) {
-            return self.fail_wcc(status, Some(directory));
+            self.fail_wcc(status, Some(directory));
+            return None;
         }
-        match operation(self.store(), self.caller, directory) {
-            Ok(created) => {
+        Some((change(directory, name.to_vec()), Finish::Created { directory }))
+    }
+
+    /// Encodes a change's result. Failures report the current attributes of the objects
+    /// involved, fetched separately (see [`Request::attributes_after_failure`]).
+    fn finish_change(&mut self, finish: Finish, result: Result<Changed, nfsstat3>) {
+        match (finish, result) {
+            (Finish::Created { .. }, Ok(Changed::Created(created))) => {
                 self.ok();
                 self.out.put_bool(true);
                 self.put_handle(created.fid);
                 self.post_op(Some(&created.attributes));
                 self.wcc(&created.directory);
             }
-            Err(error) => self.fail_wcc(nfs_status(&error), Some(directory)),
-        }
-    }
-
-    fn rename(&mut self, from_directory: &[u8], from_name: &[u8], to_directory: &[u8], to_name: &[u8]) {
-        let fids = self.fid(from_directory).and_then(|from| Ok((from, self.fid(to_directory)?)));
-        let (from, to) = match fids {
-            Ok(fids) => fids,
-            Err(status) => {
-                self.out.put(&status);
-                self.wcc(&WccData { before: None, after: None });
-                self.wcc(&WccData { before: None, after: None });
-                return;
+            (Finish::Created { directory: fid } | Finish::Wcc { fid }, Err(status)) => {
+                self.fail_wcc(status, Some(fid));
             }
-        };
-        let result = check_new_name(to_name).and_then(|()| {
-            self.store().rename(self.caller, from, from_name, to, to_name).map_err(|e| nfs_status(&e))
-        });
-        match result {
-            Ok(renamed) => {
+            (Finish::Wcc { .. }, Ok(Changed::Wcc(wcc))) => {
+                self.ok();
+                self.wcc(&wcc);
+            }
+            (Finish::Renamed { .. }, Ok(Changed::Renamed(renamed))) => {
                 self.ok();
                 self.wcc(&renamed.from_directory);
                 self.wcc(&renamed.to_directory);
             }
-            Err(status) => {
+            (Finish::Renamed { from, to }, Err(status)) => {
                 let from_after = self.attributes_after_failure(Some(from));
                 let to_after = if to == from { from_after } else { self.attributes_after_failure(Some(to)) };
                 self.out.put(&status);
                 self.wcc(&WccData { before: None, after: from_after });
                 self.wcc(&WccData { before: None, after: to_after });
             }
-        }
-    }
-
-    fn link(&mut self, file: &[u8], directory: &[u8], name: &[u8]) {
-        let fids = self.fid(file).and_then(|file| Ok((file, self.fid(directory)?)));
-        let (file, directory) = match fids {
-            Ok(fids) => fids,
-            Err(status) => {
-                self.out.put(&status);
-                self.post_op(None);
-                self.wcc(&WccData { before: None, after: None });
-                return;
-            }
-        };
-        let result = check_new_name(name)
-            .and_then(|()| self.store().link(self.caller, file, directory, name).map_err(|e| nfs_status(&e)));
-        match result {
-            Ok(linked) => {
+            (Finish::Linked { .. }, Ok(Changed::Linked(linked))) => {
                 self.ok();
                 self.post_op(Some(&linked.file));
                 self.wcc(&linked.directory);
             }
-            Err(status) => {
+            (Finish::Linked { file, directory }, Err(status)) => {
                 let file_after = self.attributes_after_failure(Some(file));
                 let directory_after = self.attributes_after_failure(Some(directory));
                 self.out.put(&status);
                 self.post_op(file_after.as_ref());
                 self.wcc(&WccData { before: None, after: directory_after });
+            }
+            (finish, Ok(_)) => {
+                // The file system answered with another kind of result: a bug.
+                tracing::error!("a change was answered with the result of another kind of change");
+                self.finish_change(finish, Err(nfsstat3::NFS3ERR_SERVERFAULT));
             }
         }
     }

@@ -50,6 +50,11 @@ pub fn is_modifying(procedure_number: u32) -> bool {
 /// Procedures whose retransmission must be answered from the duplicate request cache
 /// (RFC 1813 section 4.5). WRITE is left out: rewriting the same bytes is harmless.
 pub fn is_non_idempotent(procedure_number: u32) -> bool {
+    is_change(procedure_number)
+}
+
+/// Procedures that are one [`cairn_store::Change`] each (all of them non-idempotent).
+pub fn is_change(procedure_number: u32) -> bool {
     use procedure::*;
     matches!(procedure_number, SETATTR | CREATE | MKDIR | SYMLINK | MKNOD | REMOVE | RMDIR | RENAME | LINK)
 }

@@ -204,6 +204,82 @@ pub struct Linked {
     pub directory: WccData,
 }
 
+/// A change to a volume's namespace or attributes: one group-commit operation (see
+/// [`crate::FileSystem::start_change`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Create {
+        caller: Caller,
+        directory: Fid,
+        name: Vec<u8>,
+        how: CreateHow,
+    },
+    Mkdir {
+        caller: Caller,
+        directory: Fid,
+        name: Vec<u8>,
+        attributes: SetAttributes,
+    },
+    Symlink {
+        caller: Caller,
+        directory: Fid,
+        name: Vec<u8>,
+        target: Vec<u8>,
+        attributes: SetAttributes,
+    },
+    Mknod {
+        caller: Caller,
+        directory: Fid,
+        name: Vec<u8>,
+        kind: SpecialKind,
+        attributes: SetAttributes,
+    },
+    /// REMOVE of a non-directory.
+    Remove {
+        caller: Caller,
+        directory: Fid,
+        name: Vec<u8>,
+    },
+    Rmdir {
+        caller: Caller,
+        directory: Fid,
+        name: Vec<u8>,
+    },
+    /// Atomic, also over an existing target (a file over a file, or a directory over an empty
+    /// directory).
+    Rename {
+        caller: Caller,
+        from_directory: Fid,
+        from_name: Vec<u8>,
+        to_directory: Fid,
+        to_name: Vec<u8>,
+    },
+    Link {
+        caller: Caller,
+        fid: Fid,
+        directory: Fid,
+        name: Vec<u8>,
+    },
+    Setattr {
+        caller: Caller,
+        fid: Fid,
+        changes: SetAttributes,
+        guard_ctime: Option<Timestamp>,
+    },
+}
+
+/// What a [`Change`] answers: `Created` for the creations, `Wcc` for REMOVE, RMDIR and SETATTR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    Created(Created),
+    Wcc(WccData),
+    Renamed(Renamed),
+    Linked(Linked),
+}
+
+/// Receives a started change's result (see [`crate::FileSystem::start_change`]).
+pub type ChangeDone = Box<dyn FnOnce(StoreResult<Changed>) + Send>;
+
 /// One directory entry of a listing. Cookies are stable: an entry keeps its cookie for as long as
 /// it exists, whatever else changes in the directory, and a cookie means the same on every
 /// gateway. Cookies 1 and 2 are `.` and `..`; cookie 0 means "from the start".

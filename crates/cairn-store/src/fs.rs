@@ -4,12 +4,14 @@
 //! calling the volume's master file server over the network. The gateway only knows this trait.
 
 use std::cell::Cell;
+use std::sync::Arc;
 
 use cairn_types::{ClusterId, Fid, VolumeId};
 
 use crate::{
-    Attributes, Caller, CommitResult, CreateHow, Created, DirectoryPage, FsStat, Linked, Lookup, ReadResult,
-    Renamed, SetAttributes, SpecialKind, Stability, Store, StoreResult, Timestamp, WccData, WriteResult,
+    Attributes, Caller, Change, ChangeDone, Changed, CommitResult, CreateHow, Created, DirectoryPage, FsStat,
+    Linked, Lookup, ReadResult, Renamed, SetAttributes, SpecialKind, Stability, Store, StoreResult,
+    Timestamp, WccData, WriteResult,
 };
 
 /// One volume's file system operations. Every method may block (on disk or network I/O); call
@@ -88,6 +90,55 @@ pub trait FileSystem: Send + Sync + 'static {
         with_attributes: bool,
     ) -> StoreResult<DirectoryPage>;
     fn fsstat(&self) -> StoreResult<FsStat>;
+
+    /// Makes a change and waits until it is durable: one of the changing methods above.
+    fn change(&self, change: Change) -> StoreResult<Changed> {
+        match change {
+            Change::Create { caller, directory, name, how } => {
+                self.create(&caller, directory, &name, how).map(Changed::Created)
+            }
+            Change::Mkdir { caller, directory, name, attributes } => {
+                self.mkdir(&caller, directory, &name, attributes).map(Changed::Created)
+            }
+            Change::Symlink { caller, directory, name, target, attributes } => {
+                self.symlink(&caller, directory, &name, &target, attributes).map(Changed::Created)
+            }
+            Change::Mknod { caller, directory, name, kind, attributes } => {
+                self.mknod(&caller, directory, &name, kind, attributes).map(Changed::Created)
+            }
+            Change::Remove { caller, directory, name } => {
+                self.remove(&caller, directory, &name).map(Changed::Wcc)
+            }
+            Change::Rmdir { caller, directory, name } => {
+                self.rmdir(&caller, directory, &name).map(Changed::Wcc)
+            }
+            Change::Rename { caller, from_directory, from_name, to_directory, to_name } => {
+                self.rename(&caller, from_directory, &from_name, to_directory, &to_name).map(Changed::Renamed)
+            }
+            Change::Link { caller, fid, directory, name } => {
+                self.link(&caller, fid, directory, &name).map(Changed::Linked)
+            }
+            Change::Setattr { caller, fid, changes, guard_ctime } => {
+                self.setattr(&caller, fid, changes, guard_ctime).map(Changed::Wcc)
+            }
+        }
+    }
+
+    /// Starts a change without blocking the calling thread, when this file system can: `done`
+    /// then gets the result once the change is durable, on a thread of the file system's
+    /// (`done` must not wait long: it holds up the results of other changes). Otherwise, the
+    /// default, it gives the change back, for the caller to make with [`FileSystem::change`] on
+    /// a blocking thread.
+    ///
+    /// Why: the gateway's connection task can hand a change over without a thread hop per call;
+    /// the store's group commit answers a whole batch from the thread that made it durable.
+    fn start_change(
+        self: Arc<Self>,
+        change: Change,
+        done: ChangeDone,
+    ) -> Result<(), Box<(Change, ChangeDone)>> {
+        Err(Box::new((change, done)))
+    }
 }
 
 impl FileSystem for Store {
@@ -203,6 +254,16 @@ impl FileSystem for Store {
     }
     fn fsstat(&self) -> StoreResult<FsStat> {
         Store::fsstat(self)
+    }
+    fn change(&self, change: Change) -> StoreResult<Changed> {
+        Store::change(self, change)
+    }
+    fn start_change(
+        self: Arc<Self>,
+        change: Change,
+        done: ChangeDone,
+    ) -> Result<(), Box<(Change, ChangeDone)>> {
+        Store::start_change(&self, change, done)
     }
 }
 

@@ -22,13 +22,10 @@ use cairn_types::{Fid, TxnId};
 use parking_lot::{Condvar, Mutex};
 use redb::{Durability, Table};
 
-use crate::api::{
-    Caller, CreateHow, Created, Linked, Renamed, SetAttributes, SpecialKind, StoreError, StoreResult,
-    Timestamp, WccData,
-};
+use crate::api::{Change, ChangeDone, Changed, StoreError, StoreResult};
 use crate::format::{self, BLOCK, Inode};
 use crate::hot::{ChunkDirty, EntryRef};
-use crate::journal::{CHECKPOINT_BATCHES, Change, TableId, keys};
+use crate::journal::{CHECKPOINT_BATCHES, Change as Row, TableId, keys};
 use crate::tables::{self, Db};
 use crate::{Store, data, namespace};
 
@@ -44,83 +41,25 @@ const OPERATION_PAGES_BYTES: u64 = 32 * 1024;
 const BATCH_OPS_MAX: usize = 4096;
 
 pub(crate) enum Op {
-    Create {
-        caller: Caller,
-        directory: Fid,
-        name: Vec<u8>,
-        how: CreateHow,
-    },
-    Mkdir {
-        caller: Caller,
-        directory: Fid,
-        name: Vec<u8>,
-        attributes: SetAttributes,
-    },
-    Symlink {
-        caller: Caller,
-        directory: Fid,
-        name: Vec<u8>,
-        target: Vec<u8>,
-        attributes: SetAttributes,
-    },
-    Mknod {
-        caller: Caller,
-        directory: Fid,
-        name: Vec<u8>,
-        kind: SpecialKind,
-        attributes: SetAttributes,
-    },
-    Remove {
-        caller: Caller,
-        directory: Fid,
-        name: Vec<u8>,
-    },
-    Rmdir {
-        caller: Caller,
-        directory: Fid,
-        name: Vec<u8>,
-    },
-    Rename {
-        caller: Caller,
-        from_directory: Fid,
-        from_name: Vec<u8>,
-        to_directory: Fid,
-        to_name: Vec<u8>,
-    },
-    Link {
-        caller: Caller,
-        fid: Fid,
-        directory: Fid,
-        name: Vec<u8>,
-    },
-    Setattr {
-        caller: Caller,
-        fid: Fid,
-        changes: SetAttributes,
-        guard_ctime: Option<Timestamp>,
-    },
+    /// A change a client asked for.
+    Change(Change),
     /// Records durable dirty-region intents (and chunk map rows) before unstable writes.
-    MarkDirty {
-        inode: u64,
-        regions: Vec<(u64, u32, u32)>,
-    },
+    MarkDirty { inode: u64, regions: Vec<(u64, u32, u32)> },
     /// Persists inodes' unstable metadata and inline blocks, and clears the dirty-region
     /// intents of chunks whose data was synced: (inode, [(chunk index, write sequence at the
     /// sync)]).
-    Flush {
-        items: Vec<(u64, Vec<(u64, u64)>)>,
-    },
+    Flush { items: Vec<(u64, Vec<(u64, u64)>)> },
     /// Persists the unstable metadata and inline blocks of every hot inode (memory bound).
     FlushAll,
     /// Commits durably to redb and starts a new journal generation (clean shutdown).
     Checkpoint,
 }
 
+// Moved once per operation, never stored in bulk: boxing the large variant would only add an
+// allocation per change.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Output {
-    Created(Created),
-    Wcc(WccData),
-    Renamed(Renamed),
-    Linked(Linked),
+    Changed(Changed),
     Done,
 }
 
@@ -163,7 +102,7 @@ pub(crate) struct Batch<'t> {
     space_available_bytes: u64,
     space_reserve_bytes: u64,
     /// The physical changes of this batch, for the journal.
-    changes: Vec<Change>,
+    changes: Vec<Row>,
     /// Commit this batch durably to redb and start a new journal generation.
     force_checkpoint: bool,
     /// The `used_bytes` row as this batch leaves it: every inode record written or deleted
@@ -178,7 +117,7 @@ impl Batch<'_> {
     }
 
     fn log(&mut self, table: TableId, key: Vec<u8>, value: Option<Vec<u8>>) {
-        self.changes.push(Change { table, key, value });
+        self.changes.push(Row { table, key, value });
     }
 
     pub fn put_inode(&mut self, number: u64, value: &[u8]) -> StoreResult<()> {
@@ -357,8 +296,17 @@ impl Slot {
     }
 }
 
+/// Who waits for an operation's result.
+enum Waiter {
+    /// A thread blocked in [`submit`] (it may be handed the leadership).
+    Thread(Arc<Slot>),
+    /// A change started with [`start`], whose submitter does not wait: its callback runs on the
+    /// thread that finishes its batch, and a committer thread leads for it.
+    Callback(ChangeDone),
+}
+
 struct Queue {
-    operations: Vec<(Op, Arc<Slot>)>,
+    operations: Vec<(Op, Waiter)>,
     /// Invariant: when false, `operations` is empty (a leader that has applied its batch hands
     /// over to the first queued caller).
     leader: bool,
@@ -406,6 +354,14 @@ pub(crate) struct GroupCommit {
     /// Batches committed and operations in them (for measurements).
     pub batches: AtomicU64,
     pub batched_operations: AtomicU64,
+    committers: Arc<Committers>,
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.committers.state.lock().stopping = true;
+        self.committers.wake.notify_all();
+    }
 }
 
 impl GroupCommit {
@@ -427,6 +383,7 @@ impl GroupCommit {
             last_txn: AtomicU64::new(txn_id),
             batches: AtomicU64::new(0),
             batched_operations: AtomicU64::new(0),
+            committers: Arc::new(Committers::default()),
         }
     }
 
@@ -451,7 +408,7 @@ pub(crate) fn submit(store: &Store, op: Op) -> StoreResult<Output> {
     let group = &store.group;
     let slot = Arc::new(Slot { state: Mutex::new(SlotState::Waiting), wake: Condvar::new() });
     let mut queue = group.queue.lock();
-    queue.operations.push((op, slot.clone()));
+    queue.operations.push((op, Waiter::Thread(slot.clone())));
     let lead_now = !queue.leader;
     queue.leader = true;
     if queue.gathering {
@@ -492,13 +449,18 @@ fn lead(store: &Store) {
     }
     queue.gathering = false;
     let count = queue.operations.len().min(BATCH_OPS_MAX);
-    let batch: Vec<(Op, Arc<Slot>)> = queue.operations.drain(..count).collect();
+    if count == 0 {
+        // Not expected (a leader is only made for a queued operation), but harmless.
+        queue.leader = false;
+        return;
+    }
+    let (batch, waiters): (Vec<Op>, Vec<Waiter>) = queue.operations.drain(..count).unzip();
     drop(queue);
-    let slots: Vec<Arc<Slot>> = batch.iter().map(|(_, slot)| slot.clone()).collect();
     let applied = std::panic::catch_unwind(AssertUnwindSafe(|| apply_batch(store, batch)));
     let mut queue = group.queue.lock();
     match queue.operations.first() {
-        Some((_, next)) => next.set(SlotState::Lead),
+        Some((_, Waiter::Thread(next))) => next.set(SlotState::Lead),
+        Some((_, Waiter::Callback(_))) => group.committers.lead_elsewhere(None),
         None => queue.leader = false,
     }
     drop(queue);
@@ -506,10 +468,117 @@ fn lead(store: &Store) {
         .and_then(|applied| std::panic::catch_unwind(AssertUnwindSafe(|| acknowledge(store, applied))))
         .unwrap_or_else(|_| {
             store.poison("a metadata batch panicked".to_string());
-            poisoned_results(store, slots.len())
+            poisoned_results(store, waiters.len())
         });
-    for (slot, result) in slots.iter().zip(results) {
-        slot.set(SlotState::Done(Box::new(result)));
+    deliver(waiters, results);
+}
+
+/// Gives each waiter its result: wakes the waiting threads first, then runs the callbacks.
+fn deliver(waiters: Vec<Waiter>, results: Vec<StoreResult<Output>>) {
+    let mut callbacks = Vec::new();
+    for (waiter, result) in waiters.into_iter().zip(results) {
+        match waiter {
+            Waiter::Thread(slot) => slot.set(SlotState::Done(Box::new(result))),
+            Waiter::Callback(done) => callbacks.push((done, result)),
+        }
+    }
+    for (done, result) in callbacks {
+        let result = result.map(|output| match output {
+            Output::Changed(changed) => changed,
+            Output::Done => unreachable!("a started change answers with what it changed"),
+        });
+        if std::panic::catch_unwind(AssertUnwindSafe(|| done(result))).is_err() {
+            tracing::error!("the callback of a change panicked");
+        }
+    }
+}
+
+/// Starts a change without waiting for it: `done` gets its result once it is durable (or has
+/// failed), on the thread that finishes its batch. If no batch is being led, a committer thread
+/// leads one.
+pub(crate) fn start(store: &Arc<Store>, change: Change, done: ChangeDone) {
+    let group = &store.group;
+    let mut queue = group.queue.lock();
+    queue.operations.push((Op::Change(change), Waiter::Callback(done)));
+    if queue.gathering {
+        group.gather.notify_one();
+    }
+    if !queue.leader {
+        queue.leader = true;
+        drop(queue);
+        group.committers.lead_elsewhere(Some(store));
+    }
+}
+
+/// Most committer threads per store: one applies a batch while another waits for the previous
+/// batch's fdatasync (and runs its callbacks); the others cover callbacks that run late.
+const COMMITTERS_MAX: usize = 4;
+/// How long an idle committer thread lives.
+const COMMITTER_IDLE: Duration = Duration::from_secs(10);
+
+/// Threads that lead the batches of started changes, whose submitters cannot wait (the NFS
+/// gateway's connection tasks). Started on demand; they hold the store only while leading, and
+/// end when idle for [`COMMITTER_IDLE`] or when the store is dropped.
+#[derive(Default)]
+struct Committers {
+    state: Mutex<CommittersState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct CommittersState {
+    /// Leaderships handed over to the committers and not yet taken.
+    wanted: usize,
+    threads: usize,
+    /// The store to lead for (set by the first started change).
+    store: std::sync::Weak<Store>,
+    stopping: bool,
+}
+
+impl Committers {
+    /// Hands the leadership (already marked taken in the queue) to a committer thread.
+    fn lead_elsewhere(self: &Arc<Self>, store: Option<&Arc<Store>>) {
+        let mut state = self.state.lock();
+        if let Some(store) = store
+            && state.store.strong_count() == 0
+        {
+            state.store = Arc::downgrade(store);
+        }
+        state.wanted += 1;
+        if self.wake.notify_one() || state.threads >= COMMITTERS_MAX {
+            return;
+        }
+        let committers = self.clone();
+        let spawned = std::thread::Builder::new().name("cairn-commit".into()).spawn(move || committers.run());
+        match spawned {
+            Ok(_) => state.threads += 1,
+            // The leadership stays wanted: the next hand-over tries again, and a running
+            // committer takes it when it finishes.
+            Err(error) => tracing::error!(%error, "cannot start a committer thread"),
+        }
+    }
+
+    /// A committer thread: leads batches while leaderships are wanted.
+    fn run(self: Arc<Self>) {
+        let mut state = self.state.lock();
+        loop {
+            if state.wanted > 0 {
+                state.wanted -= 1;
+                let store = state.store.upgrade();
+                drop(state);
+                if let Some(store) = store {
+                    lead(&store);
+                }
+                state = self.state.lock();
+                continue;
+            }
+            if state.stopping
+                || (self.wake.wait_for(&mut state, COMMITTER_IDLE).timed_out() && state.wanted == 0)
+            {
+                break;
+            }
+        }
+        state.threads -= 1;
     }
 }
 
@@ -539,7 +608,7 @@ struct Committed {
 
 /// Applies a batch inside one write transaction, appends its changes to the journal and
 /// commits it to redb without an fsync (or, at a checkpoint, durably).
-fn apply_batch(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Applied {
+fn apply_batch(store: &Store, batch: Vec<Op>) -> Applied {
     let count = batch.len();
     let started = Instant::now();
     let failed = |results: Vec<StoreResult<Output>>| Applied { results, committed: None };
@@ -604,7 +673,7 @@ fn apply_batch(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Applied {
                 return fail_all(store, error);
             }
         }
-        for (op, _) in batch {
+        for op in batch {
             b.mutated = false;
             let result = apply(store, &mut b, op);
             match &result {
@@ -656,19 +725,19 @@ fn apply_batch(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Applied {
     // fsync (the journal's fdatasync comes in `acknowledge`, while the next batch is applied);
     // or, at a checkpoint, commit to redb durably and start a new journal generation.
     let mut journal = store.journal.lock();
-    changes.push(Change {
+    changes.push(Row {
         table: TableId::Meta,
         key: b"next_inode".to_vec(),
         value: Some(next_inode.to_le_bytes().to_vec()),
     });
-    changes.push(Change {
+    changes.push(Row {
         table: TableId::Meta,
         key: b"txn_id".to_vec(),
         value: Some(txn_id.to_le_bytes().to_vec()),
     });
     // In every batch, like the counters above: it travels with the inode rows that change it
     // (and a store that predates the row gets it from its first batch).
-    changes.push(Change {
+    changes.push(Row {
         table: TableId::Meta,
         key: b"used_bytes".to_vec(),
         value: Some(used_bytes.to_le_bytes().to_vec()),
@@ -687,7 +756,7 @@ fn apply_batch(store: &Store, batch: Vec<(Op, Arc<Slot>)>) -> Applied {
         None
     };
     if let Some(position) = position {
-        let change = Change {
+        let change = Row {
             table: TableId::Meta,
             key: b"replication_position".to_vec(),
             value: Some(position.to_le_bytes().to_vec()),
@@ -878,35 +947,7 @@ fn evict_or_defer(store: &Store, mut evictions: Vec<(u64, bool)>) {
 
 fn apply(store: &Store, b: &mut Batch<'_>, op: Op) -> StoreResult<Output> {
     match op {
-        Op::Create { caller, directory, name, how } => {
-            namespace::apply_create(store, b, &caller, directory, &name, how).map(Output::Created)
-        }
-        Op::Mkdir { caller, directory, name, attributes } => {
-            namespace::apply_mkdir(store, b, &caller, directory, &name, attributes).map(Output::Created)
-        }
-        Op::Symlink { caller, directory, name, target, attributes } => {
-            namespace::apply_symlink(store, b, &caller, directory, &name, &target, attributes)
-                .map(Output::Created)
-        }
-        Op::Mknod { caller, directory, name, kind, attributes } => {
-            namespace::apply_mknod(store, b, &caller, directory, &name, kind, attributes).map(Output::Created)
-        }
-        Op::Remove { caller, directory, name } => {
-            namespace::apply_remove(store, b, &caller, directory, &name, false).map(Output::Wcc)
-        }
-        Op::Rmdir { caller, directory, name } => {
-            namespace::apply_remove(store, b, &caller, directory, &name, true).map(Output::Wcc)
-        }
-        Op::Rename { caller, from_directory, from_name, to_directory, to_name } => {
-            namespace::apply_rename(store, b, &caller, from_directory, &from_name, to_directory, &to_name)
-                .map(Output::Renamed)
-        }
-        Op::Link { caller, fid, directory, name } => {
-            namespace::apply_link(store, b, &caller, fid, directory, &name).map(Output::Linked)
-        }
-        Op::Setattr { caller, fid, changes, guard_ctime } => {
-            namespace::apply_setattr(store, b, &caller, fid, changes, guard_ctime).map(Output::Wcc)
-        }
+        Op::Change(change) => apply_change(store, b, change).map(Output::Changed),
         Op::MarkDirty { inode, regions } => {
             data::apply_mark_dirty(store, b, inode, &regions).map(|()| Output::Done)
         }
@@ -932,6 +973,41 @@ fn apply(store: &Store, b: &mut Batch<'_>, op: Op) -> StoreResult<Output> {
                 b.flush_inline_of(&entry);
             }
             Ok(Output::Done)
+        }
+    }
+}
+
+fn apply_change(store: &Store, b: &mut Batch<'_>, change: Change) -> StoreResult<Changed> {
+    match change {
+        Change::Create { caller, directory, name, how } => {
+            namespace::apply_create(store, b, &caller, directory, &name, how).map(Changed::Created)
+        }
+        Change::Mkdir { caller, directory, name, attributes } => {
+            namespace::apply_mkdir(store, b, &caller, directory, &name, attributes).map(Changed::Created)
+        }
+        Change::Symlink { caller, directory, name, target, attributes } => {
+            namespace::apply_symlink(store, b, &caller, directory, &name, &target, attributes)
+                .map(Changed::Created)
+        }
+        Change::Mknod { caller, directory, name, kind, attributes } => {
+            namespace::apply_mknod(store, b, &caller, directory, &name, kind, attributes)
+                .map(Changed::Created)
+        }
+        Change::Remove { caller, directory, name } => {
+            namespace::apply_remove(store, b, &caller, directory, &name, false).map(Changed::Wcc)
+        }
+        Change::Rmdir { caller, directory, name } => {
+            namespace::apply_remove(store, b, &caller, directory, &name, true).map(Changed::Wcc)
+        }
+        Change::Rename { caller, from_directory, from_name, to_directory, to_name } => {
+            namespace::apply_rename(store, b, &caller, from_directory, &from_name, to_directory, &to_name)
+                .map(Changed::Renamed)
+        }
+        Change::Link { caller, fid, directory, name } => {
+            namespace::apply_link(store, b, &caller, fid, directory, &name).map(Changed::Linked)
+        }
+        Change::Setattr { caller, fid, changes, guard_ctime } => {
+            namespace::apply_setattr(store, b, &caller, fid, changes, guard_ctime).map(Changed::Wcc)
         }
     }
 }

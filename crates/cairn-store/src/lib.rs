@@ -320,10 +320,7 @@ impl Store {
         changes: SetAttributes,
         guard_ctime: Option<Timestamp>,
     ) -> StoreResult<WccData> {
-        match self.submit(Op::Setattr { caller: caller.clone(), fid, changes, guard_ctime })? {
-            Output::Wcc(wcc) => Ok(wcc),
-            _ => unreachable!("setattr answers with wcc data"),
-        }
+        wcc(self.change(Change::Setattr { caller: caller.clone(), fid, changes, guard_ctime }))
     }
 
     /// LOOKUP, including `.` and `..` (`..` of the root is the root).
@@ -386,7 +383,7 @@ impl Store {
         name: &[u8],
         how: CreateHow,
     ) -> StoreResult<Created> {
-        self.submit_created(Op::Create { caller: caller.clone(), directory, name: name.to_vec(), how })
+        created(self.change(Change::Create { caller: caller.clone(), directory, name: name.to_vec(), how }))
     }
 
     pub fn mkdir(
@@ -396,7 +393,12 @@ impl Store {
         name: &[u8],
         attributes: SetAttributes,
     ) -> StoreResult<Created> {
-        self.submit_created(Op::Mkdir { caller: caller.clone(), directory, name: name.to_vec(), attributes })
+        created(self.change(Change::Mkdir {
+            caller: caller.clone(),
+            directory,
+            name: name.to_vec(),
+            attributes,
+        }))
     }
 
     pub fn symlink(
@@ -407,13 +409,13 @@ impl Store {
         target: &[u8],
         attributes: SetAttributes,
     ) -> StoreResult<Created> {
-        self.submit_created(Op::Symlink {
+        created(self.change(Change::Symlink {
             caller: caller.clone(),
             directory,
             name: name.to_vec(),
             target: target.to_vec(),
             attributes,
-        })
+        }))
     }
 
     pub fn mknod(
@@ -424,28 +426,22 @@ impl Store {
         kind: SpecialKind,
         attributes: SetAttributes,
     ) -> StoreResult<Created> {
-        self.submit_created(Op::Mknod {
+        created(self.change(Change::Mknod {
             caller: caller.clone(),
             directory,
             name: name.to_vec(),
             kind,
             attributes,
-        })
+        }))
     }
 
     /// REMOVE of a non-directory.
     pub fn remove(&self, caller: &Caller, directory: Fid, name: &[u8]) -> StoreResult<WccData> {
-        match self.submit(Op::Remove { caller: caller.clone(), directory, name: name.to_vec() })? {
-            Output::Wcc(wcc) => Ok(wcc),
-            _ => unreachable!("remove answers with wcc data"),
-        }
+        wcc(self.change(Change::Remove { caller: caller.clone(), directory, name: name.to_vec() }))
     }
 
     pub fn rmdir(&self, caller: &Caller, directory: Fid, name: &[u8]) -> StoreResult<WccData> {
-        match self.submit(Op::Rmdir { caller: caller.clone(), directory, name: name.to_vec() })? {
-            Output::Wcc(wcc) => Ok(wcc),
-            _ => unreachable!("rmdir answers with wcc data"),
-        }
+        wcc(self.change(Change::Rmdir { caller: caller.clone(), directory, name: name.to_vec() }))
     }
 
     /// RENAME, atomic, also over an existing target (a file over a file, or a directory over an
@@ -458,23 +454,48 @@ impl Store {
         to_directory: Fid,
         to_name: &[u8],
     ) -> StoreResult<Renamed> {
-        match self.submit(Op::Rename {
+        match self.change(Change::Rename {
             caller: caller.clone(),
             from_directory,
             from_name: from_name.to_vec(),
             to_directory,
             to_name: to_name.to_vec(),
         })? {
-            Output::Renamed(renamed) => Ok(renamed),
+            Changed::Renamed(renamed) => Ok(renamed),
             _ => unreachable!("rename answers with two wcc data"),
         }
     }
 
     pub fn link(&self, caller: &Caller, fid: Fid, directory: Fid, name: &[u8]) -> StoreResult<Linked> {
-        match self.submit(Op::Link { caller: caller.clone(), fid, directory, name: name.to_vec() })? {
-            Output::Linked(linked) => Ok(linked),
+        match self.change(Change::Link { caller: caller.clone(), fid, directory, name: name.to_vec() })? {
+            Changed::Linked(linked) => Ok(linked),
             _ => unreachable!("link answers with linked"),
         }
+    }
+
+    /// Makes a change through group commit and waits until it is durable (and, on a master,
+    /// replicated).
+    pub fn change(&self, change: Change) -> StoreResult<Changed> {
+        match self.submit(Op::Change(change))? {
+            Output::Changed(changed) => Ok(changed),
+            Output::Done => unreachable!("a change answers with what it changed"),
+        }
+    }
+
+    /// Starts a change without blocking: `done` gets the result once it is durable, on a
+    /// thread of the store's (see [`FileSystem::start_change`]). A replicated store gives the
+    /// change back: it waits for its replicas after each batch, so its changes are made with
+    /// [`Store::change`] on a blocking thread.
+    pub fn start_change(
+        self: &Arc<Self>,
+        change: Change,
+        done: ChangeDone,
+    ) -> Result<(), Box<(Change, ChangeDone)>> {
+        if self.is_replicated() {
+            return Err(Box::new((change, done)));
+        }
+        group::start(self, change, done);
+        Ok(())
     }
 
     /// READDIR / READDIRPLUS: up to `entries_max` entries after `cookie` (0: from the start).
@@ -679,12 +700,19 @@ impl Store {
         self.wait_replicated()?;
         Ok(output)
     }
+}
 
-    fn submit_created(&self, op: Op) -> StoreResult<Created> {
-        match self.submit(op)? {
-            Output::Created(created) => Ok(created),
-            _ => unreachable!("creations answer with created"),
-        }
+fn created(changed: StoreResult<Changed>) -> StoreResult<Created> {
+    match changed? {
+        Changed::Created(created) => Ok(created),
+        _ => unreachable!("creations answer with created"),
+    }
+}
+
+fn wcc(changed: StoreResult<Changed>) -> StoreResult<WccData> {
+    match changed? {
+        Changed::Wcc(wcc) => Ok(wcc),
+        _ => unreachable!("remove, rmdir and setattr answer with wcc data"),
     }
 }
 

@@ -276,6 +276,110 @@ async fn pipelined_calls_are_all_answered() {
     gateway.stop().await;
 }
 
+/// Changes are handed to the store's group commit from the connection task and answered by the
+/// thread that makes them durable: a burst of more CREATEs and REMOVEs than the in-flight window
+/// gets every reply once, with the right status, and a client that hangs up with changes in
+/// flight leaves a gateway that still serves and stops cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_changes_is_answered_once_each() {
+    let gateway = TestGateway::start(EXPORT_ALL_NO_SQUASH).await;
+    let root = root_handle(&gateway).await;
+    let credential = unix(0, 0, &[]);
+    const FILES: u32 = 300;
+    let names: Vec<String> = (0..FILES).map(|n| format!("burst{n}")).collect();
+    let mut burst = Vec::new();
+    for (xid, name) in (0..).zip(&names) {
+        let create = nfs3::CREATE3args {
+            where_: dirop(&root, name),
+            how: nfs3::createhow3::GUARDED(nfs3::sattr3::default()),
+        };
+        burst.extend(call_record(xid, NFS, 3, 8, &credential, &create));
+    }
+    // The same names again: GUARDED creates of existing files fail with EXIST.
+    for (xid, name) in (FILES..).zip(&names) {
+        let create = nfs3::CREATE3args {
+            where_: dirop(&root, name),
+            how: nfs3::createhow3::GUARDED(nfs3::sattr3::default()),
+        };
+        burst.extend(call_record(xid, NFS, 3, 8, &credential, &create));
+    }
+    // Every other file removed; a bad handle is refused before reaching the store.
+    for (xid, name) in (2 * FILES..).zip(names.iter().step_by(2)) {
+        let remove = nfs3::REMOVE3args { object: dirop(&root, name) };
+        burst.extend(call_record(xid, NFS, 3, 12, &credential, &remove));
+    }
+    let forged = nfs_fh3 { data: Opaque::owned(vec![7u8; 32]) };
+    let bad_xid = 2 * FILES + FILES.div_ceil(2);
+    burst.extend(call_record(
+        bad_xid,
+        NFS,
+        3,
+        12,
+        &credential,
+        &nfs3::REMOVE3args { object: dirop(&forged, "x") },
+    ));
+    let calls = bad_xid + 1;
+
+    let mut raw = gateway.raw().await;
+    let (mut reader, mut writer) = raw.stream.split();
+    let send = async {
+        tokio::io::AsyncWriteExt::write_all(&mut writer, &burst).await.expect("send burst");
+    };
+    let receive = async {
+        let mut statuses = std::collections::HashMap::new();
+        for _ in 0..calls {
+            let mut mark = [0u8; 4];
+            tokio::io::AsyncReadExt::read_exact(&mut reader, &mut mark).await.expect("mark");
+            let mut record = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
+            tokio::io::AsyncReadExt::read_exact(&mut reader, &mut record).await.expect("record");
+            let reply = RawReply::parse(record);
+            assert!(reply.is_success());
+            assert!(
+                statuses.insert(reply.xid, nfs_status_of(&reply)).is_none(),
+                "xid {} answered twice",
+                reply.xid
+            );
+        }
+        statuses
+    };
+    let ((), statuses) =
+        tokio::time::timeout(REPLY_TIMEOUT, async { tokio::join!(send, receive) }).await.expect("burst");
+    assert_eq!(statuses.len(), calls as usize);
+    for xid in 0..calls {
+        let expected = match xid {
+            _ if xid == bad_xid => nfsstat3::NFS3ERR_BADHANDLE,
+            _ if xid < FILES => nfsstat3::NFS3_OK,
+            _ if xid < 2 * FILES => nfsstat3::NFS3ERR_EXIST,
+            _ => nfsstat3::NFS3_OK,
+        };
+        assert_eq!(statuses[&xid], expected, "xid {xid}");
+    }
+    let mut client = gateway.mount_root().await;
+    for (index, name) in names.iter().enumerate() {
+        let found = client.lookup(&nfs3::LOOKUP3args { what: dirop(&root, name) }).await.expect("LOOKUP");
+        let expected = if index % 2 == 1 { nfsstat3::NFS3_OK } else { nfsstat3::NFS3ERR_NOENT };
+        assert_eq!(status(&found), expected, "{name}");
+    }
+
+    // A client that sends changes and hangs up at once.
+    let mut hasty = gateway.raw().await;
+    let mut burst = Vec::new();
+    for xid in 0..100u32 {
+        let name = format!("hasty{xid}");
+        let create = nfs3::CREATE3args {
+            where_: dirop(&root, &name),
+            how: nfs3::createhow3::UNCHECKED(nfs3::sattr3::default()),
+        };
+        burst.extend(call_record(xid, NFS, 3, 8, &credential, &create));
+    }
+    hasty.send(&burst).await;
+    drop(hasty);
+    let found = client.lookup(&nfs3::LOOKUP3args { what: dirop(&root, &names[1]) }).await.expect("LOOKUP");
+    assert_eq!(status(&found), nfsstat3::NFS3_OK, "the gateway still serves");
+    drop(client);
+    gateway.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portmapper_answers_getport_over_tcp_and_udp() {
     let gateway = TestGateway::start(EXPORT_ALL_NO_SQUASH).await;

@@ -17,3 +17,4 @@ mod poison;
 mod quota;
 mod repair;
 mod replication;
+mod started;
