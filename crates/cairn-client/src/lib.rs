@@ -227,6 +227,9 @@ impl FileSystem for ClusterFs {
     fn calls_are_cheap(&self) -> bool {
         false
     }
+    fn uses_request_ids(&self) -> bool {
+        true
+    }
     fn getattr(&self, fid: Fid) -> StoreResult<Attributes> {
         expect!(self.call(FsOp::Getattr { fid })?, FsReply::Attributes(attributes) => attributes)
     }

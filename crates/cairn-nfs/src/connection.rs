@@ -458,7 +458,8 @@ impl Connection {
             Ok(nfs::Started::Reply(reply)) => return Some(complete(job.ticket, reply, permit)),
             Err(_) => return Some(complete(job.ticket, panicked(header), permit)),
         };
-        let key = request_key(self.client_ip, header, arguments);
+        let key =
+            self.shared.store.uses_request_ids().then(|| request_key(self.client_ip, header, arguments));
         let Job { header, caller, ticket, .. } = job;
         let shared = self.shared.clone();
         let sink = sink.clone();
@@ -473,8 +474,13 @@ impl Connection {
         if let Err(not_started) = self.shared.store.clone().start_change(change, done) {
             let (change, done) = *not_started;
             let store = self.shared.store.clone();
-            in_flight
-                .spawn_blocking(move || done(cairn_store::serving_request(key, || store.change(change))));
+            in_flight.spawn_blocking(move || {
+                let result = match key {
+                    Some(key) => cairn_store::serving_request(key, || store.change(change)),
+                    None => store.change(change),
+                };
+                done(result);
+            });
         }
         None
     }
@@ -654,10 +660,15 @@ fn run_job(shared: &Shared, peer: SocketAddr, job: &Job, record: &[u8]) -> Reply
     let arguments = &record[header.arguments_offset..];
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| match header.program {
         crate::NFS_PROGRAM => {
-            let key = request_key(peer.ip().to_canonical(), header, arguments);
-            cairn_store::serving_request(key, || {
-                nfs::execute(shared, &job.caller, job.read_only, header.xid, header.procedure, arguments)
-            })
+            let execute =
+                || nfs::execute(shared, &job.caller, job.read_only, header.xid, header.procedure, arguments);
+            if shared.store.uses_request_ids() {
+                let key = request_key(peer.ip().to_canonical(), header, arguments);
+                cairn_store::serving_request(key, execute)
+            } else {
+                // Hashing a WRITE's 4 KiB of arguments costs more than the rest of a small call.
+                execute()
+            }
         }
         _ => mount::execute(shared, peer, header.xid, header.version, header.procedure, arguments),
     }));

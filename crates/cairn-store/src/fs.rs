@@ -24,6 +24,12 @@ pub trait FileSystem: Send + Sync + 'static {
     /// Whether attribute reads (GETATTR, ACCESS, LOOKUP, READLINK) are quick enough to answer on
     /// an async task: true for a local store, false when they cross the network.
     fn calls_are_cheap(&self) -> bool;
+    /// Whether changes take their ids from the client request being served
+    /// ([`serving_request`]): true when they cross the network to a master that remembers
+    /// answers by id. The gateway derives a request's key only then.
+    fn uses_request_ids(&self) -> bool {
+        false
+    }
 
     fn getattr(&self, fid: Fid) -> StoreResult<Attributes>;
     fn setattr(
