@@ -185,6 +185,68 @@ pub async fn read_record<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Opt
     }
 }
 
+/// How long a connection with nothing in flight polls its socket for the client's next call
+/// before sleeping in the reactor.
+const POLL_BEFORE_SLEEP: Duration = Duration::from_micros(50);
+
+/// The read half of a connection: when the connection has nothing in flight it polls the socket
+/// for the client's next call for a short while ([`POLL_BEFORE_SLEEP`]) before sleeping in the
+/// reactor. Why: in a VM a sleeping thread leaves its virtual CPU idle, and waking it costs tens
+/// of microseconds, many times a small call (measured: GETATTR with one call in flight at
+/// 13,000/s, and 110,000/s with both virtual CPUs kept busy). A client that sends one call at a
+/// time then finds the server awake. The poll reads without waiting (`MSG_DONTWAIT`), so it
+/// also sees data that tokio's reactor has not reported yet. A poll that finds nothing makes the
+/// next ones rarer (a slow or idle client costs one poll in [`POLL_BACKOFF_MAX`] reads); one that
+/// finds the next call resets that.
+struct PollingRead {
+    inner: tokio::net::tcp::OwnedReadHalf,
+    /// The connection's in-flight permits: all free (but the one the reader holds) means
+    /// nothing in flight.
+    permits: Arc<Semaphore>,
+    /// Reads to make without polling, and how many to skip after the next poll that misses.
+    skip: u32,
+    backoff: u32,
+}
+
+/// Most reads without polling after polls that found nothing.
+const POLL_BACKOFF_MAX: u32 = 64;
+
+impl AsyncRead for PollingRead {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.skip > 0 {
+            this.skip -= 1;
+        } else if this.permits.available_permits() + 1 >= REQUESTS_IN_FLIGHT_MAX {
+            let deadline = Instant::now() + POLL_BEFORE_SLEEP;
+            let socket = socket2::SockRef::from(this.inner.as_ref());
+            loop {
+                // The socket is non-blocking (tokio's); the buffer is BufReader's, initialized.
+                match io::Read::read(&mut &*socket, buffer.initialize_unfilled()) {
+                    Ok(received) => {
+                        buffer.advance(received);
+                        this.backoff = 0;
+                        return std::task::Poll::Ready(Ok(()));
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => return std::task::Poll::Ready(Err(error)),
+                }
+                if Instant::now() >= deadline {
+                    this.backoff = (this.backoff * 2).clamp(1, POLL_BACKOFF_MAX);
+                    this.skip = this.backoff;
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(context, buffer)
+    }
+}
+
 /// Per-connection state of the reader.
 struct Connection {
     shared: Arc<Shared>,
@@ -230,7 +292,8 @@ impl Connection {
         let sink = ReplySink::new(write_half);
         let writer = tokio::spawn(sink.clone().write_loop());
         let permits = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
-        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
+        let polling = PollingRead { inner: read_half, permits: permits.clone(), skip: 0, backoff: 0 };
+        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, polling);
         let mut in_flight = JoinSet::new();
         let read_lane = Arc::new(ReadLane::default());
         // Each change handed to the store holds a clone until it is answered: the connection
