@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use cairn_fileserver::proto::{FsOp, FsReply, Request, Response};
 use cairn_store::{
-    Attributes, Caller, CommitResult, CreateHow, Created, DirectoryPage, FileSystem, FsStat, Linked, Lookup,
-    ReadResult, Renamed, SetAttributes, SpecialKind, Stability, StoreError, StoreResult, Timestamp, WccData,
-    WriteResult,
+    Attributes, Caller, Change, Changed, CommitResult, CreateHow, Created, DirectoryPage, FileSystem, FsStat,
+    Linked, Lookup, ReadResult, Renamed, SetAttributes, SpecialKind, Stability, StoreError, StoreResult,
+    Timestamp, WccData, WriteResult,
 };
 use cairn_types::{ClusterId, Fid, VolumeId};
 use parking_lot::Mutex;
@@ -227,6 +227,15 @@ impl FileSystem for ClusterFs {
     fn calls_are_cheap(&self) -> bool {
         false
     }
+    fn change(&self, change: Change) -> StoreResult<Changed> {
+        match self.call(FsOp::Change(change))? {
+            FsReply::Created(created) => Ok(Changed::Created(created)),
+            FsReply::Wcc(wcc) => Ok(Changed::Wcc(wcc)),
+            FsReply::Renamed(renamed) => Ok(Changed::Renamed(renamed)),
+            FsReply::Linked(linked) => Ok(Changed::Linked(linked)),
+            other => Err(unexpected(&other)),
+        }
+    }
     fn uses_request_ids(&self) -> bool {
         true
     }
@@ -240,7 +249,7 @@ impl FileSystem for ClusterFs {
         changes: SetAttributes,
         guard_ctime: Option<Timestamp>,
     ) -> StoreResult<WccData> {
-        let op = FsOp::Setattr { caller: caller.clone(), fid, changes, guard_ctime };
+        let op = FsOp::Change(Change::Setattr { caller: caller.clone(), fid, changes, guard_ctime });
         expect!(self.call(op)?, FsReply::Wcc(wcc) => wcc)
     }
     fn lookup(&self, caller: &Caller, directory: Fid, name: &[u8]) -> StoreResult<Lookup> {
@@ -274,7 +283,7 @@ impl FileSystem for ClusterFs {
         expect!(self.call(FsOp::Commit { fid, offset, count_bytes })?, FsReply::Commit(result) => result)
     }
     fn create(&self, caller: &Caller, directory: Fid, name: &[u8], how: CreateHow) -> StoreResult<Created> {
-        let op = FsOp::Create { caller: caller.clone(), directory, name: name.to_vec(), how };
+        let op = FsOp::Change(Change::Create { caller: caller.clone(), directory, name: name.to_vec(), how });
         expect!(self.call(op)?, FsReply::Created(created) => created)
     }
     fn mkdir(
@@ -284,7 +293,12 @@ impl FileSystem for ClusterFs {
         name: &[u8],
         attributes: SetAttributes,
     ) -> StoreResult<Created> {
-        let op = FsOp::Mkdir { caller: caller.clone(), directory, name: name.to_vec(), attributes };
+        let op = FsOp::Change(Change::Mkdir {
+            caller: caller.clone(),
+            directory,
+            name: name.to_vec(),
+            attributes,
+        });
         expect!(self.call(op)?, FsReply::Created(created) => created)
     }
     fn symlink(
@@ -295,13 +309,13 @@ impl FileSystem for ClusterFs {
         target: &[u8],
         attributes: SetAttributes,
     ) -> StoreResult<Created> {
-        let op = FsOp::Symlink {
+        let op = FsOp::Change(Change::Symlink {
             caller: caller.clone(),
             directory,
             name: name.to_vec(),
             target: target.to_vec(),
             attributes,
-        };
+        });
         expect!(self.call(op)?, FsReply::Created(created) => created)
     }
     fn mknod(
@@ -312,15 +326,21 @@ impl FileSystem for ClusterFs {
         kind: SpecialKind,
         attributes: SetAttributes,
     ) -> StoreResult<Created> {
-        let op = FsOp::Mknod { caller: caller.clone(), directory, name: name.to_vec(), kind, attributes };
+        let op = FsOp::Change(Change::Mknod {
+            caller: caller.clone(),
+            directory,
+            name: name.to_vec(),
+            kind,
+            attributes,
+        });
         expect!(self.call(op)?, FsReply::Created(created) => created)
     }
     fn remove(&self, caller: &Caller, directory: Fid, name: &[u8]) -> StoreResult<WccData> {
-        let op = FsOp::Remove { caller: caller.clone(), directory, name: name.to_vec() };
+        let op = FsOp::Change(Change::Remove { caller: caller.clone(), directory, name: name.to_vec() });
         expect!(self.call(op)?, FsReply::Wcc(wcc) => wcc)
     }
     fn rmdir(&self, caller: &Caller, directory: Fid, name: &[u8]) -> StoreResult<WccData> {
-        let op = FsOp::Rmdir { caller: caller.clone(), directory, name: name.to_vec() };
+        let op = FsOp::Change(Change::Rmdir { caller: caller.clone(), directory, name: name.to_vec() });
         expect!(self.call(op)?, FsReply::Wcc(wcc) => wcc)
     }
     fn rename(
@@ -331,17 +351,17 @@ impl FileSystem for ClusterFs {
         to_directory: Fid,
         to_name: &[u8],
     ) -> StoreResult<Renamed> {
-        let op = FsOp::Rename {
+        let op = FsOp::Change(Change::Rename {
             caller: caller.clone(),
             from_directory,
             from_name: from_name.to_vec(),
             to_directory,
             to_name: to_name.to_vec(),
-        };
+        });
         expect!(self.call(op)?, FsReply::Renamed(renamed) => renamed)
     }
     fn link(&self, caller: &Caller, fid: Fid, directory: Fid, name: &[u8]) -> StoreResult<Linked> {
-        let op = FsOp::Link { caller: caller.clone(), fid, directory, name: name.to_vec() };
+        let op = FsOp::Change(Change::Link { caller: caller.clone(), fid, directory, name: name.to_vec() });
         expect!(self.call(op)?, FsReply::Linked(linked) => linked)
     }
     fn readdir(

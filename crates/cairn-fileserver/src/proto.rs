@@ -7,8 +7,8 @@
 
 use cairn_store::replication::{Block, Record, SnapshotPiece};
 use cairn_store::{
-    Attributes, BadBlock, Caller, CommitResult, CreateHow, Created, DirectoryPage, FsStat, Linked, Lookup,
-    ReadResult, Renamed, SetAttributes, SpecialKind, Stability, StoreError, Timestamp, WccData, WriteResult,
+    Attributes, BadBlock, Caller, Change, CommitResult, Created, DirectoryPage, FsStat, Linked, Lookup,
+    ReadResult, Renamed, Stability, StoreError, WccData, WriteResult,
 };
 use cairn_types::{ClusterId, Fid, VolumeId};
 use serde::{Deserialize, Serialize};
@@ -190,12 +190,6 @@ pub enum FsOp {
     Getattr {
         fid: Fid,
     },
-    Setattr {
-        caller: Caller,
-        fid: Fid,
-        changes: SetAttributes,
-        guard_ctime: Option<Timestamp>,
-    },
     Lookup {
         caller: Caller,
         directory: Fid,
@@ -230,65 +224,8 @@ pub enum FsOp {
         offset: u64,
         count_bytes: u32,
     },
-    Create {
-        caller: Caller,
-        directory: Fid,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        how: CreateHow,
-    },
-    Mkdir {
-        caller: Caller,
-        directory: Fid,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        attributes: SetAttributes,
-    },
-    Symlink {
-        caller: Caller,
-        directory: Fid,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        target: Vec<u8>,
-        attributes: SetAttributes,
-    },
-    Mknod {
-        caller: Caller,
-        directory: Fid,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-        kind: SpecialKind,
-        attributes: SetAttributes,
-    },
-    Remove {
-        caller: Caller,
-        directory: Fid,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-    },
-    Rmdir {
-        caller: Caller,
-        directory: Fid,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-    },
-    Rename {
-        caller: Caller,
-        from_directory: Fid,
-        #[serde(with = "serde_bytes")]
-        from_name: Vec<u8>,
-        to_directory: Fid,
-        #[serde(with = "serde_bytes")]
-        to_name: Vec<u8>,
-    },
-    Link {
-        caller: Caller,
-        fid: Fid,
-        directory: Fid,
-        #[serde(with = "serde_bytes")]
-        name: Vec<u8>,
-    },
+    /// CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR, RENAME, LINK and SETATTR.
+    Change(Change),
     Readdir {
         caller: Caller,
         directory: Fid,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_rpc::{Connection, Handler};
-use cairn_store::{FileSystem, Store, StoreConfig};
+use cairn_store::{Changed, FileSystem, Store, StoreConfig};
 use cairn_types::{ClusterId, VolumeId};
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
@@ -541,9 +541,6 @@ fn run(store: &dyn FileSystem, op: &FsOp) -> Result<FsReply, WireError> {
             FsReply::Identity { cluster: store.cluster_id(), volume: store.volume_id(), root: store.root() }
         }
         FsOp::Getattr { fid } => FsReply::Attributes(store.getattr(*fid)?),
-        FsOp::Setattr { caller, fid, changes, guard_ctime } => {
-            FsReply::Wcc(store.setattr(caller, *fid, *changes, *guard_ctime)?)
-        }
         FsOp::Lookup { caller, directory, name } => FsReply::Lookup(store.lookup(caller, *directory, name)?),
         FsOp::Access { caller, fid, requested } => {
             let (granted, attributes) = store.access(caller, *fid, *requested)?;
@@ -562,26 +559,12 @@ fn run(store: &dyn FileSystem, op: &FsOp) -> Result<FsReply, WireError> {
         FsOp::Commit { fid, offset, count_bytes } => {
             FsReply::Commit(store.commit(*fid, *offset, *count_bytes)?)
         }
-        FsOp::Create { caller, directory, name, how } => {
-            FsReply::Created(store.create(caller, *directory, name, *how)?)
-        }
-        FsOp::Mkdir { caller, directory, name, attributes } => {
-            FsReply::Created(store.mkdir(caller, *directory, name, *attributes)?)
-        }
-        FsOp::Symlink { caller, directory, name, target, attributes } => {
-            FsReply::Created(store.symlink(caller, *directory, name, target, *attributes)?)
-        }
-        FsOp::Mknod { caller, directory, name, kind, attributes } => {
-            FsReply::Created(store.mknod(caller, *directory, name, *kind, *attributes)?)
-        }
-        FsOp::Remove { caller, directory, name } => FsReply::Wcc(store.remove(caller, *directory, name)?),
-        FsOp::Rmdir { caller, directory, name } => FsReply::Wcc(store.rmdir(caller, *directory, name)?),
-        FsOp::Rename { caller, from_directory, from_name, to_directory, to_name } => {
-            FsReply::Renamed(store.rename(caller, *from_directory, from_name, *to_directory, to_name)?)
-        }
-        FsOp::Link { caller, fid, directory, name } => {
-            FsReply::Linked(store.link(caller, *fid, *directory, name)?)
-        }
+        FsOp::Change(change) => match store.change(change.clone())? {
+            Changed::Created(created) => FsReply::Created(created),
+            Changed::Wcc(wcc) => FsReply::Wcc(wcc),
+            Changed::Renamed(renamed) => FsReply::Renamed(renamed),
+            Changed::Linked(linked) => FsReply::Linked(linked),
+        },
         FsOp::Readdir { caller, directory, cookie, entries_max, with_attributes } => FsReply::Directory(
             store.readdir(caller, *directory, *cookie, *entries_max as usize, *with_attributes)?,
         ),

@@ -115,18 +115,14 @@ pub fn execute(
     procedure_number: u32,
     arguments: &[u8],
 ) -> Reply {
-    let started = Instant::now();
-    let Ok(arguments) = nfs_args::decode(procedure_number, arguments) else {
-        cairn_metrics::nfs_request(procedure_name(procedure_number), "GARBAGE_ARGS", started.elapsed());
-        return Reply::new(rpc::accepted_reply(xid, AcceptStatus::GarbageArguments));
+    let (arguments, out, status_at, started) = match begin(xid, procedure_number, arguments) {
+        Ok(begun) => begun,
+        Err(reply) => return reply,
     };
     let written_bytes = match &arguments {
         NfsArguments::Write { data, .. } => data.len() as u64,
         _ => 0,
     };
-    let mut out = Vec::with_capacity(reply_capacity(&arguments));
-    rpc::begin_accepted_reply(&mut out, xid, AcceptStatus::Success);
-    let status_at = out.len();
     let mut request = Request { shared, caller, read_only, out };
     let payload = request.run(arguments);
     finish_reply(request.out, status_at, procedure_number, started, written_bytes, payload)
@@ -180,14 +176,10 @@ pub fn start_change(
     procedure_number: u32,
     arguments: &[u8],
 ) -> Started {
-    let started = Instant::now();
-    let Ok(arguments) = nfs_args::decode(procedure_number, arguments) else {
-        cairn_metrics::nfs_request(procedure_name(procedure_number), "GARBAGE_ARGS", started.elapsed());
-        return Started::Reply(Reply::new(rpc::accepted_reply(xid, AcceptStatus::GarbageArguments)));
+    let (arguments, out, status_at, started) = match begin(xid, procedure_number, arguments) {
+        Ok(begun) => begun,
+        Err(reply) => return Started::Reply(reply),
     };
-    let mut out = Vec::with_capacity(reply_capacity(&arguments));
-    rpc::begin_accepted_reply(&mut out, xid, AcceptStatus::Success);
-    let status_at = out.len();
     let mut request = Request { shared, caller, read_only, out };
     match request.prepare_change(arguments) {
         Some((change, finish)) => {
@@ -207,6 +199,24 @@ impl PendingChange {
         request.finish_change(self.finish, result.map_err(|error| nfs_status(&error)));
         finish_reply(request.out, status_at, self.procedure_number, self.started, 0, None)
     }
+}
+
+/// Decodes a call's arguments and starts its reply: (arguments, reply so far, where the status
+/// goes, when the call started); the GARBAGE_ARGS reply when they do not decode.
+fn begin(
+    xid: u32,
+    procedure_number: u32,
+    arguments: &[u8],
+) -> Result<(NfsArguments<'_>, Vec<u8>, usize, Instant), Reply> {
+    let started = Instant::now();
+    let Ok(arguments) = nfs_args::decode(procedure_number, arguments) else {
+        cairn_metrics::nfs_request(procedure_name(procedure_number), "GARBAGE_ARGS", started.elapsed());
+        return Err(Reply::new(rpc::accepted_reply(xid, AcceptStatus::GarbageArguments)));
+    };
+    let mut out = Vec::with_capacity(reply_capacity(&arguments));
+    rpc::begin_accepted_reply(&mut out, xid, AcceptStatus::Success);
+    let status_at = out.len();
+    Ok((arguments, out, status_at, started))
 }
 
 /// Ends a reply whose result was written after `status_at`: metrics, record mark.

@@ -205,31 +205,36 @@ pub struct Linked {
 }
 
 /// A change to a volume's namespace or attributes: one group-commit operation (see
-/// [`crate::FileSystem::start_change`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// [`crate::FileSystem::start_change`]). Also what the file servers' protocol carries.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Change {
     Create {
         caller: Caller,
         directory: Fid,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
         how: CreateHow,
     },
     Mkdir {
         caller: Caller,
         directory: Fid,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
         attributes: SetAttributes,
     },
     Symlink {
         caller: Caller,
         directory: Fid,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         target: Vec<u8>,
         attributes: SetAttributes,
     },
     Mknod {
         caller: Caller,
         directory: Fid,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
         kind: SpecialKind,
         attributes: SetAttributes,
@@ -238,11 +243,13 @@ pub enum Change {
     Remove {
         caller: Caller,
         directory: Fid,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
     Rmdir {
         caller: Caller,
         directory: Fid,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
     /// Atomic, also over an existing target (a file over a file, or a directory over an empty
@@ -250,14 +257,17 @@ pub enum Change {
     Rename {
         caller: Caller,
         from_directory: Fid,
+        #[serde(with = "serde_bytes")]
         from_name: Vec<u8>,
         to_directory: Fid,
+        #[serde(with = "serde_bytes")]
         to_name: Vec<u8>,
     },
     Link {
         caller: Caller,
         fid: Fid,
         directory: Fid,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
     Setattr {

@@ -56,6 +56,29 @@ fn nfs_status_of(reply: &RawReply) -> nfsstat3 {
     <nfsstat3 as nfs3_client::nfs3_types::xdr_codec::Unpack>::unpack(&mut cursor).expect("nfsstat3").0
 }
 
+/// Sends a burst of records while reading `count` replies, as they come (the server stops reading
+/// when its in-flight window is full and catches up as replies drain).
+async fn send_and_receive(raw: &mut RawConnection, burst: &[u8], count: usize) -> Vec<RawReply> {
+    let (mut reader, mut writer) = raw.stream.split();
+    let send = async {
+        tokio::io::AsyncWriteExt::write_all(&mut writer, burst).await.expect("send burst");
+    };
+    let receive = async {
+        let mut replies = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut mark = [0u8; 4];
+            tokio::io::AsyncReadExt::read_exact(&mut reader, &mut mark).await.expect("mark");
+            let mut record = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
+            tokio::io::AsyncReadExt::read_exact(&mut reader, &mut record).await.expect("record");
+            replies.push(RawReply::parse(record));
+        }
+        replies
+    };
+    let ((), replies) =
+        tokio::time::timeout(REPLY_TIMEOUT, async { tokio::join!(send, receive) }).await.expect("burst");
+    replies
+}
+
 async fn root_handle(gateway: &TestGateway) -> nfs_fh3 {
     gateway.mount_root().await.root_nfs_fh3()
 }
@@ -253,25 +276,12 @@ async fn pipelined_calls_are_all_answered() {
     }
     // More calls than REQUESTS_IN_FLIGHT_MAX, sent before reading any reply: the server stops
     // reading when its window is full and catches up as replies drain.
-    let (mut reader, mut writer) = raw.stream.split();
-    let send = async {
-        tokio::io::AsyncWriteExt::write_all(&mut writer, &burst).await.expect("send burst");
-    };
-    let receive = async {
-        let mut seen = HashSet::new();
-        for _ in 0..CALLS {
-            let mut mark = [0u8; 4];
-            tokio::io::AsyncReadExt::read_exact(&mut reader, &mut mark).await.expect("mark");
-            let mut record = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
-            tokio::io::AsyncReadExt::read_exact(&mut reader, &mut record).await.expect("record");
-            let reply = RawReply::parse(record);
-            assert!(reply.is_success());
-            assert!(seen.insert(reply.xid), "xid {} answered twice", reply.xid);
-        }
-        seen
-    };
-    let ((), seen) =
-        tokio::time::timeout(REPLY_TIMEOUT, async { tokio::join!(send, receive) }).await.expect("burst");
+    let replies = send_and_receive(&mut raw, &burst, CALLS as usize).await;
+    let mut seen = HashSet::new();
+    for reply in &replies {
+        assert!(reply.is_success());
+        assert!(seen.insert(reply.xid), "xid {} answered twice", reply.xid);
+    }
     assert_eq!(seen.len(), CALLS as usize);
     gateway.stop().await;
 }
@@ -321,29 +331,15 @@ async fn a_burst_of_changes_is_answered_once_each() {
     let calls = bad_xid + 1;
 
     let mut raw = gateway.raw().await;
-    let (mut reader, mut writer) = raw.stream.split();
-    let send = async {
-        tokio::io::AsyncWriteExt::write_all(&mut writer, &burst).await.expect("send burst");
-    };
-    let receive = async {
-        let mut statuses = std::collections::HashMap::new();
-        for _ in 0..calls {
-            let mut mark = [0u8; 4];
-            tokio::io::AsyncReadExt::read_exact(&mut reader, &mut mark).await.expect("mark");
-            let mut record = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
-            tokio::io::AsyncReadExt::read_exact(&mut reader, &mut record).await.expect("record");
-            let reply = RawReply::parse(record);
-            assert!(reply.is_success());
-            assert!(
-                statuses.insert(reply.xid, nfs_status_of(&reply)).is_none(),
-                "xid {} answered twice",
-                reply.xid
-            );
-        }
-        statuses
-    };
-    let ((), statuses) =
-        tokio::time::timeout(REPLY_TIMEOUT, async { tokio::join!(send, receive) }).await.expect("burst");
+    let mut statuses = std::collections::HashMap::new();
+    for reply in send_and_receive(&mut raw, &burst, calls as usize).await {
+        assert!(reply.is_success());
+        assert!(
+            statuses.insert(reply.xid, nfs_status_of(&reply)).is_none(),
+            "xid {} answered twice",
+            reply.xid
+        );
+    }
     assert_eq!(statuses.len(), calls as usize);
     for xid in 0..calls {
         let expected = match xid {
