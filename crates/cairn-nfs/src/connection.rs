@@ -194,7 +194,7 @@ const POLL_BEFORE_SLEEP: Duration = Duration::from_micros(50);
 /// reactor. Why: in a VM a sleeping thread leaves its virtual CPU idle, and waking it costs tens
 /// of microseconds, many times a small call (measured: GETATTR with one call in flight at
 /// 13,000/s, and 110,000/s with both virtual CPUs kept busy). A client that sends one call at a
-/// time then finds the server awake. The poll reads without waiting (`MSG_DONTWAIT`), so it
+/// time then finds the server awake. The poll reads the non-blocking socket directly, so it
 /// also sees data that tokio's reactor has not reported yet. A poll that finds nothing makes the
 /// next ones rarer (a slow or idle client costs one poll in [`POLL_BACKOFF_MAX`] reads); one that
 /// finds the next call resets that.
@@ -521,8 +521,7 @@ impl Connection {
             Ok(nfs::Started::Reply(reply)) => return Some(complete(job.ticket, reply, permit)),
             Err(_) => return Some(complete(job.ticket, panicked(header), permit)),
         };
-        let key =
-            self.shared.store.uses_request_ids().then(|| request_key(self.client_ip, header, arguments));
+        let key = used_request_key(&self.shared, self.client_ip, header, arguments);
         let Job { header, caller, ticket, .. } = job;
         let shared = self.shared.clone();
         let sink = sink.clone();
@@ -537,13 +536,7 @@ impl Connection {
         if let Err(not_started) = self.shared.store.clone().start_change(change, done) {
             let (change, done) = *not_started;
             let store = self.shared.store.clone();
-            in_flight.spawn_blocking(move || {
-                let result = match key {
-                    Some(key) => cairn_store::serving_request(key, || store.change(change)),
-                    None => store.change(change),
-                };
-                done(result);
-            });
+            in_flight.spawn_blocking(move || done(serving(key, || store.change(change))));
         }
         None
     }
@@ -723,19 +716,28 @@ fn run_job(shared: &Shared, peer: SocketAddr, job: &Job, record: &[u8]) -> Reply
     let arguments = &record[header.arguments_offset..];
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| match header.program {
         crate::NFS_PROGRAM => {
-            let execute =
-                || nfs::execute(shared, &job.caller, job.read_only, header.xid, header.procedure, arguments);
-            if shared.store.uses_request_ids() {
-                let key = request_key(peer.ip().to_canonical(), header, arguments);
-                cairn_store::serving_request(key, execute)
-            } else {
-                // Hashing a WRITE's 4 KiB of arguments costs more than the rest of a small call.
-                execute()
-            }
+            let key = used_request_key(shared, peer.ip().to_canonical(), header, arguments);
+            serving(key, || {
+                nfs::execute(shared, &job.caller, job.read_only, header.xid, header.procedure, arguments)
+            })
         }
         _ => mount::execute(shared, peer, header.xid, header.version, header.procedure, arguments),
     }));
     result.unwrap_or_else(|_| panicked(header))
+}
+
+/// The call's [`request_key`], if the file system uses request ids (hashing a WRITE's 4 KiB of
+/// arguments costs more than the rest of a small call).
+fn used_request_key(shared: &Shared, client: IpAddr, header: &CallHeader, arguments: &[u8]) -> Option<u128> {
+    shared.store.uses_request_ids().then(|| request_key(client, header, arguments))
+}
+
+/// Runs `work` as the serving of the request with `key` ([`cairn_store::serving_request`]), if any.
+fn serving<T>(key: Option<u128>, work: impl FnOnce() -> T) -> T {
+    match key {
+        Some(key) => cairn_store::serving_request(key, work),
+        None => work(),
+    }
 }
 
 /// The reply to a call whose execution panicked (a bug).

@@ -449,11 +449,6 @@ fn lead(store: &Store) {
     }
     queue.gathering = false;
     let count = queue.operations.len().min(BATCH_OPS_MAX);
-    if count == 0 {
-        // Not expected (a leader is only made for a queued operation), but harmless.
-        queue.leader = false;
-        return;
-    }
     let (batch, waiters): (Vec<Op>, Vec<Waiter>) = queue.operations.drain(..count).unzip();
     drop(queue);
     let applied = std::panic::catch_unwind(AssertUnwindSafe(|| apply_batch(store, batch)));
